@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Golden files from Hugging Face PEFT, the reference LoRA implementation.
+
+Not run by CI. Rebuild the committed files with:
+
+    python3 -m venv .venv && .venv/bin/pip install torch peft safetensors numpy
+    .venv/bin/python scripts/peft_golden.py write
+
+which writes
+  tests/fixtures/peft_layers.safetensors   single-layer parity cases (inputs, weights,
+                                           outputs, gradients of a fixed loss, merged weights)
+  tests/fixtures/peft_tiny/                a tiny model with named linears: its base weights,
+                                           an adapter written by PEFT save_pretrained, and
+                                           the input and PEFT's output
+
+The other direction (an adapter written by burn-lora, loaded by PEFT):
+
+    cargo test --test peft_parity            # writes target/tmp/peft-export/
+    .venv/bin/python scripts/peft_golden.py check target/tmp/peft-export
+
+Everything is float32 and PyTorch layout ([d_out, d_in] weights).
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+
+# (d_in, d_out, r, alpha, use_rslora, bias, input shape prefix)
+LAYER_CASES = [
+    (16, 24, 1, 2.0, False, True, (5,)),
+    (32, 16, 4, 8.0, False, False, (7,)),
+    (24, 40, 4, 6.0, True, True, (2, 3)),
+    (64, 48, 8, 32.0, False, True, (9,)),
+    (48, 64, 8, 4.0, True, True, (4,)),
+]
+
+
+class Holder(torch.nn.Module):
+    """One named linear, so PEFT can target it."""
+
+    def __init__(self, d_in, d_out, bias):
+        super().__init__()
+        self.layer = torch.nn.Linear(d_in, d_out, bias=bias)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+def layer_cases():
+    tensors, cases = {}, []
+    for i, (d_in, d_out, r, alpha, rslora, bias, prefix) in enumerate(LAYER_CASES):
+        torch.manual_seed(100 + i)
+        model = get_peft_model(
+            Holder(d_in, d_out, bias),
+            LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=["layer"]),
+        )
+        lora = model.base_model.model.layer
+        with torch.no_grad():
+            # Non-zero B, so the branch and its gradients are exercised.
+            lora.lora_B["default"].weight.copy_(torch.randn_like(lora.lora_B["default"].weight) * 0.2)
+        x = torch.randn(*prefix, d_in, requires_grad=True)
+        out = model(x)
+        loss_weight = torch.randn_like(out)
+        (out * loss_weight).sum().backward()
+        a, b = lora.lora_A["default"].weight, lora.lora_B["default"].weight
+        key = f"case{i}."
+        tensors[key + "x"] = x.detach()
+        tensors[key + "weight"] = lora.base_layer.weight.detach().clone()
+        if bias:
+            tensors[key + "bias"] = lora.base_layer.bias.detach().clone()
+        tensors[key + "lora_A"] = a.detach().clone()
+        tensors[key + "lora_B"] = b.detach().clone()
+        tensors[key + "out"] = out.detach()
+        tensors[key + "loss_weight"] = loss_weight
+        tensors[key + "grad_x"] = x.grad.clone()
+        tensors[key + "grad_A"] = a.grad.clone()
+        tensors[key + "grad_B"] = b.grad.clone()
+        tensors[key + "merged_weight"] = model.merge_and_unload().layer.weight.detach().clone()
+        cases.append({"d_in": d_in, "d_out": d_out, "r": r, "alpha": alpha,
+                      "use_rslora": rslora, "bias": bias, "scaling": lora.scaling["default"]})
+    return tensors, cases
+
+
+class Attention(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.query = torch.nn.Linear(d, d)
+        self.key = torch.nn.Linear(d, d)
+        self.value = torch.nn.Linear(d, d)
+
+
+class Tiny(torch.nn.Module):
+    """Mirrored in tests/peft_parity.rs: attn.{query,key,value}, head."""
+
+    def __init__(self, d=8, classes=2):
+        super().__init__()
+        self.attn = Attention(d)
+        self.head = torch.nn.Linear(d, classes)
+
+    def forward(self, x):
+        h = torch.tanh(self.attn.query(x) + self.attn.key(x) + self.attn.value(x))
+        return self.head(h)
+
+
+def tiny_config():
+    return LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], modules_to_save=["head"])
+
+
+def write_tiny(out_dir):
+    torch.manual_seed(7)
+    base = Tiny()
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, out_dir / "base.safetensors")
+    model = get_peft_model(base, tiny_config())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            # Stand-ins for trained values: non-zero B, and a head that differs from the base.
+            if "lora_B" in name or "modules_to_save" in name:
+                param.copy_(torch.randn_like(param) * 0.3)
+    model.save_pretrained(out_dir / "adapter")
+    (out_dir / "adapter" / "README.md").unlink()  # PEFT's generated model card
+    x = torch.randn(3, 8)
+    save_file({"x": x, "out": model(x).detach()}, out_dir / "io.safetensors")
+
+
+def write():
+    tensors, cases = layer_cases()
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, FIXTURES / "peft_layers.safetensors", metadata={"cases": json.dumps(cases)})
+    tiny = FIXTURES / "peft_tiny"
+    tiny.mkdir(exist_ok=True)
+    write_tiny(tiny)
+    print(f"wrote {len(cases)} layer cases and {tiny}")
+
+
+def check(export_dir):
+    """Loads an adapter that burn-lora saved into PEFT and compares outputs."""
+    export_dir = Path(export_dir)
+    base = Tiny()
+    base.load_state_dict(load_file(export_dir / "base.safetensors"))
+    model = PeftModel.from_pretrained(base, export_dir / "adapter")
+    io = load_file(export_dir / "io.safetensors")
+    with torch.no_grad():
+        out = model(io["x"])
+    err = (out - io["out"]).abs().max().item()
+    print(f"PEFT loaded burn-lora's adapter: max |peft - burn| = {err:.3e} over {out.numel()} logits")
+    if err > 1e-5:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "write":
+        write()
+    elif len(sys.argv) == 3 and sys.argv[1] == "check":
+        check(sys.argv[2])
+    else:
+        sys.exit(__doc__)

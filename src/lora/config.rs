@@ -1,0 +1,201 @@
+//! [`LoraConfig`]: what to adapt and how, with PEFT's field names.
+
+use burn::config::Config;
+
+use crate::LoraError;
+
+/// How the `A` factor is initialised. `B` always starts at zero, so an adapted model starts
+/// out computing exactly what its base computes.
+#[derive(Config, Debug, PartialEq, Copy)]
+pub enum LoraInit {
+    /// PEFT's default (`init_lora_weights=True`): `A ~ kaiming_uniform(a = sqrt(5))` over
+    /// fan-in, i.e. `U(-1/sqrt(d_in), 1/sqrt(d_in))`.
+    KaimingUniform,
+    /// PEFT's `init_lora_weights="gaussian"`: `A ~ N(0, std = 1/r)`.
+    Gaussian,
+}
+
+/// Configuration of a LoRA adapter, field for field the subset of PEFT's `LoraConfig` that
+/// burn-lora implements.
+///
+/// ```
+/// use burn_lora::LoraConfig;
+///
+/// let config = LoraConfig::new().with_rank(4).with_alpha(16.0);
+/// assert_eq!(config.scaling(), 4.0); // alpha / r
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Config, Debug)]
+pub struct LoraConfig {
+    /// Rank of the update (PEFT: `r`). Default 8.
+    #[config(default = 8)]
+    pub rank: usize,
+    /// Scaling numerator (PEFT: `lora_alpha`). The update is scaled by `alpha / rank`.
+    /// Default 8.0.
+    #[config(default = 8.0)]
+    pub alpha: f64,
+    /// Dropout on the adapter's input only, active only while training (PEFT:
+    /// `lora_dropout`). Default 0.0.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Scale by `alpha / sqrt(rank)` instead of `alpha / rank` (PEFT: `use_rslora`).
+    /// Default false.
+    #[config(default = false)]
+    pub use_rslora: bool,
+    /// Initialisation of `A` (PEFT: `init_lora_weights`). Default
+    /// [`LoraInit::KaimingUniform`].
+    #[config(default = "LoraInit::KaimingUniform")]
+    pub init: LoraInit,
+    /// Module names to adapt (PEFT: `target_modules` as a list). A name matches a linear
+    /// whose path equals it or ends with `.` and the name; `"all-linear"` matches every
+    /// adaptable linear. Default `["query", "value"]`, as in the LoRA paper.
+    #[config(default = "vec![String::from(\"query\"), String::from(\"value\")]")]
+    pub target_modules: Vec<String>,
+    /// A regular expression that must match a linear's whole path (PEFT: `target_modules`
+    /// as a string). When set, it replaces `target_modules`. Default `None`.
+    #[config(default = "None")]
+    pub target_regex: Option<String>,
+    /// Modules outside the adapted linears that are trained and saved with the adapter,
+    /// such as a classification head (PEFT: `modules_to_save`). Matched like
+    /// `target_modules`. Default empty.
+    #[config(default = "Vec::new()")]
+    pub modules_to_save: Vec<String>,
+}
+
+impl LoraConfig {
+    /// The factor the low-rank branch is multiplied by: `alpha / r`, or `alpha / sqrt(r)`
+    /// with rsLoRA.
+    pub fn scaling(&self) -> f64 {
+        scaling(self.alpha, self.rank, self.use_rslora)
+    }
+
+    /// Checks the fields that do not depend on a layer: rank ≥ 1, finite `alpha > 0`,
+    /// dropout in `[0, 1)`, and a target regex that compiles.
+    pub fn validate(&self) -> Result<(), LoraError> {
+        if self.rank == 0 {
+            return Err(LoraError::ZeroRank);
+        }
+        if !self.alpha.is_finite() || self.alpha <= 0.0 {
+            return Err(LoraError::InvalidAlpha(self.alpha));
+        }
+        if !self.dropout.is_finite() || !(0.0..1.0).contains(&self.dropout) {
+            return Err(LoraError::InvalidDropout(self.dropout));
+        }
+        self.target_matcher().map(|_| ())
+    }
+
+    /// Checks the config against one layer: everything [`validate`](Self::validate)
+    /// checks, and `rank ≤ min(d_in, d_out)`.
+    pub fn validate_for_layer(
+        &self,
+        d_in: usize,
+        d_out: usize,
+        layer: &str,
+    ) -> Result<(), LoraError> {
+        self.validate()?;
+        if self.rank > d_in.min(d_out) {
+            return Err(LoraError::RankTooLarge {
+                rank: self.rank,
+                d_in,
+                d_out,
+                layer: layer.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Compiles the target selection into a matcher over module paths.
+    pub(crate) fn target_matcher(&self) -> Result<TargetMatcher, LoraError> {
+        match &self.target_regex {
+            Some(pattern) => regex::Regex::new(&format!("^(?:{pattern})$"))
+                .map(TargetMatcher::Regex)
+                .map_err(|e| LoraError::InvalidTargetRegex {
+                    pattern: pattern.clone(),
+                    message: e.to_string(),
+                }),
+            None => Ok(TargetMatcher::Names(self.target_modules.clone())),
+        }
+    }
+}
+
+/// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA: the one formula for the branch's scale.
+pub(crate) fn scaling(alpha: f64, rank: usize, use_rslora: bool) -> f64 {
+    if use_rslora {
+        alpha / (rank as f64).sqrt()
+    } else {
+        alpha / rank as f64
+    }
+}
+
+/// Whether `path` is selected by `name` the way PEFT selects modules: the whole path, or a
+/// suffix after a `.`.
+pub fn name_matches(path: &str, name: &str) -> bool {
+    path == name
+        || path
+            .strip_suffix(name)
+            .is_some_and(|prefix| prefix.ends_with('.'))
+}
+
+/// The compiled form of a config's target selection.
+#[derive(Debug, Clone)]
+pub(crate) enum TargetMatcher {
+    /// PEFT's list form, plus `all-linear`.
+    Names(Vec<String>),
+    /// PEFT's string form: a full-match regex.
+    Regex(regex::Regex),
+}
+
+impl TargetMatcher {
+    /// Whether the linear at `path` is a target.
+    pub(crate) fn matches(&self, path: &str) -> bool {
+        match self {
+            TargetMatcher::Names(names) => names
+                .iter()
+                .any(|name| name == ALL_LINEAR || name_matches(path, name)),
+            TargetMatcher::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
+/// The target name that selects every adaptable linear, as in PEFT.
+pub const ALL_LINEAR: &str = "all-linear";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_peft() {
+        let config = LoraConfig::new();
+        assert_eq!(config.rank, 8);
+        assert_eq!(config.alpha, 8.0);
+        assert_eq!(config.dropout, 0.0);
+        assert!(!config.use_rslora);
+        assert_eq!(config.init, LoraInit::KaimingUniform);
+        assert_eq!(config.target_modules, vec!["query", "value"]);
+    }
+
+    #[test]
+    fn scaling_is_alpha_over_r_or_sqrt_r() {
+        let config = LoraConfig::new().with_rank(4).with_alpha(8.0);
+        assert_eq!(config.scaling(), 2.0);
+        assert_eq!(config.with_use_rslora(true).scaling(), 4.0);
+    }
+
+    #[test]
+    fn names_match_whole_path_or_dotted_suffix() {
+        assert!(name_matches("query", "query"));
+        assert!(name_matches("blocks.0.attn.query", "query"));
+        assert!(name_matches("blocks.0.attn.query", "attn.query"));
+        assert!(!name_matches("blocks.0.attn.subquery", "query"));
+        assert!(!name_matches("blocks.0.attn.query.x", "query"));
+    }
+
+    #[test]
+    fn regex_targets_match_the_whole_path() {
+        let config = LoraConfig::new().with_target_regex(Some(r".*\.(query|value)".into()));
+        let matcher = config.target_matcher().unwrap();
+        assert!(matcher.matches("blocks.1.attn.value"));
+        assert!(!matcher.matches("blocks.1.attn.value_proj"));
+    }
+}

@@ -1,0 +1,192 @@
+//! [`ParamReport`]: what is trainable, what is frozen, and what training will cost.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use serde::Serialize;
+
+use crate::lora::path::PathStack;
+
+/// Bytes of optimizer state Adam keeps per trainable parameter: two f32 moments.
+pub const ADAM_BYTES_PER_PARAM: usize = 2 * 4;
+
+/// Parameter counts of one module (the parameters it owns directly).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParamRow {
+    /// The module's path, e.g. `blocks.0.attn.query`.
+    pub module: String,
+    /// Parameters that receive gradients.
+    pub trainable: usize,
+    /// Parameters that do not.
+    pub frozen: usize,
+}
+
+/// Trainable and frozen parameter counts of a model, with what full fine-tuning of the same
+/// base would train instead.
+///
+/// Counts follow Burn's gradient flags (`require_grad`), so they are read from the model as
+/// it will train. [`Module::num_params`] counts everything, trainable or not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParamReport {
+    /// Parameters that receive gradients.
+    pub trainable: usize,
+    /// Parameters that do not.
+    pub frozen: usize,
+    /// All parameters: `trainable + frozen`.
+    pub total: usize,
+    /// What full fine-tuning of the same model trains: every parameter except LoRA factors,
+    /// which full fine-tuning does not have.
+    pub full_finetune_trainable: usize,
+    /// `full_finetune_trainable / trainable`: how many times fewer parameters learn.
+    pub reduction: f64,
+    /// Bytes of Adam state this training needs: 2 × 4 bytes × `trainable`.
+    pub adam_state_bytes: usize,
+    /// Bytes of Adam state full fine-tuning needs.
+    pub full_finetune_adam_state_bytes: usize,
+    /// One row per module that owns parameters, in traversal order.
+    pub rows: Vec<ParamRow>,
+}
+
+impl ParamReport {
+    /// `100 · trainable / total`.
+    pub fn trainable_percent(&self) -> f64 {
+        100.0 * self.trainable as f64 / self.total.max(1) as f64
+    }
+}
+
+/// Counts `module`'s trainable and frozen parameters, module by module.
+///
+/// Gradient flags only take effect on an autodiff device, so a model on a plain device is
+/// read as it would train (`module.train()`), which is where its flags apply.
+pub fn param_report<M: Module>(module: &M) -> ParamReport {
+    let mut counter = Counter::default();
+    module.clone().train().visit(&mut counter);
+    let trainable: usize = counter.rows.values().map(|row| row.trainable).sum();
+    let total = trainable + counter.rows.values().map(|row| row.frozen).sum::<usize>();
+    let full_finetune_trainable = total - counter.lora_factors;
+    ParamReport {
+        trainable,
+        frozen: total - trainable,
+        total,
+        full_finetune_trainable,
+        reduction: full_finetune_trainable as f64 / trainable.max(1) as f64,
+        adam_state_bytes: ADAM_BYTES_PER_PARAM * trainable,
+        full_finetune_adam_state_bytes: ADAM_BYTES_PER_PARAM * full_finetune_trainable,
+        rows: counter
+            .order
+            .iter()
+            .map(|key| counter.rows[key].clone())
+            .collect(),
+    }
+}
+
+#[derive(Default)]
+struct Counter {
+    path: PathStack,
+    rows: BTreeMap<String, ParamRow>,
+    order: Vec<String>,
+    lora_factors: usize,
+}
+
+impl ModuleVisitor for Counter {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, name: &str, container_type: &str) {
+        self.path.exit(name, container_type);
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let (module, name) = self.path.split_last();
+        let count = param.lazy_shape().num_elements();
+        if matches!(name.as_str(), "lora_a" | "lora_b") {
+            self.lora_factors += count;
+        }
+        if !self.rows.contains_key(&module) {
+            self.order.push(module.clone());
+        }
+        let row = self.rows.entry(module.clone()).or_insert(ParamRow {
+            module,
+            trainable: 0,
+            frozen: 0,
+        });
+        match param.is_require_grad() {
+            true => row.trainable += count,
+            false => row.frozen += count,
+        }
+    }
+}
+
+impl fmt::Display for ParamReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self
+            .rows
+            .iter()
+            .map(|row| row.module.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        writeln!(
+            f,
+            "{:<width$}  {:>12}  {:>12}",
+            "module", "trainable", "frozen"
+        )?;
+        for row in &self.rows {
+            let name = if row.module.is_empty() {
+                "(root)"
+            } else {
+                &row.module
+            };
+            writeln!(
+                f,
+                "{name:<width$}  {:>12}  {:>12}",
+                group(row.trainable),
+                group(row.frozen)
+            )?;
+        }
+        writeln!(
+            f,
+            "full fine-tuning would train {} params ({:.1}x more); Adam state {} vs {} bytes",
+            group(self.full_finetune_trainable),
+            self.reduction,
+            group(self.adam_state_bytes),
+            group(self.full_finetune_adam_state_bytes),
+        )?;
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {:.4}",
+            group(self.trainable),
+            group(self.total),
+            self.trainable_percent()
+        )
+    }
+}
+
+/// `1234567` as `1,234,567`, as PEFT prints counts.
+pub fn group(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_inserts_thousands_separators() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(1234567), "1,234,567");
+    }
+}

@@ -1,0 +1,284 @@
+//! PEFT-format adapter files: round trips and every bad file.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::tensor::{Device, Distribution, Tensor};
+use burn_lora::lora::peft::{CONFIG_FILE, WEIGHTS_FILE};
+use burn_lora::{AdaptableLinear, LoraConfig, LoraError, apply_lora, load_adapter, save_adapter};
+use common::Tiny;
+
+const D: usize = 8;
+
+fn config() -> LoraConfig {
+    LoraConfig::new()
+        .with_rank(2)
+        .with_alpha(4.0)
+        .with_modules_to_save(vec!["head".into()])
+}
+
+fn base(device: &Device) -> Tiny {
+    device.seed(11);
+    Tiny::new(D, 2, device)
+}
+
+/// `base` adapted, with non-zero factors and a changed head, as after training.
+fn trained(base: &Tiny, device: &Device) -> Tiny {
+    let mut model = apply_lora(base.clone(), &config()).unwrap();
+    for layer in [&mut model.attn.query, &mut model.attn.value] {
+        if let AdaptableLinear::Lora(lora) = layer {
+            let b = Tensor::random(lora.lora_b.dims(), Distribution::Normal(0.0, 0.5), device);
+            lora.lora_b = Param::from_tensor(b);
+        }
+    }
+    let head = Tensor::random([D, 2], Distribution::Normal(0.0, 1.0), device);
+    model.head.weight = Param::from_tensor(head);
+    model
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("adapter_files")
+        .join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn saved(name: &str, device: &Device) -> PathBuf {
+    let dir = scratch(name);
+    save_adapter(&trained(&base(device), device), &config(), &dir).unwrap();
+    dir
+}
+
+fn x(device: &Device) -> Tensor<2> {
+    Tensor::random([3, D], Distribution::Normal(0.0, 1.0), device)
+}
+
+#[test]
+fn adapter_round_trips_through_disk() {
+    let device = Device::default();
+    let base = base(&device);
+    let trained = trained(&base, &device);
+    let dir = scratch("round_trip");
+    save_adapter(&trained, &config(), &dir).unwrap();
+    let loaded = load_adapter(&base, &dir).unwrap();
+    let x = x(&device);
+    assert_eq!(
+        loaded.forward(x.clone()).into_data(),
+        trained.forward(x).into_data()
+    );
+}
+
+#[test]
+fn saved_file_uses_peft_keys_and_pytorch_layout() {
+    let device = Device::default();
+    let dir = saved("layout", &device);
+    let bytes = fs::read(dir.join(WEIGHTS_FILE)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut keys: Vec<_> = st.names().into_iter().map(String::from).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "base_model.model.attn.query.lora_A.weight",
+            "base_model.model.attn.query.lora_B.weight",
+            "base_model.model.attn.value.lora_A.weight",
+            "base_model.model.attn.value.lora_B.weight",
+            "base_model.model.head.bias",
+            "base_model.model.head.weight",
+        ]
+    );
+    let shape = |key: &str| st.tensor(key).unwrap().shape().to_vec();
+    assert_eq!(shape("base_model.model.attn.query.lora_A.weight"), [2, D]);
+    assert_eq!(shape("base_model.model.attn.query.lora_B.weight"), [D, 2]);
+    assert_eq!(shape("base_model.model.head.weight"), [2, D]);
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join(CONFIG_FILE)).unwrap()).unwrap();
+    assert_eq!(json["peft_type"], "LORA");
+    assert_eq!(json["r"], 2);
+    assert_eq!(json["lora_alpha"], 4.0);
+    assert_eq!(
+        json["target_modules"],
+        serde_json::json!(["query", "value"])
+    );
+    assert_eq!(json["modules_to_save"], serde_json::json!(["head"]));
+}
+
+/// Loads `dir` into a fresh base, checking the base itself is left untouched.
+fn load_err(dir: &Path) -> LoraError {
+    let device = Device::default();
+    let model = base(&device);
+    let x = x(&device);
+    let before = model.forward(x.clone()).into_data();
+    let err = load_adapter(&model, dir).expect_err("a bad adapter must not load");
+    assert_eq!(model.forward(x).into_data(), before, "model was modified");
+    err
+}
+
+#[test]
+fn missing_directory_is_an_io_error_naming_the_file() {
+    let err = load_err(Path::new("/nonexistent/adapter"));
+    assert!(matches!(err, LoraError::Io { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/adapter/adapter_config.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_safetensors_is_an_error() {
+    let dir = saved("corrupt", &Device::default());
+    fs::write(dir.join(WEIGHTS_FILE), b"not a safetensors file at all").unwrap();
+    let err = load_err(&dir);
+    assert!(matches!(err, LoraError::Safetensors { .. }), "{err}");
+    assert!(err.to_string().contains(WEIGHTS_FILE), "{err}");
+}
+
+#[test]
+fn truncated_safetensors_is_an_error() {
+    let dir = saved("truncated", &Device::default());
+    let path = dir.join(WEIGHTS_FILE);
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    assert!(matches!(load_err(&dir), LoraError::Safetensors { .. }));
+}
+
+/// Rewrites the weights file keeping only the tensors `keep` accepts, reshaped by `reshape`.
+fn rewrite(dir: &Path, keep: impl Fn(&str) -> bool, extra: Option<(&str, Vec<usize>)>) {
+    let path = dir.join(WEIGHTS_FILE);
+    let bytes = fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(key, _)| keep(key))
+        .map(|(key, view)| (key, view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    if let Some((key, shape)) = extra {
+        let n: usize = shape.iter().product();
+        owned.push((key.to_string(), shape, vec![0u8; 4 * n]));
+    }
+    let views: Vec<_> = owned
+        .iter()
+        .map(|(key, shape, data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data);
+            (key.clone(), view.unwrap())
+        })
+        .collect();
+    fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn missing_key_is_named() {
+    let dir = saved("missing_key", &Device::default());
+    rewrite(&dir, |key| !key.contains("value.lora_B"), None);
+    let err = load_err(&dir);
+    assert!(
+        matches!(err, LoraError::MissingKey { ref key, .. } if key == "base_model.model.attn.value.lora_B.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rank_different_from_config_is_a_shape_error() {
+    let dir = saved("rank_mismatch", &Device::default());
+    rewrite(
+        &dir,
+        |key| !key.contains("query.lora_A"),
+        Some(("base_model.model.attn.query.lora_A.weight", vec![3, D])),
+    );
+    let err = load_err(&dir);
+    let LoraError::ShapeMismatch {
+        key,
+        expected,
+        found,
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(key, "base_model.model.attn.query.lora_A.weight");
+    assert_eq!(
+        (expected.as_slice(), found.as_slice()),
+        (&[2, D][..], &[3, D][..])
+    );
+}
+
+#[test]
+fn adapter_for_another_base_is_rejected() {
+    let dir = saved("other_base", &Device::default());
+    rewrite(
+        &dir,
+        |_| true,
+        Some(("base_model.model.encoder.dense.lora_A.weight", vec![2, D])),
+    );
+    let err = load_err(&dir);
+    assert!(matches!(err, LoraError::UnexpectedKey { .. }), "{err}");
+
+    let dir = saved("other_targets", &Device::default());
+    let config = fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+    fs::write(
+        dir.join(CONFIG_FILE),
+        config.replace("\"query\"", "\"q_proj\""),
+    )
+    .unwrap();
+    let err = load_err(&dir);
+    assert!(
+        matches!(err, LoraError::UnknownTarget { ref name, .. } if name == "q_proj"),
+        "{err}"
+    );
+}
+
+#[test]
+fn other_peft_type_is_rejected() {
+    let dir = saved("peft_type", &Device::default());
+    let config = fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+    fs::write(dir.join(CONFIG_FILE), config.replace("\"LORA\"", "\"IA3\"")).unwrap();
+    let err = load_err(&dir);
+    assert!(
+        matches!(err, LoraError::WrongPeftType { ref found, .. } if found == "IA3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_config_json_names_the_file() {
+    let dir = saved("bad_json", &Device::default());
+    fs::write(dir.join(CONFIG_FILE), "{\"peft_type\": \"LORA\", \"r\": 2}").unwrap();
+    let err = load_err(&dir);
+    assert!(matches!(err, LoraError::Json { .. }), "{err}");
+    assert!(err.to_string().contains("lora_alpha"), "{err}");
+}
+
+#[test]
+fn invalid_values_in_config_are_rejected() {
+    let dir = saved("zero_rank", &Device::default());
+    let config = fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+    fs::write(
+        dir.join(CONFIG_FILE),
+        config.replace("\"r\": 2", "\"r\": 0"),
+    )
+    .unwrap();
+    assert!(matches!(load_err(&dir), LoraError::ZeroRank));
+}
+
+#[test]
+fn non_finite_adapter_is_never_saved() {
+    let device = Device::default();
+    let mut model = trained(&base(&device), &device);
+    if let AdaptableLinear::Lora(lora) = &mut model.attn.value {
+        lora.lora_a = Param::from_tensor(lora.lora_a.val().mul_scalar(f32::INFINITY));
+    }
+    let dir = scratch("non_finite");
+    let err = save_adapter(&model, &config(), &dir).unwrap_err();
+    assert!(
+        matches!(err, LoraError::NonFinite { ref layer } if layer.contains("attn.value")),
+        "{err}"
+    );
+    assert!(!dir.join(WEIGHTS_FILE).exists());
+}

@@ -1,0 +1,133 @@
+//! Shared test helpers: a tiny model with named linears (mirrored by
+//! `scripts/peft_golden.py`'s `Tiny`), and safetensors reading.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_lora::{AdaptableLinear, LinearFn, LoraError, MapLinears, join_path};
+use safetensors::SafeTensors;
+
+/// `attn.{query,key,value}` and a `head`, as in the Python `Tiny`.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub query: AdaptableLinear,
+    pub key: AdaptableLinear,
+    pub value: AdaptableLinear,
+}
+
+#[derive(Module, Debug)]
+pub struct Tiny {
+    pub attn: Attention,
+    pub head: Linear,
+}
+
+impl Tiny {
+    /// A random model, all of whose parameters are initialised now, in a fixed order, so
+    /// that a seed fixes every value (Burn initialises lazily, on first use).
+    pub fn new(d: usize, classes: usize, device: &Device) -> Self {
+        let model = Tiny {
+            attn: Attention {
+                query: AdaptableLinear::new(d, d, device),
+                key: AdaptableLinear::new(d, d, device),
+                value: AdaptableLinear::new(d, d, device),
+            },
+            head: LinearConfig::new(d, classes).init(device),
+        };
+        let _ = model.forward(Tensor::zeros([1, d], device));
+        model
+    }
+
+    /// `head(tanh(query(x) + key(x) + value(x)))`
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let attn = &self.attn;
+        let h = attn.query.forward(x.clone()) + attn.key.forward(x.clone()) + attn.value.forward(x);
+        self.head.forward(h.tanh())
+    }
+
+    /// The base model from a PyTorch state dict (`[d_out, d_in]` weights).
+    pub fn from_torch(file: &Path, device: &Device) -> Self {
+        let bytes = std::fs::read(file).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let linear = |name: &str| linear_from_torch(&st, name, device);
+        Tiny {
+            attn: Attention {
+                query: AdaptableLinear::Base(linear("attn.query")),
+                key: AdaptableLinear::Base(linear("attn.key")),
+                value: AdaptableLinear::Base(linear("attn.value")),
+            },
+            head: linear("head"),
+        }
+    }
+}
+
+impl MapLinears for Attention {
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, LoraError> {
+        Ok(Attention {
+            query: self.query.map_linears(&join_path(path, "query"), f)?,
+            key: self.key.map_linears(&join_path(path, "key"), f)?,
+            value: self.value.map_linears(&join_path(path, "value"), f)?,
+        })
+    }
+}
+
+impl MapLinears for Tiny {
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, LoraError> {
+        Ok(Tiny {
+            attn: self.attn.map_linears(&join_path(path, "attn"), f)?,
+            head: self.head,
+        })
+    }
+}
+
+/// A tensor from a safetensors file, as Burn data.
+pub fn read(st: &SafeTensors, key: &str) -> TensorData {
+    let view = st
+        .tensor(key)
+        .unwrap_or_else(|_| panic!("golden file lacks {key}"));
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    TensorData::new(values, view.shape().to_vec())
+}
+
+pub fn tensor<const D: usize>(st: &SafeTensors, key: &str, device: &Device) -> Tensor<D> {
+    Tensor::from_data(read(st, key), device)
+}
+
+/// A Burn `Linear` from PyTorch's `{name}.weight` `[d_out, d_in]` and `{name}.bias`.
+pub fn linear_from_torch(st: &SafeTensors, name: &str, device: &Device) -> Linear {
+    let weight = tensor::<2>(st, &format!("{name}.weight"), device).transpose();
+    let bias = st
+        .tensor(&format!("{name}.bias"))
+        .ok()
+        .map(|_| Param::from_tensor(tensor::<1>(st, &format!("{name}.bias"), device)));
+    Linear {
+        weight: Param::from_tensor(weight),
+        bias,
+    }
+}
+
+/// Asserts `got` matches `want` element-wise within `1e-5` relative (floored at `1e-5`
+/// absolute, for values near zero), naming the first mismatch.
+pub fn assert_close(what: &str, got: TensorData, want: TensorData) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let got = got.try_to_vec::<f32>().unwrap();
+    let want = want.try_to_vec::<f32>().unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let tol = 1e-5 * w.abs().max(1.0);
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}[{i}]: got {g}, want {w} (tol {tol:e})"
+        );
+    }
+}
+
+/// The largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
