@@ -13,8 +13,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::Device;
 use burn_lora::{
-    AdaptableLinear, LinearFn, LoraConfig, LoraError, MapLinears, apply_lora, join_path,
-    param_report,
+    AdaptableLinear, Error, LinearFn, LoraConfig, MapLinears, apply_lora, join_path, param_report,
 };
 
 /// One encoder block's weights: attention projections, an MLP, two norms.
@@ -55,7 +54,7 @@ impl Block {
 }
 
 impl MapLinears for Block {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, LoraError> {
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
         let mut map = |layer: AdaptableLinear, name| layer.map_linears(&join_path(path, name), f);
         Ok(Block {
             query: map(self.query, "query")?,
@@ -70,7 +69,7 @@ impl MapLinears for Block {
 }
 
 impl MapLinears for Encoder {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, LoraError> {
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
         Ok(Encoder {
             blocks: self.blocks.map_linears(&join_path(path, "blocks"), f)?,
             ..self

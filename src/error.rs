@@ -1,13 +1,13 @@
 //! The crate's one error type.
 //!
-//! Every fallible function returns [`LoraError`]. Each variant names the file, key, field
+//! Every fallible function returns [`Error`]. Each variant names the file, key, field
 //! or shape that was wrong, so a user's bad input never panics the program.
 
 use std::path::PathBuf;
 
 /// Everything that can go wrong in burn-lora.
 #[derive(Debug, thiserror::Error)]
-pub enum LoraError {
+pub enum Error {
     /// The LoRA rank was zero.
     #[error("invalid LoRA config: rank (PEFT `r`) must be at least 1, got 0")]
     ZeroRank,
@@ -127,12 +127,61 @@ pub enum LoraError {
         /// The dtype found.
         dtype: String,
     },
+    /// A tokenizer could not be trained, read or written.
+    #[error("tokenizer {}: {message}", path.display())]
+    Tokenizer {
+        /// The `tokenizer.json` (or the corpus) concerned; empty when in memory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A line of a dataset file was malformed.
+    #[error("{}:{line}: {message}", path.display())]
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// A dataset as a whole cannot be used (empty, one label only, ...).
+    #[error("{}: {message}", path.display())]
+    Dataset {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// A model checkpoint could not be read or written, or does not fit the model.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint {
+        /// The weights file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A command-line argument was invalid.
+    #[error("{0}")]
+    Usage(String),
+    /// Training produced a non-finite loss.
+    #[error(
+        "the loss became {loss} at step {step}; the learning rate ({lr:e}) is probably too high"
+    )]
+    NonFiniteLoss {
+        /// The optimizer step (1-based).
+        step: usize,
+        /// The loss value.
+        loss: f64,
+        /// The learning rate at that step.
+        lr: f64,
+    },
 }
 
-impl LoraError {
+impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        LoraError::Io {
+        Error::Io {
             path: path.into(),
             source,
         }

@@ -3,10 +3,14 @@
 //! LoRA (low-rank adaptation) for [Burn](https://burn.dev).
 #![warn(missing_docs)]
 
+pub mod data;
 mod error;
 pub mod lora;
+pub mod model;
+pub mod tokenizer;
+pub mod train;
 
-pub use error::LoraError;
+pub use error::Error;
 pub use lora::adaptable::{
     AdaptableLinear, LinearFn, MapLinears, apply_lora, join_path, linear_paths, merge_lora,
     set_adapters_enabled, set_lora_trainable,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Param;
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_lora::lora::peft::{CONFIG_FILE, WEIGHTS_FILE};
-use burn_lora::{AdaptableLinear, LoraConfig, LoraError, apply_lora, load_adapter, save_adapter};
+use burn_lora::{AdaptableLinear, Error, LoraConfig, apply_lora, load_adapter, save_adapter};
 use common::Tiny;
 
 const D: usize = 8;
@@ -109,7 +109,7 @@ fn saved_file_uses_peft_keys_and_pytorch_layout() {
 }
 
 /// Loads `dir` into a fresh base, checking the base itself is left untouched.
-fn load_err(dir: &Path) -> LoraError {
+fn load_err(dir: &Path) -> Error {
     let device = Device::default();
     let model = base(&device);
     let x = x(&device);
@@ -122,7 +122,7 @@ fn load_err(dir: &Path) -> LoraError {
 #[test]
 fn missing_directory_is_an_io_error_naming_the_file() {
     let err = load_err(Path::new("/nonexistent/adapter"));
-    assert!(matches!(err, LoraError::Io { .. }), "{err}");
+    assert!(matches!(err, Error::Io { .. }), "{err}");
     assert!(
         err.to_string()
             .contains("/nonexistent/adapter/adapter_config.json"),
@@ -135,7 +135,7 @@ fn corrupt_safetensors_is_an_error() {
     let dir = saved("corrupt", &Device::default());
     fs::write(dir.join(WEIGHTS_FILE), b"not a safetensors file at all").unwrap();
     let err = load_err(&dir);
-    assert!(matches!(err, LoraError::Safetensors { .. }), "{err}");
+    assert!(matches!(err, Error::Safetensors { .. }), "{err}");
     assert!(err.to_string().contains(WEIGHTS_FILE), "{err}");
 }
 
@@ -145,7 +145,7 @@ fn truncated_safetensors_is_an_error() {
     let path = dir.join(WEIGHTS_FILE);
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
-    assert!(matches!(load_err(&dir), LoraError::Safetensors { .. }));
+    assert!(matches!(load_err(&dir), Error::Safetensors { .. }));
 }
 
 /// Rewrites the weights file keeping only the tensors `keep` accepts, reshaped by `reshape`.
@@ -180,7 +180,7 @@ fn missing_key_is_named() {
     rewrite(&dir, |key| !key.contains("value.lora_B"), None);
     let err = load_err(&dir);
     assert!(
-        matches!(err, LoraError::MissingKey { ref key, .. } if key == "base_model.model.attn.value.lora_B.weight"),
+        matches!(err, Error::MissingKey { ref key, .. } if key == "base_model.model.attn.value.lora_B.weight"),
         "{err}"
     );
 }
@@ -194,7 +194,7 @@ fn rank_different_from_config_is_a_shape_error() {
         Some(("base_model.model.attn.query.lora_A.weight", vec![3, D])),
     );
     let err = load_err(&dir);
-    let LoraError::ShapeMismatch {
+    let Error::ShapeMismatch {
         key,
         expected,
         found,
@@ -218,7 +218,7 @@ fn adapter_for_another_base_is_rejected() {
         Some(("base_model.model.encoder.dense.lora_A.weight", vec![2, D])),
     );
     let err = load_err(&dir);
-    assert!(matches!(err, LoraError::UnexpectedKey { .. }), "{err}");
+    assert!(matches!(err, Error::UnexpectedKey { .. }), "{err}");
 
     let dir = saved("other_targets", &Device::default());
     let config = fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
@@ -229,7 +229,7 @@ fn adapter_for_another_base_is_rejected() {
     .unwrap();
     let err = load_err(&dir);
     assert!(
-        matches!(err, LoraError::UnknownTarget { ref name, .. } if name == "q_proj"),
+        matches!(err, Error::UnknownTarget { ref name, .. } if name == "q_proj"),
         "{err}"
     );
 }
@@ -241,7 +241,7 @@ fn other_peft_type_is_rejected() {
     fs::write(dir.join(CONFIG_FILE), config.replace("\"LORA\"", "\"IA3\"")).unwrap();
     let err = load_err(&dir);
     assert!(
-        matches!(err, LoraError::WrongPeftType { ref found, .. } if found == "IA3"),
+        matches!(err, Error::WrongPeftType { ref found, .. } if found == "IA3"),
         "{err}"
     );
 }
@@ -251,7 +251,7 @@ fn malformed_config_json_names_the_file() {
     let dir = saved("bad_json", &Device::default());
     fs::write(dir.join(CONFIG_FILE), "{\"peft_type\": \"LORA\", \"r\": 2}").unwrap();
     let err = load_err(&dir);
-    assert!(matches!(err, LoraError::Json { .. }), "{err}");
+    assert!(matches!(err, Error::Json { .. }), "{err}");
     assert!(err.to_string().contains("lora_alpha"), "{err}");
 }
 
@@ -264,7 +264,7 @@ fn invalid_values_in_config_are_rejected() {
         config.replace("\"r\": 2", "\"r\": 0"),
     )
     .unwrap();
-    assert!(matches!(load_err(&dir), LoraError::ZeroRank));
+    assert!(matches!(load_err(&dir), Error::ZeroRank));
 }
 
 #[test]
@@ -277,7 +277,7 @@ fn non_finite_adapter_is_never_saved() {
     let dir = scratch("non_finite");
     let err = save_adapter(&model, &config(), &dir).unwrap_err();
     assert!(
-        matches!(err, LoraError::NonFinite { ref layer } if layer.contains("attn.value")),
+        matches!(err, Error::NonFinite { ref layer } if layer.contains("attn.value")),
         "{err}"
     );
     assert!(!dir.join(WEIGHTS_FILE).exists());

@@ -5,7 +5,7 @@ mod common;
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Distribution, Tensor};
-use burn_lora::{LoraConfig, LoraError, LoraInit, LoraLinear};
+use burn_lora::{Error, LoraConfig, LoraInit, LoraLinear};
 use common::{assert_close, max_abs_diff};
 
 fn base(d_in: usize, d_out: usize, device: &Device) -> Linear {
@@ -95,7 +95,7 @@ fn from_merged_checks_factor_shapes() {
     let b = Tensor::zeros([2, 24], &device);
     let err = LoraLinear::from_merged(base(32, 24, &device), a, b, &config).unwrap_err();
     assert!(
-        matches!(err, LoraError::ShapeMismatch { ref key, .. } if key == "lora_a"),
+        matches!(err, Error::ShapeMismatch { ref key, .. } if key == "lora_a"),
         "{err}"
     );
 }
@@ -152,10 +152,7 @@ fn try_merge_refuses_non_finite_factors() {
     let config = LoraConfig::new().with_rank(2);
     let mut layer = LoraLinear::from_linear(base(8, 8, &device), &config).unwrap();
     layer.lora_b = Param::from_tensor(Tensor::full([2, 8], f32::NAN, &device));
-    assert!(matches!(
-        layer.try_merge(),
-        Err(LoraError::NonFinite { .. })
-    ));
+    assert!(matches!(layer.try_merge(), Err(Error::NonFinite { .. })));
 }
 
 #[test]
@@ -164,19 +161,19 @@ fn every_bad_config_is_a_typed_error() {
     let wrap = |config: LoraConfig| LoraLinear::from_linear(base(8, 4, &device), &config);
     assert!(matches!(
         wrap(LoraConfig::new().with_rank(0)),
-        Err(LoraError::ZeroRank)
+        Err(Error::ZeroRank)
     ));
     for alpha in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         let err = wrap(LoraConfig::new().with_rank(2).with_alpha(alpha)).unwrap_err();
         assert!(
-            matches!(err, LoraError::InvalidAlpha(_)),
+            matches!(err, Error::InvalidAlpha(_)),
             "alpha {alpha}: {err}"
         );
     }
     for dropout in [1.0, 1.5, -0.1, f64::NAN] {
         let err = wrap(LoraConfig::new().with_rank(2).with_dropout(dropout)).unwrap_err();
         assert!(
-            matches!(err, LoraError::InvalidDropout(_)),
+            matches!(err, Error::InvalidDropout(_)),
             "dropout {dropout}: {err}"
         );
     }
@@ -184,7 +181,7 @@ fn every_bad_config_is_a_typed_error() {
     assert!(
         matches!(
             err,
-            LoraError::RankTooLarge {
+            Error::RankTooLarge {
                 rank: 5,
                 d_in: 8,
                 d_out: 4,
@@ -197,7 +194,7 @@ fn every_bad_config_is_a_typed_error() {
         .with_target_regex(Some("(".into()))
         .validate()
         .unwrap_err();
-    assert!(matches!(err, LoraError::InvalidTargetRegex { .. }), "{err}");
+    assert!(matches!(err, Error::InvalidTargetRegex { .. }), "{err}");
 }
 
 #[test]

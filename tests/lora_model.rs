@@ -5,7 +5,7 @@ mod common;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_lora::{
-    AdaptableLinear, LoraConfig, LoraError, apply_lora, linear_paths, merge_lora, param_report,
+    AdaptableLinear, Error, LoraConfig, apply_lora, linear_paths, merge_lora, param_report,
     set_adapters_enabled,
 };
 use common::{Tiny, max_abs_diff};
@@ -131,7 +131,7 @@ fn report_prints_peft_summary_and_serializes() {
 fn unknown_target_lists_available_linears() {
     let config = config().with_target_modules(vec!["qkv".into()]);
     let err = apply_lora(tiny(&Device::default()), &config).unwrap_err();
-    let LoraError::UnknownTarget { name, available } = &err else {
+    let Error::UnknownTarget { name, available } = &err else {
         panic!("{err}")
     };
     assert_eq!(name, "qkv");
@@ -143,7 +143,7 @@ fn unknown_target_lists_available_linears() {
 fn unknown_module_to_save_is_an_error() {
     let config = config().with_modules_to_save(vec!["classifier".into()]);
     let err = apply_lora(tiny(&Device::default()), &config).unwrap_err();
-    assert!(matches!(err, LoraError::UnknownModuleToSave { ref name } if name == "classifier"));
+    assert!(matches!(err, Error::UnknownModuleToSave { ref name } if name == "classifier"));
 }
 
 #[test]

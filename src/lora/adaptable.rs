@@ -10,7 +10,7 @@ use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
-use crate::LoraError;
+use crate::Error;
 use crate::lora::config::{ALL_LINEAR, LoraConfig, TargetMatcher, name_matches};
 use crate::lora::linear::LoraLinear;
 use crate::lora::path::PathStack;
@@ -56,7 +56,7 @@ impl AdaptableLinear {
 }
 
 /// A function applied to each adaptable linear of a model, given its module path.
-pub type LinearFn<'a> = dyn FnMut(&str, AdaptableLinear) -> Result<AdaptableLinear, LoraError> + 'a;
+pub type LinearFn<'a> = dyn FnMut(&str, AdaptableLinear) -> Result<AdaptableLinear, Error> + 'a;
 
 /// A model that can hand each of its [`AdaptableLinear`]s, with its module path, to a
 /// function and rebuild itself from the results.
@@ -66,7 +66,7 @@ pub type LinearFn<'a> = dyn FnMut(&str, AdaptableLinear) -> Result<AdaptableLine
 ///
 /// ```
 /// use burn::module::Module;
-/// use burn_lora::{AdaptableLinear, LinearFn, LoraError, MapLinears, join_path};
+/// use burn_lora::{AdaptableLinear, LinearFn, Error, MapLinears, join_path};
 ///
 /// #[derive(Module, Debug)]
 /// struct Attention {
@@ -75,7 +75,7 @@ pub type LinearFn<'a> = dyn FnMut(&str, AdaptableLinear) -> Result<AdaptableLine
 /// }
 ///
 /// impl MapLinears for Attention {
-///     fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, LoraError> {
+///     fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
 ///         Ok(Self {
 ///             query: self.query.map_linears(&join_path(path, "query"), f)?,
 ///             value: self.value.map_linears(&join_path(path, "value"), f)?,
@@ -85,17 +85,17 @@ pub type LinearFn<'a> = dyn FnMut(&str, AdaptableLinear) -> Result<AdaptableLine
 /// ```
 pub trait MapLinears: Sized {
     /// Passes each adaptable linear below `path` through `f`.
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, LoraError>;
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error>;
 }
 
 impl MapLinears for AdaptableLinear {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, LoraError> {
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
         f(path, self)
     }
 }
 
 impl<T: MapLinears> MapLinears for Vec<T> {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, LoraError> {
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
         self.into_iter()
             .enumerate()
             .map(|(i, item)| item.map_linears(&join_path(path, &i.to_string()), f))
@@ -131,7 +131,7 @@ pub fn linear_paths<M: MapLinears + Clone>(model: &M) -> Vec<String> {
 ///
 /// An invalid config, a target name or module to save that matches nothing (the error lists
 /// the available linears), or a rank too large for a targeted layer.
-pub fn apply_lora<M: Module + MapLinears>(model: M, config: &LoraConfig) -> Result<M, LoraError> {
+pub fn apply_lora<M: Module + MapLinears>(model: M, config: &LoraConfig) -> Result<M, Error> {
     config.validate()?;
     let matcher = config.target_matcher()?;
     check_targets_exist(&model, config, &matcher)?;
@@ -149,7 +149,7 @@ fn check_targets_exist<M: Module + MapLinears>(
     model: &M,
     config: &LoraConfig,
     matcher: &TargetMatcher,
-) -> Result<(), LoraError> {
+) -> Result<(), Error> {
     let available = linear_paths(model);
     let unknown = match matcher {
         TargetMatcher::Names(names) => names.iter().find(|name| {
@@ -166,8 +166,8 @@ fn check_targets_exist<M: Module + MapLinears>(
     }
 }
 
-fn unknown_target(name: &str, available: Vec<String>) -> LoraError {
-    LoraError::UnknownTarget {
+fn unknown_target(name: &str, available: Vec<String>) -> Error {
+    Error::UnknownTarget {
         name: name.to_string(),
         available,
     }
@@ -181,7 +181,7 @@ fn unknown_target(name: &str, available: Vec<String>) -> LoraError {
 /// # Errors
 ///
 /// A module to save that matches no parameter.
-pub fn set_lora_trainable<M: Module>(model: M, modules_to_save: &[String]) -> Result<M, LoraError> {
+pub fn set_lora_trainable<M: Module>(model: M, modules_to_save: &[String]) -> Result<M, Error> {
     let trainable = trainable_ids(&model, |module_path, param_name| {
         matches!(param_name, "lora_a" | "lora_b")
             || modules_to_save
@@ -193,7 +193,7 @@ pub fn set_lora_trainable<M: Module>(model: M, modules_to_save: &[String]) -> Re
             module_path_within(module_path, name)
         });
         if found.is_empty() {
-            return Err(LoraError::UnknownModuleToSave { name: name.clone() });
+            return Err(Error::UnknownModuleToSave { name: name.clone() });
         }
     }
     Ok(model
@@ -249,9 +249,9 @@ fn trainable_ids<M: Module>(model: &M, select: impl Fn(&str, &str) -> bool) -> V
 ///
 /// # Errors
 ///
-/// [`LoraError::NonFinite`], naming the first layer whose factors hold NaN or infinity; the
+/// [`Error::NonFinite`], naming the first layer whose factors hold NaN or infinity; the
 /// check runs on every layer before any is merged.
-pub fn merge_lora<M: MapLinears + Clone>(model: M) -> Result<M, LoraError> {
+pub fn merge_lora<M: MapLinears + Clone>(model: M) -> Result<M, Error> {
     model.clone().map_linears("", &mut |path, layer| {
         if let AdaptableLinear::Lora(lora) = &layer {
             lora.check_finite(path)?;

@@ -2,7 +2,7 @@
 
 use burn::config::Config;
 
-use crate::LoraError;
+use crate::Error;
 
 /// How the `A` factor is initialised. `B` always starts at zero, so an adapted model starts
 /// out computing exactly what its base computes.
@@ -71,30 +71,25 @@ impl LoraConfig {
 
     /// Checks the fields that do not depend on a layer: rank ≥ 1, finite `alpha > 0`,
     /// dropout in `[0, 1)`, and a target regex that compiles.
-    pub fn validate(&self) -> Result<(), LoraError> {
+    pub fn validate(&self) -> Result<(), Error> {
         if self.rank == 0 {
-            return Err(LoraError::ZeroRank);
+            return Err(Error::ZeroRank);
         }
         if !self.alpha.is_finite() || self.alpha <= 0.0 {
-            return Err(LoraError::InvalidAlpha(self.alpha));
+            return Err(Error::InvalidAlpha(self.alpha));
         }
         if !self.dropout.is_finite() || !(0.0..1.0).contains(&self.dropout) {
-            return Err(LoraError::InvalidDropout(self.dropout));
+            return Err(Error::InvalidDropout(self.dropout));
         }
         self.target_matcher().map(|_| ())
     }
 
     /// Checks the config against one layer: everything [`validate`](Self::validate)
     /// checks, and `rank ≤ min(d_in, d_out)`.
-    pub fn validate_for_layer(
-        &self,
-        d_in: usize,
-        d_out: usize,
-        layer: &str,
-    ) -> Result<(), LoraError> {
+    pub fn validate_for_layer(&self, d_in: usize, d_out: usize, layer: &str) -> Result<(), Error> {
         self.validate()?;
         if self.rank > d_in.min(d_out) {
-            return Err(LoraError::RankTooLarge {
+            return Err(Error::RankTooLarge {
                 rank: self.rank,
                 d_in,
                 d_out,
@@ -105,11 +100,11 @@ impl LoraConfig {
     }
 
     /// Compiles the target selection into a matcher over module paths.
-    pub(crate) fn target_matcher(&self) -> Result<TargetMatcher, LoraError> {
+    pub(crate) fn target_matcher(&self) -> Result<TargetMatcher, Error> {
         match &self.target_regex {
             Some(pattern) => regex::Regex::new(&format!("^(?:{pattern})$"))
                 .map(TargetMatcher::Regex)
-                .map_err(|e| LoraError::InvalidTargetRegex {
+                .map_err(|e| Error::InvalidTargetRegex {
                     pattern: pattern.clone(),
                     message: e.to_string(),
                 }),

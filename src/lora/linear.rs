@@ -9,7 +9,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::module::linear;
 use burn::tensor::{Distribution, Tensor};
 
-use crate::LoraError;
+use crate::Error;
 use crate::lora::config::{LoraConfig, LoraInit, scaling};
 
 /// A linear layer with a LoRA adapter inside it.
@@ -48,7 +48,7 @@ impl LoraLinear {
     /// # Errors
     ///
     /// Any invalid field of `config`, including a rank above `min(d_in, d_out)`.
-    pub fn from_linear(linear: Linear, config: &LoraConfig) -> Result<Self, LoraError> {
+    pub fn from_linear(linear: Linear, config: &LoraConfig) -> Result<Self, Error> {
         Self::from_linear_at(linear, config, "")
     }
 
@@ -57,7 +57,7 @@ impl LoraLinear {
         linear: Linear,
         config: &LoraConfig,
         path: &str,
-    ) -> Result<Self, LoraError> {
+    ) -> Result<Self, Error> {
         let [d_in, d_out] = linear.weight.dims();
         config.validate_for_layer(d_in, d_out, path)?;
         let device = linear.weight.device();
@@ -94,7 +94,7 @@ impl LoraLinear {
         lora_a: Tensor<2>,
         lora_b: Tensor<2>,
         config: &LoraConfig,
-    ) -> Result<Self, LoraError> {
+    ) -> Result<Self, Error> {
         let [d_in, d_out] = merged.weight.dims();
         config.validate_for_layer(d_in, d_out, "")?;
         check_shape("lora_a", &[d_in, config.rank], &lora_a.dims())?;
@@ -178,18 +178,18 @@ impl LoraLinear {
     ///
     /// # Errors
     ///
-    /// [`LoraError::NonFinite`] when `A` or `B` is not finite.
-    pub fn try_merge(self) -> Result<Linear, LoraError> {
+    /// [`Error::NonFinite`] when `A` or `B` is not finite.
+    pub fn try_merge(self) -> Result<Linear, Error> {
         self.check_finite("")?;
         Ok(self.merge())
     }
 
     /// Errors when either factor holds NaN or infinity.
-    pub(crate) fn check_finite(&self, layer: &str) -> Result<(), LoraError> {
+    pub(crate) fn check_finite(&self, layer: &str) -> Result<(), Error> {
         if all_finite(&self.lora_a.val()) && all_finite(&self.lora_b.val()) {
             Ok(())
         } else {
-            Err(LoraError::NonFinite {
+            Err(Error::NonFinite {
                 layer: layer.to_string(),
             })
         }
@@ -204,12 +204,12 @@ pub(crate) fn all_finite<const D: usize>(tensor: &Tensor<D>) -> bool {
         .all(|value| value.is_finite())
 }
 
-/// Errors with [`LoraError::ShapeMismatch`] unless `found == expected`.
-pub(crate) fn check_shape(key: &str, expected: &[usize], found: &[usize]) -> Result<(), LoraError> {
+/// Errors with [`Error::ShapeMismatch`] unless `found == expected`.
+pub(crate) fn check_shape(key: &str, expected: &[usize], found: &[usize]) -> Result<(), Error> {
     if expected == found {
         return Ok(());
     }
-    Err(LoraError::ShapeMismatch {
+    Err(Error::ShapeMismatch {
         key: key.to_string(),
         expected: expected.to_vec(),
         found: found.to_vec(),

@@ -17,7 +17,7 @@ use burn::tensor::{Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::LoraError;
+use crate::Error;
 use crate::lora::adaptable::{MapLinears, apply_lora};
 use crate::lora::config::{LoraConfig, LoraInit, name_matches};
 use crate::lora::path::PathStack;
@@ -111,13 +111,13 @@ impl PeftConfigJson {
         }
     }
 
-    fn into_config(self, path: &Path) -> Result<LoraConfig, LoraError> {
-        let unsupported = |what: &str| LoraError::Json {
+    fn into_config(self, path: &Path) -> Result<LoraConfig, Error> {
+        let unsupported = |what: &str| Error::Json {
             path: path.to_path_buf(),
             message: format!("{what} is not supported by burn-lora"),
         };
         if self.peft_type != "LORA" {
-            return Err(LoraError::WrongPeftType {
+            return Err(Error::WrongPeftType {
                 path: path.to_path_buf(),
                 found: self.peft_type,
             });
@@ -163,10 +163,10 @@ impl PeftConfigJson {
 ///
 /// A missing or unreadable file, invalid JSON, a missing key, a `peft_type` other than
 /// `LORA`, an option burn-lora does not implement, or invalid values.
-pub fn read_adapter_config(dir: impl AsRef<Path>) -> Result<LoraConfig, LoraError> {
+pub fn read_adapter_config(dir: impl AsRef<Path>) -> Result<LoraConfig, Error> {
     let path = dir.as_ref().join(CONFIG_FILE);
-    let text = fs::read_to_string(&path).map_err(|e| LoraError::io(&path, e))?;
-    let json: PeftConfigJson = serde_json::from_str(&text).map_err(|e| LoraError::Json {
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let json: PeftConfigJson = serde_json::from_str(&text).map_err(|e| Error::Json {
         path: path.clone(),
         message: e.to_string(),
     })?;
@@ -179,21 +179,21 @@ pub fn read_adapter_config(dir: impl AsRef<Path>) -> Result<LoraConfig, LoraErro
 ///
 /// # Errors
 ///
-/// I/O failures, or [`LoraError::NonFinite`] if any saved tensor holds NaN or infinity (a
+/// I/O failures, or [`Error::NonFinite`] if any saved tensor holds NaN or infinity (a
 /// non-finite adapter is never written).
 pub fn save_adapter<M: Module>(
     model: &M,
     config: &LoraConfig,
     dir: impl AsRef<Path>,
-) -> Result<(), LoraError> {
+) -> Result<(), Error> {
     let dir = dir.as_ref();
     let tensors = adapter_tensors(model, &config.modules_to_save);
     for (key, tensor) in &tensors {
         if tensor.values.iter().any(|v| !v.is_finite()) {
-            return Err(LoraError::NonFinite { layer: key.clone() });
+            return Err(Error::NonFinite { layer: key.clone() });
         }
     }
-    fs::create_dir_all(dir).map_err(|e| LoraError::io(dir, e))?;
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let bytes: BTreeMap<&String, Vec<u8>> = tensors
         .iter()
         .map(|(key, t)| (key, t.values.iter().flat_map(|v| v.to_le_bytes()).collect()))
@@ -209,7 +209,7 @@ pub fn save_adapter<M: Module>(
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let weights_path = dir.join(WEIGHTS_FILE);
     let weights =
-        safetensors::serialize(views, Some(metadata)).map_err(|e| LoraError::Safetensors {
+        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Safetensors {
             path: weights_path.clone(),
             message: e.to_string(),
         })?;
@@ -221,12 +221,12 @@ pub fn save_adapter<M: Module>(
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
 /// so `path` is either the old file or the whole new one, never a half-written one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoraError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, bytes).map_err(|e| LoraError::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| LoraError::io(path, e))
+    fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Loads a PEFT-format adapter from `dir` into a copy of `model`: reads the config, puts
@@ -238,15 +238,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoraError> {
 /// Everything [`read_adapter_config`] reports; a missing, corrupt or truncated weights
 /// file; a tensor the model needs that the file lacks; a tensor the model does not have
 /// (an adapter trained for another base); a shape or rank that does not match the model.
-pub fn load_adapter<M: Module + MapLinears>(
-    model: &M,
-    dir: impl AsRef<Path>,
-) -> Result<M, LoraError> {
+pub fn load_adapter<M: Module + MapLinears>(model: &M, dir: impl AsRef<Path>) -> Result<M, Error> {
     let dir = dir.as_ref();
     let config = read_adapter_config(dir)?;
     let path = dir.join(WEIGHTS_FILE);
-    let bytes = fs::read(&path).map_err(|e| LoraError::io(&path, e))?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| LoraError::Safetensors {
+    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
         path: path.clone(),
         message: e.to_string(),
     })?;
@@ -254,12 +251,12 @@ pub fn load_adapter<M: Module + MapLinears>(
     let expected = adapter_slots(&model, &config.modules_to_save);
     let mut values: HashMap<ParamId, (Vec<usize>, Vec<f32>, bool)> = HashMap::new();
     for (key, slot) in &expected {
-        let view = file.tensor(key).map_err(|_| LoraError::MissingKey {
+        let view = file.tensor(key).map_err(|_| Error::MissingKey {
             path: path.clone(),
             key: key.clone(),
         })?;
         if view.dtype() != Dtype::F32 {
-            return Err(LoraError::UnsupportedDtype {
+            return Err(Error::UnsupportedDtype {
                 path: path.clone(),
                 key: key.clone(),
                 dtype: format!("{:?}", view.dtype()),
@@ -278,7 +275,7 @@ pub fn load_adapter<M: Module + MapLinears>(
         .into_iter()
         .find(|key| !expected.contains_key(*key))
     {
-        return Err(LoraError::UnexpectedKey {
+        return Err(Error::UnexpectedKey {
             path,
             key: key.to_string(),
         });

@@ -7,7 +7,7 @@ use std::path::Path;
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_lora::{AdaptableLinear, LinearFn, LoraError, MapLinears, join_path};
+use burn_lora::{AdaptableLinear, Error, LinearFn, MapLinears, join_path};
 use safetensors::SafeTensors;
 
 /// `attn.{query,key,value}` and a `head`, as in the Python `Tiny`.
@@ -64,7 +64,7 @@ impl Tiny {
 }
 
 impl MapLinears for Attention {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, LoraError> {
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
         Ok(Attention {
             query: self.query.map_linears(&join_path(path, "query"), f)?,
             key: self.key.map_linears(&join_path(path, "key"), f)?,
@@ -74,7 +74,7 @@ impl MapLinears for Attention {
 }
 
 impl MapLinears for Tiny {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, LoraError> {
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
         Ok(Tiny {
             attn: self.attn.map_linears(&join_path(path, "attn"), f)?,
             head: self.head,

@@ -1,0 +1,109 @@
+//! Tensors from token ids: language-model windows and padded classification batches.
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use crate::model::Pooling;
+
+/// Inputs and next-token targets for language modelling.
+#[derive(Debug, Clone)]
+pub struct LmBatch {
+    /// `[batch, seq]`
+    pub inputs: Tensor<2, Int>,
+    /// `[batch, seq]`: the inputs shifted left by one.
+    pub targets: Tensor<2, Int>,
+    /// `[batch, seq]`: all false (windows are cut from one stream, never padded).
+    pub padding: Tensor<2, Bool>,
+}
+
+/// Cuts a token stream into windows of `seq + 1` tokens and groups them into batches of
+/// `batch` windows (a last, smaller batch is kept). The target of each position is the next
+/// token: that shift is what makes pre-training self-supervised; the text is its own label.
+pub fn lm_batches(stream: &[u32], seq: usize, batch: usize, device: &Device) -> Vec<LmBatch> {
+    let windows: Vec<&[u32]> = stream.windows(seq + 1).step_by(seq).collect();
+    windows
+        .chunks(batch)
+        .map(|chunk| {
+            let rows = chunk.len();
+            let ids = |range: std::ops::Range<usize>| -> Tensor<2, Int> {
+                let data: Vec<i64> = chunk
+                    .iter()
+                    .flat_map(|w| w[range.clone()].iter().map(|&t| t as i64))
+                    .collect();
+                Tensor::from_data(TensorData::new(data, [rows, seq]), device)
+            };
+            LmBatch {
+                inputs: ids(0..seq),
+                targets: ids(1..seq + 1), // the next token is the label
+                padding: Tensor::from_data(
+                    TensorData::new(vec![false; rows * seq], [rows, seq]),
+                    device,
+                ),
+            }
+        })
+        .collect()
+}
+
+/// A padded batch of token sequences for classification.
+#[derive(Debug, Clone)]
+pub struct ClassBatch {
+    /// `[batch, seq]`, right-padded with the pad id.
+    pub tokens: Tensor<2, Int>,
+    /// `[batch, seq]`, true at padding.
+    pub padding: Tensor<2, Bool>,
+    /// `[batch, seq]`, the pooling weights (see [`pool_weights`]).
+    pub pool: Tensor<2>,
+    /// `[batch]`
+    pub labels: Tensor<1, Int>,
+}
+
+/// Pads `sequences` (each non-empty) to the longest and builds the masks.
+pub fn class_batch(
+    sequences: &[&[u32]],
+    labels: &[usize],
+    pad_id: u32,
+    pooling: Pooling,
+    device: &Device,
+) -> ClassBatch {
+    let rows = sequences.len();
+    let seq = sequences.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+    let mut tokens = vec![pad_id as i64; rows * seq];
+    let mut padding = vec![true; rows * seq];
+    for (r, s) in sequences.iter().enumerate() {
+        for (c, &t) in s.iter().enumerate() {
+            tokens[r * seq + c] = t as i64;
+            padding[r * seq + c] = false;
+        }
+    }
+    let lengths: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
+    let labels: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    ClassBatch {
+        tokens: Tensor::from_data(TensorData::new(tokens, [rows, seq]), device),
+        padding: Tensor::from_data(TensorData::new(padding, [rows, seq]), device),
+        pool: Tensor::from_data(pool_weights(&lengths, seq, pooling), device),
+        labels: Tensor::from_data(TensorData::new(labels, [rows]), device),
+    }
+}
+
+/// Per-position pooling weights `[rows, seq]`: one-hot at the last real token for
+/// [`Pooling::LastToken`], `1/len` over the real tokens for [`Pooling::Mean`].
+///
+/// ```
+/// use burn_lora::data::pool_weights;
+/// use burn_lora::model::Pooling;
+///
+/// let w = pool_weights(&[2, 4], 4, Pooling::LastToken);
+/// assert_eq!(w.try_to_vec::<f32>().unwrap(), [0., 1., 0., 0., 0., 0., 0., 1.]);
+/// let w = pool_weights(&[2], 4, Pooling::Mean);
+/// assert_eq!(w.try_to_vec::<f32>().unwrap(), [0.5, 0.5, 0., 0.]);
+/// ```
+pub fn pool_weights(lengths: &[usize], seq: usize, pooling: Pooling) -> TensorData {
+    let mut weights = vec![0f32; lengths.len() * seq];
+    for (r, &len) in lengths.iter().enumerate() {
+        let row = &mut weights[r * seq..(r + 1) * seq];
+        match pooling {
+            Pooling::LastToken => row[len - 1] = 1.0,
+            Pooling::Mean => row[..len].fill(1.0 / len as f32),
+        }
+    }
+    TensorData::new(weights, [lengths.len(), seq])
+}

@@ -1,0 +1,82 @@
+//! Multi-head causal self-attention.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor};
+
+use crate::Error;
+use crate::lora::adaptable::{AdaptableLinear, LinearFn, MapLinears, join_path};
+
+/// Self-attention in which each position attends only to itself, earlier positions, and
+/// non-padding tokens; `query`, `key`, `value` and `out` are separate projections, as in
+/// the LoRA paper.
+#[derive(Module, Debug)]
+pub struct CausalSelfAttention {
+    /// Query projection, `[d_model] -> [d_model]`.
+    pub query: AdaptableLinear,
+    /// Key projection, `[d_model] -> [d_model]`.
+    pub key: AdaptableLinear,
+    /// Value projection, `[d_model] -> [d_model]`.
+    pub value: AdaptableLinear,
+    /// Output projection, `[d_model] -> [d_model]`.
+    pub out: AdaptableLinear,
+    /// Dropout on the attention weights.
+    pub dropout: Dropout,
+    /// Number of heads; `d_model` must be a multiple of it.
+    pub n_heads: usize,
+}
+
+impl CausalSelfAttention {
+    /// A new layer with random projections.
+    pub fn new(d_model: usize, n_heads: usize, dropout: f64, device: &Device) -> Self {
+        let linear = || AdaptableLinear::new(d_model, d_model, device);
+        Self {
+            query: linear(),
+            key: linear(),
+            value: linear(),
+            out: linear(),
+            dropout: DropoutConfig::new(dropout).init(),
+            n_heads,
+        }
+    }
+
+    /// Attends over `x`, adding `bias` (0 where attending is allowed, a large negative number
+    /// where it is not; see [`attention_bias`](crate::model::attention_bias)) to the scores.
+    ///
+    /// # Shapes
+    ///
+    /// - x: `[batch, seq, d_model]`
+    /// - bias: `[batch, 1, seq, seq]`
+    /// - output: `[batch, seq, d_model]`
+    pub fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
+        let [batch, seq, d_model] = x.dims();
+        let head_dim = d_model / self.n_heads;
+        let heads = |t: Tensor<3>| {
+            t.reshape([batch, seq, self.n_heads, head_dim])
+                .swap_dims(1, 2) // [batch, heads, seq, head_dim]
+        };
+        let q = heads(self.query.forward(x.clone()));
+        let k = heads(self.key.forward(x.clone()));
+        let v = heads(self.value.forward(x));
+        let scores = q.matmul(k.transpose()).div_scalar((head_dim as f64).sqrt()); // [batch, heads, seq, seq]
+        let weights = self.dropout.forward(softmax(scores + bias, 3));
+        let y = weights
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, d_model]);
+        self.out.forward(y)
+    }
+}
+
+impl MapLinears for CausalSelfAttention {
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
+        Ok(Self {
+            query: self.query.map_linears(&join_path(path, "query"), f)?,
+            key: self.key.map_linears(&join_path(path, "key"), f)?,
+            value: self.value.map_linears(&join_path(path, "value"), f)?,
+            out: self.out.map_linears(&join_path(path, "out"), f)?,
+            ..self
+        })
+    }
+}

@@ -1,0 +1,70 @@
+//! A sequence classifier on top of [`Gpt`]: pool the hidden states, then a linear head.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Bool, Device, Int, Tensor};
+
+use crate::Error;
+use crate::lora::adaptable::{LinearFn, MapLinears, join_path};
+use crate::model::Gpt;
+
+/// How a sequence's hidden states become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The last non-padding token: in a causal model, the only one that has seen the whole
+    /// text. The default.
+    LastToken,
+    /// The mean over non-padding tokens.
+    Mean,
+}
+
+/// [`Gpt`] plus a classification `head` over pooled hidden states.
+#[derive(Module, Debug)]
+pub struct GptClassifier {
+    /// The (pre-trained) decoder.
+    pub gpt: Gpt,
+    /// `[d_model] -> [classes]`.
+    pub head: Linear,
+}
+
+impl GptClassifier {
+    /// Puts a fresh head with `classes` outputs on `gpt`.
+    pub fn new(gpt: Gpt, classes: usize, device: &Device) -> Self {
+        let d_model = gpt.token_embedding.weight.dims()[1];
+        Self {
+            gpt,
+            head: LinearConfig::new(d_model, classes).init(device),
+        }
+    }
+
+    /// Class logits. `pool` weights each position (see
+    /// [`pool_weights`](crate::data::pool_weights)): a one-hot row selects the last token,
+    /// `1/len` over the text averages.
+    ///
+    /// # Shapes
+    ///
+    /// - tokens, padding, pool: `[batch, seq]`
+    /// - output: `[batch, classes]`
+    pub fn forward(
+        &self,
+        tokens: Tensor<2, Int>,
+        padding: Tensor<2, Bool>,
+        pool: Tensor<2>,
+    ) -> Tensor<2> {
+        let hidden = self.gpt.hidden(tokens, padding); // [batch, seq, d_model]
+        let [batch, _, d_model] = hidden.dims();
+        let pooled = (hidden * pool.unsqueeze_dim(2))
+            .sum_dim(1)
+            .reshape([batch, d_model]);
+        self.head.forward(pooled)
+    }
+}
+
+impl MapLinears for GptClassifier {
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
+        Ok(Self {
+            gpt: self.gpt.map_linears(&join_path(path, "gpt"), f)?,
+            ..self
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! Autoregressive generation: each new token is predicted from the tokens before it.
+
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use rand::{Rng, RngExt};
+
+use crate::model::Gpt;
+
+/// How the next token is chosen from the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// The most likely token.
+    Greedy,
+    /// Sample among the `k` most likely tokens, from `softmax(logits / temperature)`.
+    TopK {
+        /// How many candidates.
+        k: usize,
+        /// Above 1 flattens the distribution, below 1 sharpens it.
+        temperature: f64,
+    },
+}
+
+/// Extends `prompt` by up to `max_new` tokens, one at a time, stopping early at `stop`.
+/// Only the last `max_seq_len` tokens are fed back. Returns the new tokens.
+pub fn generate(
+    model: &Gpt,
+    prompt: &[u32],
+    max_new: usize,
+    stop: Option<u32>,
+    sampling: Sampling,
+    rng: &mut impl Rng,
+) -> Vec<u32> {
+    let device = model.token_embedding.weight.device();
+    let mut tokens = prompt.to_vec();
+    for _ in 0..max_new {
+        let context = &tokens[tokens.len().saturating_sub(model.max_seq_len())..];
+        let seq = context.len();
+        let ids: Vec<i64> = context.iter().map(|&t| t as i64).collect();
+        let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, seq]), &device);
+        let padding =
+            Tensor::<2, Bool>::from_data(TensorData::new(vec![false; seq], [1, seq]), &device);
+        let logits = model.forward(input, padding).slice([0..1, seq - 1..seq]); // [1, 1, vocab]
+        let logits: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .unwrap_or_default();
+        let next = choose(&logits, sampling, rng);
+        tokens.push(next);
+        if Some(next) == stop {
+            break;
+        }
+    }
+    tokens.split_off(prompt.len())
+}
+
+/// Picks a token id from one position's logits.
+fn choose(logits: &[f32], sampling: Sampling, rng: &mut impl Rng) -> u32 {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let (k, temperature) = match sampling {
+        Sampling::Greedy => return order[0] as u32,
+        Sampling::TopK { k, temperature } => (k.clamp(1, logits.len()), temperature.max(1e-6)),
+    };
+    let top = &order[..k];
+    let max = logits[top[0]] as f64;
+    let weights: Vec<f64> = top
+        .iter()
+        .map(|&i| ((logits[i] as f64 - max) / temperature).exp())
+        .collect();
+    let mut draw = rng.random::<f64>() * weights.iter().sum::<f64>();
+    for (&i, w) in top.iter().zip(&weights) {
+        if draw < *w {
+            return i as u32;
+        }
+        draw -= w;
+    }
+    top[k - 1] as u32
+}

@@ -1,0 +1,19 @@
+//! A small GPT-style decoder, one concept per file, in the spirit of nanoGPT.
+//!
+//! Every projection (`query`, `key`, `value`, `out`, `fc_in`, `fc_out`) is an
+//! [`AdaptableLinear`](crate::AdaptableLinear), so LoRA targets use the names of the LoRA
+//! paper and PEFT.
+
+mod attention;
+mod block;
+mod classifier;
+mod generate;
+mod gpt;
+mod mlp;
+
+pub use attention::CausalSelfAttention;
+pub use block::Block;
+pub use classifier::{GptClassifier, Pooling};
+pub use generate::{Sampling, generate};
+pub use gpt::{Gpt, GptConfig, attention_bias};
+pub use mlp::Mlp;
