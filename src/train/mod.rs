@@ -1,10 +1,16 @@
 //! Training: self-supervised pre-training and supervised fine-tuning, each one spelled-out
 //! loop, plus the small pieces they share.
 
+pub mod baseline;
+mod finetune;
 mod plot;
 mod pretrain;
 mod schedule;
+pub mod sentiment;
 
+pub use finetune::{
+    Encoded, FinetuneMode, FinetuneOptions, History, accuracy, encode_dataset, finetune, predict,
+};
 pub use plot::svg_line_plot;
 pub use pretrain::{PretrainOptions, PretrainReport, pretrain, unigram_perplexity};
 pub use schedule::lr_at;

@@ -215,12 +215,14 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<PretrainRe
         }
         let val = eval_loss(&model.valid(), &val_batches);
         val_losses.push(val);
-        bar.println(format!(
-            "epoch {}: train loss {:.3}, validation loss {val:.3}, perplexity {:.1}",
-            epoch + 1,
-            mean_tail(&losses, 50),
-            val.exp()
-        ));
+        bar.suspend(|| {
+            println!(
+                "epoch {}: train loss {:.3}, validation loss {val:.3}, perplexity {:.1}",
+                epoch + 1,
+                mean_tail(&losses, 50),
+                val.exp()
+            )
+        });
     }
     bar.finish_and_clear();
     let wall_seconds = start.elapsed().as_secs_f64();

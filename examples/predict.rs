@@ -1,0 +1,128 @@
+//! Classifies new text with a fine-tuned model: the base plus a LoRA adapter, or a full
+//! fine-tuned checkpoint.
+//!
+//! ```sh
+//! cargo run --release --example predict -- --adapter runs/sentiment/lora_adapter "A gem of a film."
+//! echo "Dull and far too long." | cargo run --release --example predict -- --adapter runs/sentiment/lora_adapter --json
+//! cargo run --release --example predict -- --checkpoint runs/sentiment/full_model.bpk "Loved it"
+//! ```
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use burn::tensor::Device;
+use burn_lora::data::{Example, SentimentDataset};
+use burn_lora::model::Pooling;
+use burn_lora::train::sentiment::{Trained, load_classifier};
+use burn_lora::train::{encode_dataset, predict};
+use burn_lora::{Error, merge_lora};
+use clap::Parser;
+
+/// Sentiment of each text: label (0 negative, 1 positive) and probabilities.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Texts to classify; without any, one text per line is read from stdin.
+    texts: Vec<String>,
+    /// Base model directory.
+    #[arg(long, default_value = "fixtures/base")]
+    base: PathBuf,
+    /// A LoRA run's PEFT-format adapter directory.
+    #[arg(long, conflicts_with = "checkpoint")]
+    adapter: Option<PathBuf>,
+    /// A full fine-tuned checkpoint (`full_model.bpk`).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Print one JSON object per text.
+    #[arg(long)]
+    json: bool,
+    /// Merge the adapter into the base weights first (same answers, plain linears).
+    #[arg(long)]
+    merge: bool,
+    /// Pooling the model was trained with: `last` or `mean`.
+    #[arg(long, default_value = "last")]
+    pooling: String,
+}
+
+fn run(args: Args) -> Result<(), Error> {
+    let trained = match (args.adapter, args.checkpoint) {
+        (Some(dir), None) => Trained::Adapter(dir),
+        (None, Some(path)) => Trained::Checkpoint(path),
+        _ => {
+            return Err(Error::Usage(
+                "give --adapter DIR or --checkpoint PATH".into(),
+            ));
+        }
+    };
+    let pooling = match args.pooling.as_str() {
+        "last" => Pooling::LastToken,
+        "mean" => Pooling::Mean,
+        other => {
+            return Err(Error::Usage(format!(
+                "--pooling must be last or mean, got `{other}`"
+            )));
+        }
+    };
+    let device = Device::default();
+    let (model, tokenizer, max_len) = load_classifier(&args.base, &trained, &device)?;
+    let model = if args.merge {
+        merge_lora(model)?
+    } else {
+        model
+    };
+    let texts = match args.texts.is_empty() {
+        false => args.texts,
+        true => std::io::stdin()
+            .lock()
+            .lines()
+            .map(|l| l.map_err(|e| Error::io("<stdin>", e)))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|l| !l.trim().is_empty())
+            .collect(),
+    };
+    let examples = texts
+        .iter()
+        .map(|t| Example {
+            label: 0,
+            text: t.clone(),
+        })
+        .collect();
+    let data = SentimentDataset {
+        path: "<input>".into(),
+        examples,
+    };
+    let encoded = encode_dataset(&tokenizer, &data, max_len)?;
+    if encoded.truncated > 0 {
+        eprintln!(
+            "note: {} text(s) longer than {max_len} tokens were truncated",
+            encoded.truncated
+        );
+    }
+    for (text, p) in texts.iter().zip(predict(
+        &model,
+        &encoded.tokens,
+        pooling,
+        tokenizer.pad_id(),
+    )) {
+        let label = usize::from(p[1] > p[0]);
+        if args.json {
+            let json = serde_json::json!({"text": text, "label": label, "probs": [p[0], p[1]]});
+            println!("{json}");
+        } else {
+            let name = ["negative", "positive"][label];
+            println!("{name:<8} {:.3}  {text}", p[label]);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The main job: fine-tune the shipped pre-trained base on sentiment three ways (full
+//! fine-tuning, LoRA, head-only) and compare what each costs and achieves.
+//!
+//! ```sh
+//! cargo run --release --example sentiment
+//! cargo run --release --example sentiment -- --dataset zh --modes lora --rank 16
+//! cargo run --release --example sentiment -- --base random      # what pre-training is worth
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use burn::tensor::Device;
+use burn_lora::model::Pooling;
+use burn_lora::train::FinetuneMode;
+use burn_lora::train::sentiment::{SentimentOptions, run_sentiment};
+use burn_lora::{Error, LoraConfig};
+use clap::Parser;
+
+/// Full fine-tuning vs LoRA vs head-only on real sentiment data.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Built-in dataset: `en` (movie-review snippets) or `zh` (product reviews).
+    #[arg(long, default_value = "en")]
+    dataset: String,
+    /// Train on this `label<TAB>text` file instead of the dataset's training split.
+    #[arg(long)]
+    data_file: Option<PathBuf>,
+    /// Also evaluate on this `label<TAB>text` file (repeatable).
+    #[arg(long)]
+    eval_file: Vec<PathBuf>,
+    /// Comma-separated modes: full, lora, head.
+    #[arg(long, default_value = "full,lora,head")]
+    modes: String,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 16.0, allow_negative_numbers = true)]
+    alpha: f64,
+    /// LoRA dropout.
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    dropout: f64,
+    /// LoRA targets: comma-separated names, or `all-linear`.
+    #[arg(long, default_value = "query,value")]
+    targets: String,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Learning rate for every mode (default: 3e-4 full, 3e-3 LoRA and head-only).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Examples per step.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Base model directory, or `random` for an untrained model of the same size.
+    #[arg(long, default_value = "fixtures/base")]
+    base: String,
+    /// Train on at most this many examples (quick tries).
+    #[arg(long)]
+    max_train: Option<usize>,
+    /// Pool the hidden states with `last` token or `mean`.
+    #[arg(long, default_value = "last")]
+    pooling: String,
+    /// Output directory.
+    #[arg(long, default_value = "runs/sentiment")]
+    out: PathBuf,
+}
+
+fn options(args: Args) -> Result<SentimentOptions, Error> {
+    let usage = |m: String| Error::Usage(m);
+    if args.batch_size == 0 {
+        return Err(usage("--batch-size must be at least 1".into()));
+    }
+    if !["en", "zh"].contains(&args.dataset.as_str()) {
+        return Err(usage(format!(
+            "--dataset must be en or zh, got `{}`",
+            args.dataset
+        )));
+    }
+    let data = PathBuf::from("fixtures/data").join(&args.dataset);
+    let lora = LoraConfig::new()
+        .with_rank(args.rank)
+        .with_alpha(args.alpha)
+        .with_dropout(args.dropout)
+        .with_target_modules(
+            args.targets
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect(),
+        )
+        .with_modules_to_save(vec!["head".into()]);
+    lora.validate()?;
+    let modes = args
+        .modes
+        .split(',')
+        .map(|m| match m.trim() {
+            "full" => Ok(FinetuneMode::Full),
+            "lora" => Ok(FinetuneMode::Lora(lora.clone())),
+            "head" => Ok(FinetuneMode::HeadOnly),
+            other => Err(usage(format!(
+                "unknown mode `{other}`; modes are full, lora, head"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pooling = match args.pooling.as_str() {
+        "last" => Pooling::LastToken,
+        "mean" => Pooling::Mean,
+        other => {
+            return Err(usage(format!(
+                "--pooling must be last or mean, got `{other}`"
+            )));
+        }
+    };
+    Ok(SentimentOptions {
+        dataset: args.dataset,
+        train_file: args.data_file.unwrap_or_else(|| data.join("train.tsv")),
+        test_file: data.join("test.tsv"),
+        eval_files: args.eval_file,
+        base: (args.base != "random").then(|| PathBuf::from(&args.base)),
+        tokenizer: PathBuf::from("fixtures/base/tokenizer.json"),
+        modes,
+        lr: args.lr,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        max_train: args.max_train,
+        out: args.out,
+        pooling,
+    })
+}
+
+fn main() -> ExitCode {
+    let result = options(Args::parse()).and_then(|options| {
+        let (metrics, table) = run_sentiment(&options, &Device::default())?;
+        println!(
+            "\ndataset {}, base {}\n{table}",
+            metrics.dataset, metrics.base
+        );
+        println!("wrote {}/metrics.json", options.out.display());
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Supervised fine-tuning for classification: one loop for full fine-tuning, LoRA and
+//! head-only training.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLoss;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::Device;
+use burn::tensor::activation::softmax;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::Error;
+use crate::data::{SentimentDataset, class_batch};
+use crate::lora::adaptable::{apply_lora, set_lora_trainable};
+use crate::lora::config::LoraConfig;
+use crate::model::{GptClassifier, Pooling};
+use crate::tokenizer::BpeTokenizer;
+use crate::train::{lr_at, progress};
+
+/// What fine-tuning trains.
+#[derive(Debug, Clone)]
+pub enum FinetuneMode {
+    /// Every parameter.
+    Full,
+    /// LoRA adapters inside the targeted linears, plus the head; the base is frozen.
+    Lora(LoraConfig),
+    /// The head alone on a frozen base (linear probing). This, not LoRA, is "a frozen model
+    /// with a new layer on top".
+    HeadOnly,
+}
+
+impl FinetuneMode {
+    /// `full`, `lora` or `head`, as in `metrics.json`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FinetuneMode::Full => "full",
+            FinetuneMode::Lora(_) => "lora",
+            FinetuneMode::HeadOnly => "head",
+        }
+    }
+
+    /// Sets up `model` for this mode: adapters in and the base frozen for LoRA, everything
+    /// but the head frozen for head-only, nothing changed for full fine-tuning.
+    ///
+    /// # Errors
+    ///
+    /// An invalid LoRA config or unknown target names.
+    pub fn prepare(&self, model: GptClassifier) -> Result<GptClassifier, Error> {
+        match self {
+            FinetuneMode::Full => Ok(model),
+            FinetuneMode::Lora(config) => apply_lora(model, config),
+            FinetuneMode::HeadOnly => set_lora_trainable(model, &["head".to_string()]),
+        }
+    }
+}
+
+/// Token ids of a dataset, ready for batching.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// Each text's tokens, truncated, ending with `<eos>`.
+    pub tokens: Vec<Vec<u32>>,
+    /// The labels.
+    pub labels: Vec<usize>,
+    /// How many texts were longer than the context and were truncated.
+    pub truncated: usize,
+}
+
+/// Tokenizes every text, keeps at most `max_len - 1` tokens, and appends `<eos>`: the last
+/// position is then always `<eos>`, whose hidden state has read the whole text.
+///
+/// # Errors
+///
+/// A tokenizer failure.
+pub fn encode_dataset(
+    tokenizer: &BpeTokenizer,
+    data: &SentimentDataset,
+    max_len: usize,
+) -> Result<Encoded, Error> {
+    let mut encoded = Encoded {
+        tokens: Vec::with_capacity(data.len()),
+        labels: Vec::with_capacity(data.len()),
+        truncated: 0,
+    };
+    for example in &data.examples {
+        let mut ids = tokenizer.encode(&example.text)?;
+        if ids.len() > max_len - 1 {
+            ids.truncate(max_len - 1);
+            encoded.truncated += 1;
+        }
+        ids.push(tokenizer.eos_id());
+        encoded.tokens.push(ids);
+        encoded.labels.push(example.label);
+    }
+    Ok(encoded)
+}
+
+/// Training settings shared by all modes.
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Fraction of steps spent warming up.
+    pub warmup_ratio: f64,
+    /// Seed for shuffling and dropout.
+    pub seed: u64,
+    /// How hidden states are pooled.
+    pub pooling: Pooling,
+    /// The `<pad>` id.
+    pub pad_id: u32,
+}
+
+/// What happened during training.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Loss of every step.
+    pub step_loss: Vec<f64>,
+    /// Wall time of every step.
+    pub step_seconds: Vec<f64>,
+    /// Training accuracy of each epoch (on the batches as they were trained).
+    pub epoch_train_accuracy: Vec<f64>,
+    /// Validation accuracy after each epoch.
+    pub epoch_val_accuracy: Vec<f64>,
+    /// Total training wall time.
+    pub train_seconds: f64,
+}
+
+/// Trains `model` (already [prepared](FinetuneMode::prepare), on an autodiff device) on
+/// `train`, evaluating on `val` after each epoch. Frozen parameters get no gradient and so
+/// no update: one loop serves every mode.
+///
+/// # Errors
+///
+/// [`Error::NonFiniteLoss`] naming the step, when the loss becomes NaN or infinite.
+pub fn finetune(
+    mut model: GptClassifier,
+    train: &Encoded,
+    val: &Encoded,
+    options: &FinetuneOptions,
+    label: &str,
+) -> Result<(GptClassifier, History), Error> {
+    let device = model.head.weight.device();
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let steps_per_epoch = train.tokens.len().div_ceil(options.batch_size);
+    let total = options.epochs * steps_per_epoch;
+    let warmup = (options.warmup_ratio * total as f64).round() as usize;
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(options.weight_decay as f32)
+        .init();
+    let loss_fn = CrossEntropyLoss::new(None, &device);
+    let mut history = History::default();
+    let bar = progress(total as u64, label);
+    let start = Instant::now();
+    for epoch in 0..options.epochs {
+        let mut order: Vec<usize> = (0..train.tokens.len()).collect();
+        order.shuffle(&mut rng);
+        let (mut correct, mut seen) = (0, 0);
+        for chunk in order.chunks(options.batch_size) {
+            let step_start = Instant::now();
+            let step = history.step_loss.len();
+            let lr = lr_at(step, total, warmup, options.lr, 0.0);
+            let seqs: Vec<&[u32]> = chunk.iter().map(|&i| train.tokens[i].as_slice()).collect();
+            let labels: Vec<usize> = chunk.iter().map(|&i| train.labels[i]).collect();
+            let batch = class_batch(&seqs, &labels, options.pad_id, options.pooling, &device);
+            let logits = model.forward(batch.tokens, batch.padding, batch.pool);
+            let predicted = logits.clone().argmax(1).reshape([chunk.len()]);
+            correct += predicted
+                .equal(batch.labels.clone())
+                .int()
+                .sum()
+                .into_scalar::<i64>() as usize;
+            seen += chunk.len();
+            let loss = loss_fn.forward(logits, batch.labels);
+            let value = loss.clone().into_scalar::<f64>();
+            if !value.is_finite() {
+                bar.abandon();
+                return Err(Error::NonFiniteLoss {
+                    step: step + 1,
+                    loss: value,
+                    lr,
+                });
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            history.step_loss.push(value);
+            history
+                .step_seconds
+                .push(step_start.elapsed().as_secs_f64());
+            let rate = seen as f64
+                / history
+                    .step_seconds
+                    .iter()
+                    .rev()
+                    .take(steps_per_epoch)
+                    .sum::<f64>();
+            bar.set_message(format!(
+                "loss {value:.3} | acc {:.3} | {rate:.0} ex/s",
+                correct as f64 / seen as f64
+            ));
+            bar.inc(1);
+        }
+        let val_accuracy = accuracy(
+            &predict(&model.valid(), &val.tokens, options.pooling, options.pad_id),
+            &val.labels,
+        );
+        history
+            .epoch_train_accuracy
+            .push(correct as f64 / seen as f64);
+        history.epoch_val_accuracy.push(val_accuracy);
+        bar.suspend(|| {
+            println!(
+                "  {label} epoch {}: train accuracy {:.4}, validation accuracy {val_accuracy:.4}",
+                epoch + 1,
+                correct as f64 / seen as f64
+            )
+        });
+    }
+    bar.finish_and_clear();
+    history.train_seconds = start.elapsed().as_secs_f64();
+    Ok((model, history))
+}
+
+/// Class probabilities `[p_negative, p_positive]` for each sequence, in input order.
+/// Sequences are batched by length, so little time goes to padding.
+pub fn predict(
+    model: &GptClassifier,
+    tokens: &[Vec<u32>],
+    pooling: Pooling,
+    pad_id: u32,
+) -> Vec<[f32; 2]> {
+    let device: Device = model.head.weight.device();
+    let mut order: Vec<usize> = (0..tokens.len()).collect();
+    order.sort_by_key(|&i| tokens[i].len());
+    let mut probs = vec![[0.0; 2]; tokens.len()];
+    for chunk in order.chunks(64) {
+        let seqs: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
+        let batch = class_batch(&seqs, &vec![0; chunk.len()], pad_id, pooling, &device);
+        let p = softmax(model.forward(batch.tokens, batch.padding, batch.pool), 1);
+        let values = p
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        for (row, &i) in chunk.iter().enumerate() {
+            probs[i] = [values[2 * row], values[2 * row + 1]];
+        }
+    }
+    probs
+}
+
+/// The fraction of `probs` whose larger class equals the label.
+pub fn accuracy(probs: &[[f32; 2]], labels: &[usize]) -> f64 {
+    let correct = probs
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| usize::from(p[1] > p[0]) == **l)
+        .count();
+    correct as f64 / labels.len().max(1) as f64
+}

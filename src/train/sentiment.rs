@@ -1,0 +1,570 @@
+//! The main job: fine-tune one base on sentiment three ways and compare what each costs and
+//! achieves.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+use crate::Error;
+use crate::data::{Example, SentimentDataset};
+use crate::lora::adaptable::merge_lora;
+use crate::lora::peft::{save_adapter, write_atomic};
+use crate::lora::report::{ParamReport, param_report};
+use crate::model::{Gpt, GptClassifier, GptConfig, Pooling};
+use crate::tokenizer::BpeTokenizer;
+use crate::train::baseline::NaiveBayes;
+use crate::train::pretrain::to_json;
+use crate::train::{
+    Encoded, FinetuneMode, FinetuneOptions, History, accuracy, encode_dataset, finetune, predict,
+    svg_line_plot,
+};
+
+/// Everything the sentiment job needs.
+#[derive(Debug, Clone)]
+pub struct SentimentOptions {
+    /// Dataset name for the report (`en`, `zh`, or a file name).
+    pub dataset: String,
+    /// Training file.
+    pub train_file: PathBuf,
+    /// Test file.
+    pub test_file: PathBuf,
+    /// Extra files evaluated after training.
+    pub eval_files: Vec<PathBuf>,
+    /// The pre-trained base directory, or `None` for a randomly initialised model.
+    pub base: Option<PathBuf>,
+    /// Tokenizer used with a random base (the base's own otherwise).
+    pub tokenizer: PathBuf,
+    /// The modes to run, in order.
+    pub modes: Vec<FinetuneMode>,
+    /// Per-mode learning rate override; `None` uses [`default_lr`].
+    pub lr: Option<f64>,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Train on a seeded random subset of `n` training examples.
+    pub max_train: Option<usize>,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Pooling of hidden states.
+    pub pooling: Pooling,
+}
+
+/// The default learning rate of a mode: LoRA and head-only train few parameters from a
+/// small start and want about 10× the full fine-tuning rate.
+pub fn default_lr(mode: &FinetuneMode) -> f64 {
+    match mode {
+        FinetuneMode::Full => 3e-4,
+        FinetuneMode::Lora(_) => 3e-3,
+        FinetuneMode::HeadOnly => 3e-3,
+    }
+}
+
+/// One row of `metrics.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunMetrics {
+    /// `full`, `lora` or `head`.
+    pub mode: String,
+    /// Parameters that trained.
+    pub trainable_params: usize,
+    /// Parameters that stayed frozen.
+    pub frozen_params: usize,
+    /// All parameters.
+    pub total_params: usize,
+    /// Accuracy on the test file.
+    pub test_accuracy: f64,
+    /// Accuracy on each `--eval-file`, by file name.
+    pub eval: BTreeMap<String, f64>,
+    /// Training wall time.
+    pub train_seconds: f64,
+    /// Median seconds per optimizer step.
+    pub median_step_seconds: f64,
+    /// Peak resident memory during this mode (see [`peak_rss`]).
+    pub peak_rss_bytes: u64,
+    /// Bytes of what this mode must store: adapter + head, head, or the full model.
+    pub artifact_bytes: u64,
+}
+
+/// `metrics.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    /// The dataset.
+    pub dataset: String,
+    /// The base directory, or `random`.
+    pub base: String,
+    /// One entry per mode.
+    pub runs: Vec<RunMetrics>,
+}
+
+/// Runs every mode and writes `metrics.json`, `details.json`, curves, and each mode's
+/// artefact into `options.out`. Returns the metrics and the printed summary table.
+///
+/// # Errors
+///
+/// Bad data files, a bad base, an invalid LoRA config, a non-finite loss, or a failed write.
+pub fn run_sentiment(
+    options: &SentimentOptions,
+    device: &Device,
+) -> Result<(Metrics, String), Error> {
+    let mut train = SentimentDataset::load(&options.train_file)?;
+    if let Some(n) = options.max_train {
+        // A seeded random subset: the files are not in random order (the English one is
+        // grouped by label), so the first n lines would be a biased sample.
+        let mut rng = StdRng::seed_from_u64(options.seed);
+        train.examples.shuffle(&mut rng);
+        train.examples.truncate(n.max(1));
+    }
+    train.check_trainable()?;
+    let test = SentimentDataset::load(&options.test_file)?;
+    let evals: Vec<SentimentDataset> = options
+        .eval_files
+        .iter()
+        .map(SentimentDataset::load)
+        .collect::<Result<_, _>>()?;
+    let (base_config, tokenizer) = load_base_config(options)?;
+    let max_len = base_config.max_seq_len;
+    let (fit, val) = split_train(&train.examples);
+    let encode = |examples: Vec<Example>| {
+        let data = SentimentDataset {
+            path: train.path.clone(),
+            examples,
+        };
+        encode_dataset(&tokenizer, &data, max_len)
+    };
+    let (fit, val) = (encode(fit)?, encode(val)?);
+    let test_enc = encode_dataset(&tokenizer, &test, max_len)?;
+    let eval_enc: Vec<Encoded> = evals
+        .iter()
+        .map(|d| encode_dataset(&tokenizer, d, max_len))
+        .collect::<Result<_, _>>()?;
+    let truncated = fit.truncated
+        + val.truncated
+        + test_enc.truncated
+        + eval_enc.iter().map(|e| e.truncated).sum::<usize>();
+    println!(
+        "data: {} train / {} validation / {} test examples; {truncated} texts longer than {max_len} tokens truncated",
+        fit.labels.len(),
+        val.labels.len(),
+        test_enc.labels.len()
+    );
+    // Every mode's set-up (LoRA targets, rank) is checked on a lazily initialised model
+    // before any training, so a bad flag fails in a second, not after the first mode.
+    for mode in &options.modes {
+        mode.prepare(GptClassifier::new(base_config.init(device), 2, device))?;
+    }
+    fs::create_dir_all(&options.out).map_err(|e| Error::io(&options.out, e))?;
+
+    let mut runs = Vec::new();
+    let mut details = Vec::new();
+    let mut curves = Vec::new();
+    for mode in &options.modes {
+        reset_peak_rss();
+        let train_device = device.clone().autodiff();
+        train_device.seed(options.seed);
+        let gpt = load_base(options, &base_config, &train_device)?;
+        let model = mode.prepare(GptClassifier::new(gpt, 2, &train_device))?;
+        let report = param_report(&model);
+        let finetune_options = FinetuneOptions {
+            epochs: options.epochs,
+            batch_size: options.batch_size,
+            lr: options.lr.unwrap_or_else(|| default_lr(mode)),
+            weight_decay: 0.01,
+            warmup_ratio: 0.06,
+            seed: options.seed,
+            pooling: options.pooling,
+            pad_id: tokenizer.pad_id(),
+        };
+        println!(
+            "\n== {} ({} trainable of {} parameters, lr {:e}) ==",
+            mode.name(),
+            report.trainable,
+            report.total,
+            finetune_options.lr
+        );
+        let (model, history) = finetune(model, &fit, &val, &finetune_options, mode.name())?;
+        let model = model.valid();
+        let test_accuracy = accuracy(
+            &predict(
+                &model,
+                &test_enc.tokens,
+                finetune_options.pooling,
+                finetune_options.pad_id,
+            ),
+            &test_enc.labels,
+        );
+        let eval = options
+            .eval_files
+            .iter()
+            .zip(&eval_enc)
+            .map(|(path, enc)| {
+                (
+                    file_name(path),
+                    accuracy(
+                        &predict(
+                            &model,
+                            &enc.tokens,
+                            finetune_options.pooling,
+                            finetune_options.pad_id,
+                        ),
+                        &enc.labels,
+                    ),
+                )
+            })
+            .collect();
+        let artifact_bytes = save_artifact(mode, &model, &options.out)?;
+        let merge = match mode {
+            FinetuneMode::Lora(_) => Some(merge_check(&model, &test_enc, &finetune_options)?),
+            _ => None,
+        };
+        let peak_rss_bytes = peak_rss().unwrap_or(0);
+        runs.push(RunMetrics {
+            mode: mode.name().into(),
+            trainable_params: report.trainable,
+            frozen_params: report.frozen,
+            total_params: report.total,
+            test_accuracy,
+            eval,
+            train_seconds: history.train_seconds,
+            median_step_seconds: median(&history.step_seconds),
+            peak_rss_bytes,
+            artifact_bytes,
+        });
+        details.push(mode_details(
+            mode,
+            &report,
+            &history,
+            merge,
+            finetune_options.lr,
+        ));
+        curves.push((mode.name(), history));
+    }
+    let nb = NaiveBayes::fit(train.examples.iter().map(|e| (e.text.as_str(), e.label)));
+    let nb_correct = test
+        .examples
+        .iter()
+        .filter(|e| nb.predict(&e.text) == e.label)
+        .count();
+    let baseline = nb_correct as f64 / test.len() as f64;
+    let metrics = Metrics {
+        dataset: options.dataset.clone(),
+        base: options
+            .base
+            .as_ref()
+            .map_or("random".into(), |p| p.display().to_string()),
+        runs,
+    };
+    write_atomic(
+        &options.out.join("metrics.json"),
+        to_json(&metrics).as_bytes(),
+    )?;
+    let details = serde_json::json!({
+        "baseline_naive_bayes_test_accuracy": baseline,
+        "truncated_texts": truncated,
+        "pooling": format!("{:?}", options.pooling),
+        "epochs": options.epochs,
+        "batch_size": options.batch_size,
+        "seed": options.seed,
+        "modes": details,
+    });
+    write_atomic(
+        &options.out.join("details.json"),
+        to_json(&details).as_bytes(),
+    )?;
+    write_curves(&options.out, &curves)?;
+    Ok((metrics.clone(), table(&metrics, baseline)))
+}
+
+fn load_base_config(options: &SentimentOptions) -> Result<(GptConfig, BpeTokenizer), Error> {
+    match &options.base {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(Error::Checkpoint {
+                    path: dir.clone(),
+                    message: "is not a base-model directory".into(),
+                });
+            }
+            let config = crate::model::load_config(&dir.join("config.json"))?;
+            Ok((config, BpeTokenizer::load(dir.join("tokenizer.json"))?))
+        }
+        None => {
+            let tokenizer = BpeTokenizer::load(&options.tokenizer)?;
+            Ok((
+                GptConfig::new(tokenizer.vocab_size()).with_max_seq_len(64),
+                tokenizer,
+            ))
+        }
+    }
+}
+
+fn load_base(
+    options: &SentimentOptions,
+    config: &GptConfig,
+    device: &Device,
+) -> Result<Gpt, Error> {
+    match &options.base {
+        Some(dir) => Ok(Gpt::load(dir, "model.bpk", device)?.1),
+        None => Ok(config.init(device)),
+    }
+}
+
+/// Splits off every tenth training example (by position) as validation, for choosing
+/// hyper-parameters without touching the test set.
+fn split_train(examples: &[Example]) -> (Vec<Example>, Vec<Example>) {
+    let (val, fit): (Vec<_>, Vec<_>) = examples
+        .iter()
+        .cloned()
+        .enumerate()
+        .partition(|(i, _)| i % 10 == 9);
+    (
+        fit.into_iter().map(|(_, e)| e).collect(),
+        val.into_iter().map(|(_, e)| e).collect(),
+    )
+}
+
+/// Saves what the mode must keep and returns its size in bytes.
+fn save_artifact(mode: &FinetuneMode, model: &GptClassifier, out: &Path) -> Result<u64, Error> {
+    match mode {
+        FinetuneMode::Lora(config) => {
+            let dir = out.join("lora_adapter");
+            save_adapter(model, config, &dir)?;
+            dir_bytes(&dir)
+        }
+        FinetuneMode::HeadOnly => {
+            let path = out.join("head.bpk");
+            crate::model::save_module(model.head.clone(), &path)?;
+            file_bytes(&path)
+        }
+        FinetuneMode::Full => {
+            let path = out.join("full_model.bpk");
+            crate::model::save_module(model.clone(), &path)?;
+            file_bytes(&path)
+        }
+    }
+}
+
+fn file_bytes(path: &Path) -> Result<u64, Error> {
+    Ok(fs::metadata(path).map_err(|e| Error::io(path, e))?.len())
+}
+
+fn dir_bytes(dir: &Path) -> Result<u64, Error> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        total += file_bytes(&entry.map_err(|e| Error::io(dir, e))?.path())?;
+    }
+    Ok(total)
+}
+
+/// What merging the adapter changed: prediction agreement and inference times.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeCheck {
+    /// Test predictions that differ between the merged and unmerged model.
+    pub differing_predictions: usize,
+    /// Largest difference in any class probability.
+    pub max_probability_difference: f32,
+    /// Seconds to classify the test set with the adapter unmerged.
+    pub unmerged_seconds: f64,
+    /// Seconds with the adapter merged.
+    pub merged_seconds: f64,
+}
+
+fn merge_check(
+    model: &GptClassifier,
+    test: &Encoded,
+    options: &FinetuneOptions,
+) -> Result<MergeCheck, Error> {
+    let start = Instant::now();
+    let unmerged = predict(model, &test.tokens, options.pooling, options.pad_id);
+    let unmerged_seconds = start.elapsed().as_secs_f64();
+    let merged_model = merge_lora(model.clone())?;
+    let start = Instant::now();
+    let merged = predict(&merged_model, &test.tokens, options.pooling, options.pad_id);
+    let merged_seconds = start.elapsed().as_secs_f64();
+    let label = |p: &[f32; 2]| p[1] > p[0];
+    let check = MergeCheck {
+        differing_predictions: unmerged
+            .iter()
+            .zip(&merged)
+            .filter(|(a, b)| label(a) != label(b))
+            .count(),
+        max_probability_difference: unmerged
+            .iter()
+            .zip(&merged)
+            .map(|(a, b)| (a[0] - b[0]).abs().max((a[1] - b[1]).abs()))
+            .fold(0.0, f32::max),
+        unmerged_seconds,
+        merged_seconds,
+    };
+    println!(
+        "  merged adapter: {} of {} test predictions differ (max |Δp| {:.2e}); inference {:.2} s unmerged, {:.2} s merged",
+        check.differing_predictions,
+        test.labels.len(),
+        check.max_probability_difference,
+        unmerged_seconds,
+        merged_seconds
+    );
+    Ok(check)
+}
+
+fn mode_details(
+    mode: &FinetuneMode,
+    report: &ParamReport,
+    history: &History,
+    merge: Option<MergeCheck>,
+    lr: f64,
+) -> serde_json::Value {
+    let lora = match mode {
+        FinetuneMode::Lora(c) => serde_json::json!({
+            "rank": c.rank, "alpha": c.alpha, "dropout": c.dropout, "target_modules": c.target_modules,
+        }),
+        _ => serde_json::Value::Null,
+    };
+    serde_json::json!({
+        "mode": mode.name(),
+        "lr": lr,
+        "lora": lora,
+        "reduction_vs_full": report.reduction,
+        "adam_state_bytes": report.adam_state_bytes,
+        "epoch_train_accuracy": history.epoch_train_accuracy,
+        "epoch_validation_accuracy": history.epoch_val_accuracy,
+        "merge_check": merge,
+    })
+}
+
+fn write_curves(out: &Path, curves: &[(&str, History)]) -> Result<(), Error> {
+    let mut csv = String::from("mode,step,loss\n");
+    let mut acc = String::from("mode,epoch,train_accuracy,validation_accuracy\n");
+    let mut series = Vec::new();
+    for (mode, history) in curves {
+        for (i, loss) in history.step_loss.iter().enumerate() {
+            csv.push_str(&format!("{mode},{},{loss}\n", i + 1));
+        }
+        for (i, (t, v)) in history
+            .epoch_train_accuracy
+            .iter()
+            .zip(&history.epoch_val_accuracy)
+            .enumerate()
+        {
+            acc.push_str(&format!("{mode},{},{t},{v}\n", i + 1));
+        }
+        // A moving average of 20 steps, so the plot shows the trend rather than the noise.
+        let smooth: Vec<(f64, f64)> = history
+            .step_loss
+            .windows(20.min(history.step_loss.len()).max(1))
+            .enumerate()
+            .map(|(i, w)| ((i + w.len()) as f64, w.iter().sum::<f64>() / w.len() as f64))
+            .collect();
+        series.push((*mode, smooth));
+    }
+    write_atomic(&out.join("loss.csv"), csv.as_bytes())?;
+    write_atomic(&out.join("accuracy.csv"), acc.as_bytes())?;
+    let svg = svg_line_plot(
+        "Fine-tuning loss (20-step mean)",
+        "step",
+        "cross-entropy",
+        &series,
+    );
+    write_atomic(&out.join("loss.svg"), svg.as_bytes())
+}
+
+fn table(metrics: &Metrics, baseline: f64) -> String {
+    let mut s = format!(
+        "{:<9} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>9} {:>12}\n",
+        "mode",
+        "trainable",
+        "frozen",
+        "total",
+        "train%",
+        "test acc",
+        "train s",
+        "s/step",
+        "peak MB",
+        "artifact"
+    );
+    for r in &metrics.runs {
+        s.push_str(&format!(
+            "{:<9} {:>10} {:>10} {:>10} {:>7.2}% {:>9.4} {:>9.1} {:>10.4} {:>9.0} {:>12}\n",
+            r.mode,
+            r.trainable_params,
+            r.frozen_params,
+            r.total_params,
+            100.0 * r.trainable_params as f64 / r.total_params as f64,
+            r.test_accuracy,
+            r.train_seconds,
+            r.median_step_seconds,
+            r.peak_rss_bytes as f64 / 1e6,
+            format!("{} B", r.artifact_bytes),
+        ));
+    }
+    s.push_str(&format!(
+        "{:<9} {:>54.4}   (multinomial naive Bayes, unigrams + bigrams)\n",
+        "baseline", baseline
+    ));
+    s
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The process's peak resident set size (`VmHWM` in `/proc/self/status`), on Linux.
+pub fn peak_rss() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the peak RSS to the current RSS (Linux: writing `5` to `/proc/self/clear_refs`),
+/// so that [`peak_rss`] measures each mode on its own within one process.
+pub fn reset_peak_rss() {
+    let _ = fs::write("/proc/self/clear_refs", "5");
+}
+
+/// A trained classifier to load on top of a base: a LoRA adapter directory (PEFT format,
+/// with the head saved in it) or a full fine-tuned checkpoint.
+#[derive(Debug, Clone)]
+pub enum Trained {
+    /// A directory written by [`save_adapter`].
+    Adapter(PathBuf),
+    /// A `full_model.bpk` written by full fine-tuning.
+    Checkpoint(PathBuf),
+}
+
+/// Loads the base in `base` and the trained part on top of it.
+///
+/// # Errors
+///
+/// A bad base directory, adapter, or checkpoint, naming the file.
+pub fn load_classifier(
+    base: &Path,
+    trained: &Trained,
+    device: &Device,
+) -> Result<(GptClassifier, BpeTokenizer, usize), Error> {
+    let tokenizer = BpeTokenizer::load(base.join("tokenizer.json"))?;
+    let (config, gpt) = Gpt::load(base, "model.bpk", device)?;
+    let model = GptClassifier::new(gpt, 2, device);
+    let model = match trained {
+        Trained::Adapter(dir) => crate::lora::peft::load_adapter(&model, dir)?,
+        Trained::Checkpoint(path) => crate::model::load_module(model, path)?,
+    };
+    Ok((model, tokenizer, config.max_seq_len))
+}

@@ -1,0 +1,259 @@
+//! Smoke tests of the main job on a tiny fixture: every mode trains, the metrics file has
+//! its schema, and LoRA leaves the base untouched.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_lora::data::SentimentDataset;
+use burn_lora::model::{GptClassifier, GptConfig, Pooling};
+use burn_lora::tokenizer::{SPECIAL_TOKENS, train_tokenizer};
+use burn_lora::train::sentiment::{SentimentOptions, run_sentiment};
+use burn_lora::train::{FinetuneMode, FinetuneOptions, encode_dataset, finetune};
+use burn_lora::{Error, LoraConfig, param_report};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("sentiment_job")
+        .join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const POSITIVE: [&str; 6] = [
+    "good",
+    "great fun",
+    "a good film",
+    "great acting",
+    "good and fun",
+    "fun",
+];
+const NEGATIVE: [&str; 6] = [
+    "bad",
+    "dull plot",
+    "a bad film",
+    "dull acting",
+    "bad and dull",
+    "awful",
+];
+
+/// Writes a tiny labelled file: `copies` rounds of the word lists.
+fn write_tsv(path: &Path, copies: usize) {
+    let mut text = String::new();
+    for i in 0..copies {
+        for (p, n) in POSITIVE.iter().zip(NEGATIVE) {
+            text.push_str(&format!("1\t{p} {i}\n0\t{n} {i}\n"));
+        }
+    }
+    fs::write(path, text).unwrap();
+}
+
+/// A tiny random base (config.json, model.bpk, tokenizer.json) in `dir`.
+fn tiny_base(dir: &Path) {
+    let texts: Vec<String> = POSITIVE
+        .iter()
+        .chain(&NEGATIVE)
+        .map(|s| s.to_string())
+        .collect();
+    let tokenizer = train_tokenizer(&texts, 280, &SPECIAL_TOKENS).unwrap();
+    tokenizer.save(dir.join("tokenizer.json")).unwrap();
+    let config = GptConfig::new(tokenizer.vocab_size())
+        .with_d_model(16)
+        .with_n_layers(1)
+        .with_n_heads(2)
+        .with_d_ff(32)
+        .with_max_seq_len(16)
+        .with_dropout(0.0);
+    fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    config
+        .init(&Device::default())
+        .save(&dir.join("model.bpk"))
+        .unwrap();
+}
+
+fn options(dir: &Path, modes: Vec<FinetuneMode>) -> SentimentOptions {
+    tiny_base(dir);
+    write_tsv(&dir.join("train.tsv"), 4);
+    write_tsv(&dir.join("test.tsv"), 1);
+    write_tsv(&dir.join("extra.tsv"), 1);
+    SentimentOptions {
+        dataset: "tiny".into(),
+        train_file: dir.join("train.tsv"),
+        test_file: dir.join("test.tsv"),
+        eval_files: vec![dir.join("extra.tsv")],
+        base: Some(dir.to_path_buf()),
+        tokenizer: dir.join("tokenizer.json"),
+        modes,
+        lr: Some(1e-2),
+        epochs: 4,
+        batch_size: 8,
+        seed: 1,
+        max_train: None,
+        out: dir.join("out"),
+        pooling: Pooling::LastToken,
+    }
+}
+
+fn lora() -> LoraConfig {
+    LoraConfig::new()
+        .with_rank(2)
+        .with_alpha(4.0)
+        .with_modules_to_save(vec!["head".into()])
+}
+
+#[test]
+fn every_mode_runs_and_metrics_json_has_the_schema() {
+    let dir = scratch("all_modes");
+    let modes = vec![
+        FinetuneMode::Full,
+        FinetuneMode::Lora(lora()),
+        FinetuneMode::HeadOnly,
+    ];
+    let (metrics, table) = run_sentiment(&options(&dir, modes), &Device::default()).unwrap();
+    assert!(table.contains("baseline"), "{table}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("out/metrics.json")).unwrap()).unwrap();
+    assert_eq!(json["dataset"], "tiny");
+    let runs = json["runs"].as_array().unwrap();
+    let modes: Vec<_> = runs.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["full", "lora", "head"]);
+    for run in runs {
+        let mut keys: Vec<_> = run.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "artifact_bytes",
+                "eval",
+                "frozen_params",
+                "median_step_seconds",
+                "mode",
+                "peak_rss_bytes",
+                "test_accuracy",
+                "total_params",
+                "train_seconds",
+                "trainable_params",
+            ]
+        );
+        assert!(
+            run["eval"]["extra.tsv"].as_f64().is_some(),
+            "--eval-file result"
+        );
+        assert!(run["artifact_bytes"].as_u64().unwrap() > 0);
+        let total = run["total_params"].as_u64().unwrap();
+        assert_eq!(
+            run["trainable_params"].as_u64().unwrap() + run["frozen_params"].as_u64().unwrap(),
+            total
+        );
+    }
+    // Full fine-tuning trains everything; head-only the head alone (16·2 + 2).
+    assert_eq!(metrics.runs[0].frozen_params, 0);
+    assert_eq!(metrics.runs[2].trainable_params, 34);
+    // The loss falls: a clearly separable toy task.
+    let csv = fs::read_to_string(dir.join("out/loss.csv")).unwrap();
+    let full: Vec<f64> = csv
+        .lines()
+        .filter(|l| l.starts_with("full,"))
+        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
+    let (first, last) = (
+        full[..2].iter().sum::<f64>() / 2.0,
+        full[full.len() - 2..].iter().sum::<f64>() / 2.0,
+    );
+    assert!(
+        last < first,
+        "full fine-tuning loss went from {first} to {last}"
+    );
+    assert!(
+        dir.join("out/lora_adapter/adapter_model.safetensors")
+            .is_file()
+    );
+    assert!(dir.join("out/full_model.bpk").is_file());
+}
+
+/// Collects every float parameter's values, by id.
+fn values<M: Module>(model: &M) -> Vec<(String, TensorData)> {
+    struct Collect(Vec<(String, TensorData)>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push((param.id.to_string(), param.val().into_data()));
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
+}
+
+#[test]
+fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
+    let dir = scratch("lora_base");
+    let options = options(&dir, vec![]);
+    let device = Device::default().autodiff();
+    let (_, gpt) = burn_lora::model::Gpt::load(&dir, "model.bpk", &device).unwrap();
+    let base_before = values(&gpt.clone().valid());
+    let model = FinetuneMode::Lora(lora())
+        .prepare(GptClassifier::new(gpt, 2, &device))
+        .unwrap();
+    let report = param_report(&model);
+    assert_eq!(
+        report.trainable,
+        2 * 2 * (16 + 16) + 34,
+        "r·(in+out) for query and value, plus the head"
+    );
+
+    let tokenizer = burn_lora::tokenizer::BpeTokenizer::load(dir.join("tokenizer.json")).unwrap();
+    let data = SentimentDataset::load(&options.train_file).unwrap();
+    let encoded = encode_dataset(&tokenizer, &data, 16).unwrap();
+    let finetune_options = FinetuneOptions {
+        epochs: 2,
+        batch_size: 8,
+        lr: 1e-2,
+        weight_decay: 0.01,
+        warmup_ratio: 0.0,
+        seed: 0,
+        pooling: Pooling::LastToken,
+        pad_id: tokenizer.pad_id(),
+    };
+    let (trained, history) =
+        finetune(model, &encoded, &encoded, &finetune_options, "lora").unwrap();
+    assert_eq!(history.step_loss.len(), 2 * 6);
+    let base_after = values(&trained.gpt.valid());
+    let factors = base_after.len() - base_before.len();
+    assert_eq!(factors, 4, "two adapted layers, A and B each");
+    for (id, before) in &base_before {
+        let after = &base_after.iter().find(|(i, _)| i == id).unwrap().1;
+        assert_eq!(after, before, "base parameter {id} changed");
+    }
+}
+
+#[test]
+fn bad_data_files_are_errors_naming_the_line() {
+    let dir = scratch("bad_data");
+    let mut options = options(&dir, vec![FinetuneMode::HeadOnly]);
+    fs::write(dir.join("bad.tsv"), "1\tfine\n0\tfine too\nmaybe\tunsure\n").unwrap();
+    options.train_file = dir.join("bad.tsv");
+    let err = run_sentiment(&options, &Device::default()).unwrap_err();
+    assert!(matches!(err, Error::Data { line: 3, .. }), "{err}");
+    assert!(
+        err.to_string().contains("bad.tsv:3: unknown label `maybe`"),
+        "{err}"
+    );
+
+    fs::write(dir.join("one_label.tsv"), "1\tgood\n1\tgreat\n").unwrap();
+    options.train_file = dir.join("one_label.tsv");
+    let err = run_sentiment(&options, &Device::default()).unwrap_err();
+    assert!(err.to_string().contains("only one label"), "{err}");
+
+    options.train_file = dir.join("missing.tsv");
+    assert!(matches!(
+        run_sentiment(&options, &Device::default()),
+        Err(Error::Io { .. })
+    ));
+}
