@@ -1,0 +1,191 @@
+//! Whole-model step times: full fine-tuning vs LoRA vs Burn's `apply_lora`, and inference
+//! with the adapter unmerged and merged. Each case runs in a fresh process, so its peak RSS
+//! is its own.
+//!
+//! ```sh
+//! cargo run --release --example bench
+//! cargo run --release --example bench -- --d-model 256 --layers 6 --out runs/bench.json
+//! ```
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use burn::tensor::Device;
+use burn_lora::bench::{Case, CaseResult, Sizes, run_case};
+use burn_lora::train::sentiment::peak_rss;
+use clap::Parser;
+
+/// Step timings of a GPT-shaped classifier, one case per process.
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    #[arg(long, default_value_t = 8192)]
+    vocab: usize,
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 512)]
+    d_ff: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 64)]
+    seq: usize,
+    /// Timed steps per case.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run only this case and print it as JSON (used for the per-case processes).
+    #[arg(long)]
+    case: Option<String>,
+}
+
+impl Args {
+    fn sizes(&self) -> Sizes {
+        Sizes {
+            vocab: self.vocab,
+            d_model: self.d_model,
+            layers: self.layers,
+            heads: self.heads,
+            d_ff: self.d_ff,
+            batch: self.batch,
+            seq: self.seq,
+        }
+    }
+
+    fn flags(&self) -> Vec<String> {
+        let pairs = [
+            ("--vocab", self.vocab),
+            ("--d-model", self.d_model),
+            ("--layers", self.layers),
+            ("--heads", self.heads),
+            ("--d-ff", self.d_ff),
+            ("--batch", self.batch),
+            ("--seq", self.seq),
+            ("--steps", self.steps),
+            ("--warmup", self.warmup),
+        ];
+        pairs
+            .iter()
+            .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+            .collect()
+    }
+}
+
+fn child(args: &Args, name: &str) -> Result<(), String> {
+    let case = Case::from_name(name).ok_or(format!("unknown case {name}"))?;
+    let result = run_case(
+        case,
+        &args.sizes(),
+        args.warmup,
+        args.steps,
+        &Device::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut json = serde_json::to_value(&result).map_err(|e| e.to_string())?;
+    json["peak_rss_bytes"] = peak_rss().unwrap_or(0).into();
+    println!("{json}");
+    Ok(())
+}
+
+fn parent(args: &Args) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut rows: Vec<(CaseResult, u64)> = Vec::new();
+    println!(
+        "sizes: {:?}; {} timed steps after {} warm-up, each case in its own process\n",
+        args.sizes(),
+        args.steps,
+        args.warmup
+    );
+    for case in Case::ALL {
+        let output = Command::new(&exe)
+            .args(args.flags())
+            .args(["--case", case.name()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !output.status.success() {
+            return Err(format!(
+                "case {} failed: {}",
+                case.name(),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+        let result = CaseResult {
+            case: case.name(),
+            median_s: json["median_s"].as_f64().unwrap_or(0.0),
+            min_s: json["min_s"].as_f64().unwrap_or(0.0),
+            max_s: json["max_s"].as_f64().unwrap_or(0.0),
+            trainable: json["trainable"].as_u64().unwrap_or(0) as usize,
+        };
+        eprintln!("{:<20} median {:.1} ms", case.name(), result.median_s * 1e3);
+        rows.push((result, json["peak_rss_bytes"].as_u64().unwrap_or(0)));
+    }
+    let full = rows[0].0.median_s;
+    let base = rows
+        .iter()
+        .find(|(r, _)| r.case == "infer-base")
+        .map_or(1.0, |(r, _)| r.median_s);
+    println!(
+        "\n{:<20} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
+        "case", "median ms", "min ms", "max ms", "ratio", "peak MB", "trainable"
+    );
+    let mut json_rows = Vec::new();
+    for (r, rss) in &rows {
+        let ratio = if r.case.starts_with("infer") {
+            r.median_s / base
+        } else {
+            r.median_s / full
+        };
+        println!(
+            "{:<20} {:>10.1} {:>10.1} {:>10.1} {:>8.2}x {:>10.0} {:>11}",
+            r.case,
+            r.median_s * 1e3,
+            r.min_s * 1e3,
+            r.max_s * 1e3,
+            ratio,
+            *rss as f64 / 1e6,
+            r.trainable
+        );
+        let mut j = serde_json::to_value(r).map_err(|e| e.to_string())?;
+        j["ratio"] = ratio.into();
+        j["peak_rss_bytes"] = (*rss).into();
+        json_rows.push(j);
+    }
+    println!(
+        "\nratio: training cases against full fine-tuning, inference cases against infer-base"
+    );
+    if let Some(out) = &args.out {
+        let json =
+            serde_json::json!({"sizes": args.sizes(), "steps": args.steps, "cases": json_rows});
+        std::fs::write(
+            out,
+            serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match &args.case {
+        Some(name) => child(&args, name),
+        None => parent(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Whole-model step timings: full fine-tuning, LoRA, Burn's built-in `apply_lora`, and
+//! inference, on one classification batch. `examples/bench.rs` prints them as a table.
+
+use std::time::Instant;
+
+use burn::module::{Lora, Module, ParamGroup};
+use burn::nn::loss::CrossEntropyLoss;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::Error;
+use crate::lora::adaptable::{apply_lora, merge_lora};
+use crate::lora::config::LoraConfig;
+use crate::lora::report::param_report;
+use crate::model::{GptClassifier, GptConfig};
+
+/// What one case measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Case {
+    /// Training step, every parameter trainable.
+    Full,
+    /// Training step, our `LoraLinear` on query and value.
+    LoraQv,
+    /// Training step, our `LoraLinear` on every linear of the blocks.
+    LoraAll,
+    /// Training step, Burn's `Module::apply_lora` on the query and value weights.
+    BurnApplyLoraQv,
+    /// Forward pass of the base model.
+    InferBase,
+    /// Forward pass with LoRA adapters on query and value, unmerged.
+    InferLoraUnmerged,
+    /// Forward pass with the same adapters merged into the weights.
+    InferLoraMerged,
+}
+
+impl Case {
+    /// Every case, in table order.
+    pub const ALL: [Case; 7] = [
+        Case::Full,
+        Case::LoraQv,
+        Case::LoraAll,
+        Case::BurnApplyLoraQv,
+        Case::InferBase,
+        Case::InferLoraUnmerged,
+        Case::InferLoraMerged,
+    ];
+
+    /// The case's name on the command line and in the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::Full => "full",
+            Case::LoraQv => "lora-qv",
+            Case::LoraAll => "lora-all",
+            Case::BurnApplyLoraQv => "burn-apply-lora-qv",
+            Case::InferBase => "infer-base",
+            Case::InferLoraUnmerged => "infer-lora-unmerged",
+            Case::InferLoraMerged => "infer-lora-merged",
+        }
+    }
+
+    /// The case called `name`.
+    pub fn from_name(name: &str) -> Option<Case> {
+        Case::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// The model and batch sizes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sizes {
+    /// Vocabulary.
+    pub vocab: usize,
+    /// Width.
+    pub d_model: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// Heads.
+    pub heads: usize,
+    /// MLP width.
+    pub d_ff: usize,
+    /// Sequences per batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+}
+
+/// One case's timings.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// The case.
+    pub case: &'static str,
+    /// Median seconds per step.
+    pub median_s: f64,
+    /// Fastest step.
+    pub min_s: f64,
+    /// Slowest step.
+    pub max_s: f64,
+    /// Trainable parameters (0 for inference).
+    pub trainable: usize,
+}
+
+/// Times `steps` steps of `case` after `warmup` untimed ones.
+///
+/// # Errors
+///
+/// Invalid sizes.
+pub fn run_case(
+    case: Case,
+    sizes: &Sizes,
+    warmup: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<CaseResult, Error> {
+    let config = GptConfig::new(sizes.vocab)
+        .with_d_model(sizes.d_model)
+        .with_n_layers(sizes.layers)
+        .with_n_heads(sizes.heads)
+        .with_d_ff(sizes.d_ff)
+        .with_max_seq_len(sizes.seq)
+        .with_dropout(0.0);
+    config.validate().map_err(Error::Usage)?;
+    let train = !matches!(
+        case,
+        Case::InferBase | Case::InferLoraUnmerged | Case::InferLoraMerged
+    );
+    let device = if train {
+        device.clone().autodiff()
+    } else {
+        device.clone()
+    };
+    device.seed(0);
+    let model = GptClassifier::new(config.init(&device), 2, &device);
+    let lora = |targets: &[&str]| {
+        LoraConfig::new()
+            .with_rank(8)
+            .with_alpha(16.0)
+            .with_target_modules(targets.iter().map(|t| t.to_string()).collect())
+            .with_modules_to_save(vec!["head".into()])
+    };
+    let model = match case {
+        Case::Full | Case::InferBase => model,
+        Case::LoraQv | Case::InferLoraUnmerged => apply_lora(model, &lora(&["query", "value"]))?,
+        Case::InferLoraMerged => merge_lora(apply_lora(model, &lora(&["query", "value"]))?)?,
+        Case::LoraAll => apply_lora(model, &lora(&["all-linear"]))?,
+        Case::BurnApplyLoraQv => {
+            let group =
+                |re: &str| ParamGroup::from_regex(re).map_err(|e| Error::Usage(format!("{e:?}")));
+            model
+                .apply_lora(
+                    Lora::new(8, 16.0).set_param_group(group(r"\.(query|value)\.Base\.weight$")?),
+                )
+                .set_require_grad_group(group(r"^head\.")?, true)
+        }
+    };
+    let trainable = if train {
+        param_report(&model).trainable
+    } else {
+        0
+    };
+    let tokens = Tensor::<2, Int>::random(
+        [sizes.batch, sizes.seq],
+        Distribution::Uniform(3.0, sizes.vocab as f64),
+        &device,
+    );
+    let padding = Tensor::<2, Bool>::from_data(
+        TensorData::new(
+            vec![false; sizes.batch * sizes.seq],
+            [sizes.batch, sizes.seq],
+        ),
+        &device,
+    );
+    let pool = Tensor::<2>::ones([sizes.batch, sizes.seq], &device).div_scalar(sizes.seq as f64);
+    let labels = Tensor::<1, Int>::random([sizes.batch], Distribution::Uniform(0.0, 2.0), &device);
+    let loss_fn = CrossEntropyLoss::new(None, &device);
+    let mut optim = AdamWConfig::new().init();
+    let mut model = model;
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        let logits = model.forward(tokens.clone(), padding.clone(), pool.clone());
+        if train {
+            let loss = loss_fn.forward(logits, labels.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-4, model, grads);
+            let _ = model.head.weight.val().into_data(); // wait for the update to finish
+        } else {
+            let _ = logits.into_data();
+        }
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(CaseResult {
+        case: case.name(),
+        median_s: times[times.len() / 2],
+        min_s: times[0],
+        max_s: times[times.len() - 1],
+        trainable,
+    })
+}
