@@ -40,14 +40,18 @@ fn main() -> ExitCode {
         "{path}: {} tokens (256 bytes, 3 special, the rest learned merges)",
         tokenizer.vocab_size()
     );
-    println!("A token prints in the byte-level alphabet (Ġ is a space); a piece that is not");
-    println!("whole UTF-8 on its own (part of a Chinese character) decodes to '\\u{{fffd}}'.");
+    println!("A token prints in the byte-level alphabet (Ġ is a space). Frequent words and");
+    println!("characters are one token; a rare character (鬱, 🍿) stays several byte tokens,");
+    println!("each of which alone is not whole UTF-8 and decodes to '\\u{{fffd}}'.");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let texts = match args.is_empty() {
-        true => vec![
-            "The movie was surprisingly good.".to_string(),
-            "这本书写得很好，值得一读。".to_string(),
-        ],
+        true => [
+            "The movie was surprisingly good.",
+            "这本书写得很好，值得一读。",
+            "鬱 🍿",
+        ]
+        .map(String::from)
+        .to_vec(),
         false => args,
     };
     for text in &texts {
