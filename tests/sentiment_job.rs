@@ -257,3 +257,16 @@ fn bad_data_files_are_errors_naming_the_line() {
         Err(Error::Io { .. })
     ));
 }
+
+#[test]
+fn a_diverging_run_stops_and_names_the_step() {
+    let dir = scratch("diverge");
+    let mut options = options(&dir, vec![FinetuneMode::Full]);
+    options.lr = Some(1e30);
+    let err = run_sentiment(&options, &Device::default()).unwrap_err();
+    assert!(err.to_string().contains("learning rate"), "{err}");
+    let Error::NonFiniteLoss { step, .. } = err else {
+        panic!("{err}")
+    };
+    assert!(step > 1, "the first step's loss is finite; step {step}");
+}

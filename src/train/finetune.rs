@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLoss;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::tensor::Device;
 use burn::tensor::activation::softmax;
 use rand::SeedableRng;
@@ -18,7 +18,7 @@ use crate::lora::adaptable::{apply_lora, set_lora_trainable};
 use crate::lora::config::LoraConfig;
 use crate::model::{GptClassifier, Pooling};
 use crate::tokenizer::BpeTokenizer;
-use crate::train::{lr_at, progress};
+use crate::train::{lr_at, optimizer_step, progress};
 
 /// What fine-tuning trains.
 #[derive(Debug, Clone)]
@@ -179,17 +179,8 @@ pub fn finetune(
                 .into_scalar::<i64>() as usize;
             seen += chunk.len();
             let loss = loss_fn.forward(logits, batch.labels);
-            let value = loss.clone().into_scalar::<f64>();
-            if !value.is_finite() {
-                bar.abandon();
-                return Err(Error::NonFiniteLoss {
-                    step: step + 1,
-                    loss: value,
-                    lr,
-                });
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
+            let value;
+            (model, value) = optimizer_step(model, &mut optim, loss, step, lr, &bar)?;
             history.step_loss.push(value);
             history
                 .step_seconds

@@ -15,7 +15,36 @@ pub use plot::svg_line_plot;
 pub use pretrain::{PretrainOptions, PretrainReport, pretrain, unigram_perplexity};
 pub use schedule::lr_at;
 
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::Error;
+
+/// One optimizer step on `loss`, shared by pre-training and fine-tuning. A NaN or infinite
+/// loss stops training with [`Error::NonFiniteLoss`] naming the step and learning rate,
+/// before it can reach the weights. Returns the updated model and the loss value.
+pub(crate) fn optimizer_step<M: Module>(
+    model: M,
+    optim: &mut ModuleOptimizer,
+    loss: Tensor<1>,
+    step: usize,
+    lr: f64,
+    bar: &ProgressBar,
+) -> Result<(M, f64), Error> {
+    let value = loss.clone().into_scalar::<f64>();
+    if !value.is_finite() {
+        bar.abandon();
+        return Err(Error::NonFiniteLoss {
+            step: step + 1,
+            loss: value,
+            lr,
+        });
+    }
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    Ok((optim.step(lr, model, grads), value))
+}
 
 /// A progress bar for `len` steps, drawn on stderr when it is a terminal.
 pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {

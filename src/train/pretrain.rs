@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLoss;
+use burn::optim::AdamWConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -20,7 +20,7 @@ use crate::data::{LmBatch, build_corpus, lm_batches, split_validation};
 use crate::lora::peft::write_atomic;
 use crate::model::{Gpt, GptConfig, Sampling, generate};
 use crate::tokenizer::{BpeTokenizer, SPECIAL_TOKENS, train_tokenizer};
-use crate::train::{lr_at, progress, svg_line_plot};
+use crate::train::{lr_at, optimizer_step, progress, svg_line_plot};
 
 /// Everything `pretrain` needs to know; the defaults build the shipped base.
 #[derive(Debug, Clone, Serialize)]
@@ -195,17 +195,8 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<PretrainRe
             }
             let lr = lr_at(step, total, options.warmup, options.lr, 0.1);
             let loss = lm_loss(&model, &batches[b], &loss_fn);
-            let value = loss.clone().into_scalar::<f64>();
-            if !value.is_finite() {
-                bar.abandon();
-                return Err(Error::NonFiniteLoss {
-                    step: step + 1,
-                    loss: value,
-                    lr,
-                });
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
+            let value;
+            (model, value) = optimizer_step(model, &mut optim, loss, step, lr, &bar)?;
             losses.push(value);
             step += 1;
             tokens_seen += batches[b].inputs.dims().iter().product::<usize>();
