@@ -230,3 +230,49 @@ fn corrupt_or_missing_weights_are_a_typed_error() {
     assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
     assert!(err.to_string().contains("model.bpk"), "{err}");
 }
+
+#[test]
+fn generation_is_autoregressive_and_top1_sampling_is_greedy() {
+    use burn_lora::model::{Sampling, generate};
+    use rand::SeedableRng;
+    let device = Device::default();
+    let model = model(&device);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let greedy = generate(&model, &[1, 2, 3], 20, None, Sampling::Greedy, &mut rng);
+    assert_eq!(
+        greedy.len(),
+        20,
+        "past the 16-token context it keeps the last 16"
+    );
+    let top1 = Sampling::TopK {
+        k: 1,
+        temperature: 0.7,
+    };
+    assert_eq!(
+        generate(&model, &[1, 2, 3], 20, None, top1, &mut rng),
+        greedy
+    );
+    // Each token is the argmax of the logits given everything before it.
+    let mut context = vec![1i64, 2, 3];
+    for &token in &greedy[..5] {
+        let seq = context.len();
+        let logits = model.forward(ids(&[&context], &device), no_padding(1, seq, &device));
+        let next = logits
+            .slice([0..1, seq - 1..seq])
+            .argmax(2)
+            .into_scalar::<i64>();
+        assert_eq!(next, token as i64);
+        context.push(next);
+    }
+    let stop = greedy[2];
+    let stopped = generate(
+        &model,
+        &[1, 2, 3],
+        20,
+        Some(stop),
+        Sampling::Greedy,
+        &mut rng,
+    );
+    assert_eq!(stopped.last(), Some(&stop));
+    assert!(stopped.len() <= 3);
+}
