@@ -9,7 +9,7 @@ use burn::module::Param;
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_lora::lora::peft::{CONFIG_FILE, WEIGHTS_FILE};
 use burn_lora::{AdaptableLinear, Error, LoraConfig, apply_lora, load_adapter, save_adapter};
-use common::Tiny;
+use common::{Tiny, scratch};
 
 const D: usize = 8;
 
@@ -39,17 +39,8 @@ fn trained(base: &Tiny, device: &Device) -> Tiny {
     model
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("adapter_files")
-        .join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn saved(name: &str, device: &Device) -> PathBuf {
-    let dir = scratch(name);
+    let dir = scratch("adapter_files", name);
     save_adapter(&trained(&base(device), device), &config(), &dir).unwrap();
     dir
 }
@@ -63,7 +54,7 @@ fn adapter_round_trips_through_disk() {
     let device = Device::default();
     let base = base(&device);
     let trained = trained(&base, &device);
-    let dir = scratch("round_trip");
+    let dir = scratch("adapter_files", "round_trip");
     save_adapter(&trained, &config(), &dir).unwrap();
     let loaded = load_adapter(&base, &dir).unwrap();
     let x = x(&device);
@@ -274,7 +265,7 @@ fn non_finite_adapter_is_never_saved() {
     if let AdaptableLinear::Lora(lora) = &mut model.attn.value {
         lora.lora_a = Param::from_tensor(lora.lora_a.val().mul_scalar(f32::INFINITY));
     }
-    let dir = scratch("non_finite");
+    let dir = scratch("adapter_files", "non_finite");
     let err = save_adapter(&model, &config(), &dir).unwrap_err();
     assert!(
         matches!(err, Error::NonFinite { ref layer } if layer.contains("attn.value")),

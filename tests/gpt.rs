@@ -1,7 +1,10 @@
 //! The GPT model: shapes, the causal mask, padding, learning, checkpoints.
 
+mod common;
+
+use common::scratch;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::{AdamWConfig, GradientsParams};
@@ -152,17 +155,8 @@ fn loss_on_a_repeated_corpus_falls_close_to_zero() {
     assert!(last < 0.1, "after 40 steps the loss is {last}");
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("gpt")
-        .join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn saved(name: &str, device: &Device) -> (PathBuf, Gpt) {
-    let dir = scratch(name);
+    let dir = scratch("gpt", name);
     let model = model(device);
     fs::write(
         dir.join("config.json"),

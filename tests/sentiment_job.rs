@@ -1,8 +1,11 @@
 //! Smoke tests of the main job on a tiny fixture: every mode trains, the metrics file has
 //! its schema, and LoRA leaves the base untouched.
 
+mod common;
+
+use common::scratch;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -12,15 +15,6 @@ use burn_lora::tokenizer::{SPECIAL_TOKENS, train_tokenizer};
 use burn_lora::train::sentiment::{SentimentOptions, run_sentiment};
 use burn_lora::train::{FinetuneMode, FinetuneOptions, encode_dataset, finetune};
 use burn_lora::{Error, LoraConfig, param_report};
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("sentiment_job")
-        .join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 const POSITIVE: [&str; 6] = [
     "good",
@@ -109,7 +103,7 @@ fn lora() -> LoraConfig {
 
 #[test]
 fn every_mode_runs_and_metrics_json_has_the_schema() {
-    let dir = scratch("all_modes");
+    let dir = scratch("sentiment_job", "all_modes");
     let modes = vec![
         FinetuneMode::Full,
         FinetuneMode::Lora(lora()),
@@ -193,7 +187,7 @@ fn values<M: Module>(model: &M) -> Vec<(String, TensorData)> {
 
 #[test]
 fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
-    let dir = scratch("lora_base");
+    let dir = scratch("sentiment_job", "lora_base");
     let options = options(&dir, vec![]);
     let device = Device::default().autodiff();
     let (_, gpt) = burn_lora::model::Gpt::load(&dir, "model.bpk", &device).unwrap();
@@ -235,7 +229,7 @@ fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
 
 #[test]
 fn bad_data_files_are_errors_naming_the_line() {
-    let dir = scratch("bad_data");
+    let dir = scratch("sentiment_job", "bad_data");
     let mut options = options(&dir, vec![FinetuneMode::HeadOnly]);
     fs::write(dir.join("bad.tsv"), "1\tfine\n0\tfine too\nmaybe\tunsure\n").unwrap();
     options.train_file = dir.join("bad.tsv");
@@ -260,7 +254,7 @@ fn bad_data_files_are_errors_naming_the_line() {
 
 #[test]
 fn a_diverging_run_stops_and_names_the_step() {
-    let dir = scratch("diverge");
+    let dir = scratch("sentiment_job", "diverge");
     let mut options = options(&dir, vec![FinetuneMode::Full]);
     options.lr = Some(1e30);
     let err = run_sentiment(&options, &Device::default()).unwrap_err();

@@ -2,7 +2,7 @@
 //! `scripts/peft_golden.py`'s `Tiny`), and safetensors reading.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
@@ -130,4 +130,14 @@ pub fn assert_close(what: &str, got: TensorData, want: TensorData) {
 /// The largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar::<f32>()
+}
+
+/// An empty directory `target/tmp/<group>/<name>` for one test's files.
+pub fn scratch(group: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(group)
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
