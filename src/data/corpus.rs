@@ -29,24 +29,8 @@ pub fn build_corpus(
     text_files: &[PathBuf],
     test_sets: &[PathBuf],
 ) -> Result<Corpus, Error> {
-    let mut test_texts = HashSet::new();
-    for path in test_sets {
-        test_texts.extend(
-            SentimentDataset::load(path)?
-                .examples
-                .into_iter()
-                .map(|e| e.text),
-        );
-    }
-    let mut lines = Vec::new();
-    for path in datasets {
-        lines.extend(
-            SentimentDataset::load(path)?
-                .examples
-                .into_iter()
-                .map(|e| e.text),
-        );
-    }
+    let test_texts: HashSet<String> = dataset_texts(test_sets)?.into_iter().collect();
+    let mut lines = dataset_texts(datasets)?;
     for path in text_files {
         lines.extend(read_lines(path)?);
     }
@@ -56,6 +40,20 @@ pub fn build_corpus(
         excluded_test_lines: before - lines.len(),
         documents: lines,
     })
+}
+
+/// The texts of every example in the labelled `paths`, labels discarded.
+fn dataset_texts(paths: &[PathBuf]) -> Result<Vec<String>, Error> {
+    let mut texts = Vec::new();
+    for path in paths {
+        texts.extend(
+            SentimentDataset::load(path)?
+                .examples
+                .into_iter()
+                .map(|e| e.text),
+        );
+    }
+    Ok(texts)
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>, Error> {

@@ -222,11 +222,17 @@ pub fn save_adapter<M: Module>(
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
 /// so `path` is either the old file or the whole new one, never a half-written one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let tmp = temp_path(path);
     fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The temporary name `path` is written under before it is renamed into place: the same
+/// directory, so the rename is atomic.
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    PathBuf::from(tmp)
 }
 
 /// Loads a PEFT-format adapter from `dir` into a copy of `model`: reads the config, puts

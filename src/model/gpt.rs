@@ -189,8 +189,7 @@ pub fn load_config(path: &Path) -> Result<GptConfig, Error> {
 
 /// Writes any module's weights as burnpack, through a temporary file and a rename.
 pub(crate) fn save_module<M: Module>(module: M, path: &Path) -> Result<(), Error> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    let tmp = crate::lora::peft::temp_path(path);
     module.save_file(&tmp).map_err(|e| Error::Checkpoint {
         path: path.to_path_buf(),
         message: e.to_string(),
