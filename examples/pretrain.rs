@@ -1,7 +1,7 @@
 //! Pre-trains the base model from scratch: byte-level BPE, then next-token prediction.
 //!
 //! ```sh
-//! cargo run --release --example pretrain                      # rebuilds fixtures/base/
+//! cargo run --release --example pretrain -- --overwrite      # rebuilds fixtures/base/
 //! cargo run --release --example pretrain -- --out runs/base --epochs 1
 //! ```
 
@@ -54,13 +54,16 @@ struct Args {
     /// Random seed.
     #[arg(long, default_value_t = PretrainOptions::default().seed)]
     seed: u64,
+    /// Replace the files of an existing output directory (needed to rebuild fixtures/base).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.batch_size == 0 || args.seq_len == 0 {
         eprintln!("error: --batch-size and --seq-len must be at least 1");
-        return ExitCode::from(2);
+        return ExitCode::FAILURE;
     }
     let options = PretrainOptions {
         out: args.out,
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         batch_size: args.batch_size,
         lr: args.lr,
         seed: args.seed,
+        overwrite: args.overwrite,
         ..PretrainOptions::default()
     };
     match pretrain(&options, &Device::default()) {

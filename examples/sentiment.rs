@@ -65,9 +65,15 @@ struct Args {
     /// Pool the hidden states with `last` token or `mean`.
     #[arg(long, default_value = "last")]
     pooling: String,
+    /// Test file (default: the dataset's test split).
+    #[arg(long)]
+    test_file: Option<PathBuf>,
     /// Output directory.
     #[arg(long, default_value = "runs/sentiment")]
     out: PathBuf,
+    /// Replace the files of an existing output directory.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn options(args: Args) -> Result<SentimentOptions, Error> {
@@ -118,7 +124,7 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
     Ok(SentimentOptions {
         dataset: args.dataset,
         train_file: args.data_file.unwrap_or_else(|| data.join("train.tsv")),
-        test_file: data.join("test.tsv"),
+        test_file: args.test_file.unwrap_or_else(|| data.join("test.tsv")),
         eval_files: args.eval_file,
         base: (args.base != "random").then(|| PathBuf::from(&args.base)),
         tokenizer: PathBuf::from("fixtures/base/tokenizer.json"),
@@ -130,6 +136,7 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
         max_train: args.max_train,
         out: args.out,
         pooling,
+        overwrite: args.overwrite,
     })
 }
 

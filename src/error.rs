@@ -117,6 +117,21 @@ pub enum Error {
         /// The shape that was given.
         found: Vec<usize>,
     },
+    /// An adapter file's tensor does not fit the model it is loaded into.
+    #[error(
+        "{}: `{key}` has shape {found:?}, but this base with the adapter's config needs {expected:?}; the adapter was trained for another base, or its rank differs from adapter_config.json's `r`",
+        path.display()
+    )]
+    AdapterShape {
+        /// The weights file.
+        path: PathBuf,
+        /// The tensor's key.
+        key: String,
+        /// The shape the base and config need (PyTorch layout).
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
     /// A tensor was stored in a dtype burn-lora does not read.
     #[error("{}: tensor `{key}` has dtype {dtype}, expected F32", path.display())]
     UnsupportedDtype {
@@ -160,6 +175,15 @@ pub enum Error {
         path: PathBuf,
         /// What went wrong.
         message: String,
+    },
+    /// The output directory already holds files and overwriting was not asked for.
+    #[error(
+        "{} already exists and is not empty; pass --overwrite to replace its files, or choose another --out",
+        path.display()
+    )]
+    OutputExists {
+        /// The directory.
+        path: PathBuf,
     },
     /// A command-line argument was invalid.
     #[error("{0}")]

@@ -57,5 +57,7 @@ pub use lora::adaptable::{
 };
 pub use lora::config::{LoraConfig, LoraInit};
 pub use lora::linear::LoraLinear;
-pub use lora::peft::{load_adapter, read_adapter_config, save_adapter};
+pub use lora::peft::{
+    load_adapter, load_adapter_weights, parse_adapter_config, read_adapter_config, save_adapter,
+};
 pub use lora::report::{ParamReport, ParamRow, param_report};

@@ -112,7 +112,18 @@ impl BpeTokenizer {
                 message: "no such file".into(),
             });
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses the bytes of a `tokenizer.json`; `path` names it in errors.
+    ///
+    /// # Errors
+    ///
+    /// As [`BpeTokenizer::load`], less the I/O.
+    pub fn from_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;

@@ -185,10 +185,11 @@ fn rank_different_from_config_is_a_shape_error() {
         Some(("base_model.model.attn.query.lora_A.weight", vec![3, D])),
     );
     let err = load_err(&dir);
-    let Error::ShapeMismatch {
+    let Error::AdapterShape {
         key,
         expected,
         found,
+        ..
     } = &err
     else {
         panic!("{err}")

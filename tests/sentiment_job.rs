@@ -3,73 +3,17 @@
 
 mod common;
 
-use common::scratch;
+use common::{scratch, tiny_base, write_tsv};
 use std::fs;
 use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_lora::data::SentimentDataset;
-use burn_lora::model::{GptClassifier, GptConfig, Pooling};
-use burn_lora::tokenizer::{SPECIAL_TOKENS, train_tokenizer};
-use burn_lora::train::sentiment::{SentimentOptions, run_sentiment};
+use burn_lora::model::{GptClassifier, Pooling};
+use burn_lora::train::sentiment::{SentimentOptions, Trained, load_classifier, run_sentiment};
 use burn_lora::train::{FinetuneMode, FinetuneOptions, encode_dataset, finetune};
 use burn_lora::{Error, LoraConfig, param_report};
-
-const POSITIVE: [&str; 6] = [
-    "good",
-    "great fun",
-    "a good film",
-    "great acting",
-    "good and fun",
-    "fun",
-];
-const NEGATIVE: [&str; 6] = [
-    "bad",
-    "dull plot",
-    "a bad film",
-    "dull acting",
-    "bad and dull",
-    "awful",
-];
-
-/// Writes a tiny labelled file: `copies` rounds of the word lists.
-fn write_tsv(path: &Path, copies: usize) {
-    let mut text = String::new();
-    for i in 0..copies {
-        for (p, n) in POSITIVE.iter().zip(NEGATIVE) {
-            text.push_str(&format!("1\t{p} {i}\n0\t{n} {i}\n"));
-        }
-    }
-    fs::write(path, text).unwrap();
-}
-
-/// A tiny random base (config.json, model.bpk, tokenizer.json) in `dir`.
-fn tiny_base(dir: &Path) {
-    let texts: Vec<String> = POSITIVE
-        .iter()
-        .chain(&NEGATIVE)
-        .map(|s| s.to_string())
-        .collect();
-    let tokenizer = train_tokenizer(&texts, 280, &SPECIAL_TOKENS).unwrap();
-    tokenizer.save(dir.join("tokenizer.json")).unwrap();
-    let config = GptConfig::new(tokenizer.vocab_size())
-        .with_d_model(16)
-        .with_n_layers(1)
-        .with_n_heads(2)
-        .with_d_ff(32)
-        .with_max_seq_len(16)
-        .with_dropout(0.0);
-    fs::write(
-        dir.join("config.json"),
-        serde_json::to_string(&config).unwrap(),
-    )
-    .unwrap();
-    config
-        .init(&Device::default())
-        .save(&dir.join("model.bpk"))
-        .unwrap();
-}
 
 fn options(dir: &Path, modes: Vec<FinetuneMode>) -> SentimentOptions {
     tiny_base(dir);
@@ -91,6 +35,7 @@ fn options(dir: &Path, modes: Vec<FinetuneMode>) -> SentimentOptions {
         max_train: None,
         out: dir.join("out"),
         pooling: Pooling::LastToken,
+        overwrite: true,
     }
 }
 
@@ -263,4 +208,49 @@ fn a_diverging_run_stops_and_names_the_step() {
         panic!("{err}")
     };
     assert!(step > 1, "the first step's loss is finite; step {step}");
+}
+
+#[test]
+fn the_same_seed_reproduces_every_figure_and_byte() {
+    let dir = scratch("sentiment_job", "reproduce");
+    let modes = vec![
+        FinetuneMode::Full,
+        FinetuneMode::Lora(lora().with_dropout(0.1)),
+        FinetuneMode::HeadOnly,
+    ];
+    let mut options = options(&dir, modes);
+    options.epochs = 2;
+    let mut run = |seed: u64, out: &str| {
+        options.seed = seed;
+        options.out = dir.join(out);
+        let (metrics, _) = run_sentiment(&options, &Device::default()).unwrap();
+        let read = |name: &str| fs::read(dir.join(out).join(name)).unwrap();
+        let accuracies: Vec<f64> = metrics.runs.iter().map(|r| r.test_accuracy).collect();
+        // Burnpack files also hold each parameter's random id, so the full checkpoint is
+        // compared by its values; the PEFT adapter files must match byte for byte.
+        let checkpoint = Trained::Checkpoint(dir.join(out).join("full_model.bpk"));
+        let (full, _, _) = load_classifier(&dir, &checkpoint, &Device::default()).unwrap();
+        let full: Vec<TensorData> = values(&full).into_iter().map(|(_, v)| v).collect();
+        (
+            accuracies,
+            read("loss.csv"),
+            read("accuracy.csv"),
+            read("lora_adapter/adapter_model.safetensors"),
+            read("lora_adapter/adapter_config.json"),
+            full,
+        )
+    };
+    let first = run(7, "a");
+    let second = run(7, "b");
+    assert!(first.1.len() > 100, "a loss curve was written");
+    assert_eq!(first.0, second.0, "test accuracies");
+    assert!(first.1 == second.1, "loss.csv differs");
+    assert!(first.2 == second.2, "accuracy.csv differs");
+    assert!(first.3 == second.3, "adapter weights differ");
+    assert!(first.4 == second.4, "adapter config differs");
+    assert!(first.5 == second.5, "full checkpoint values differ");
+    // Not vacuous: another seed trains differently.
+    let other = run(8, "c");
+    assert!(first.1 != other.1, "another seed gives another loss curve");
+    assert!(first.3 != other.3, "and another adapter");
 }

@@ -48,8 +48,18 @@ impl SentimentDataset {
             return Err(dataset_error(&path, "is a directory, not a dataset file"));
         }
         let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        Self::parse(&bytes, path)
+    }
+
+    /// Parses the bytes of a `label<TAB>text` file; `path` names it in errors.
+    ///
+    /// # Errors
+    ///
+    /// As [`SentimentDataset::load`], less the I/O.
+    pub fn parse(bytes: &[u8], path: impl Into<PathBuf>) -> Result<Self, Error> {
+        let path = path.into();
         let mut examples = Vec::new();
-        let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
         if !body.is_empty() {
             for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
                 examples.push(parse_line(raw, &path, i + 1)?);

@@ -165,12 +165,21 @@ impl PeftConfigJson {
 /// `LORA`, an option burn-lora does not implement, or invalid values.
 pub fn read_adapter_config(dir: impl AsRef<Path>) -> Result<LoraConfig, Error> {
     let path = dir.as_ref().join(CONFIG_FILE);
-    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let json: PeftConfigJson = serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: path.clone(),
+    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    parse_adapter_config(&bytes, &path)
+}
+
+/// Parses the bytes of an `adapter_config.json`; `path` names the file in errors.
+///
+/// # Errors
+///
+/// As [`read_adapter_config`], less the I/O.
+pub fn parse_adapter_config(bytes: &[u8], path: &Path) -> Result<LoraConfig, Error> {
+    let json: PeftConfigJson = serde_json::from_slice(bytes).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    json.into_config(&path)
+    json.into_config(path)
 }
 
 /// Writes `model`'s adapter in PEFT's format into `dir` (created if needed): the LoRA factors
@@ -193,7 +202,13 @@ pub fn save_adapter<M: Module>(
             return Err(Error::NonFinite { layer: key.clone() });
         }
     }
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // Both files go into a fresh temporary directory that is renamed into place, so an
+    // interrupted save never leaves the new weights beside an old config (or the reverse).
+    let tmp_dir = temp_path(dir);
+    if tmp_dir.exists() {
+        fs::remove_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+    }
+    fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
     let bytes: BTreeMap<&String, Vec<u8>> = tensors
         .iter()
         .map(|(key, t)| (key, t.values.iter().flat_map(|v| v.to_le_bytes()).collect()))
@@ -207,16 +222,37 @@ pub fn save_adapter<M: Module>(
         })
         .collect::<Vec<_>>();
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let weights_path = dir.join(WEIGHTS_FILE);
+    let weights_path = tmp_dir.join(WEIGHTS_FILE);
     let weights =
         safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Safetensors {
             path: weights_path.clone(),
             message: e.to_string(),
         })?;
-    write_atomic(&weights_path, &weights)?;
+    fs::write(&weights_path, &weights).map_err(|e| Error::io(&weights_path, e))?;
     let json = serde_json::to_string_pretty(&PeftConfigJson::from_config(config))
         .expect("the adapter config always serializes");
-    write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
+    let config_path = tmp_dir.join(CONFIG_FILE);
+    fs::write(&config_path, json.as_bytes()).map_err(|e| Error::io(&config_path, e))?;
+    replace_dir(&tmp_dir, dir)
+}
+
+/// Moves the finished directory `tmp` to `dir`. A directory cannot be renamed over a
+/// non-empty one, so an existing `dir` is first moved aside and removed afterwards: at every
+/// moment `dir` is the whole old adapter, the whole new one, or absent.
+fn replace_dir(tmp: &Path, dir: &Path) -> Result<(), Error> {
+    if dir.exists() {
+        let mut old = dir.as_os_str().to_owned();
+        old.push(".old");
+        let old = PathBuf::from(old);
+        if old.exists() {
+            fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+        fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))?;
+        fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))
+    } else {
+        fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
@@ -249,11 +285,28 @@ pub fn load_adapter<M: Module + MapLinears>(model: &M, dir: impl AsRef<Path>) ->
     let config = read_adapter_config(dir)?;
     let path = dir.join(WEIGHTS_FILE);
     let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+    load_adapter_weights(model, &config, &bytes, &path)
+}
+
+/// The second half of [`load_adapter`]: puts the adapter described by `config`, with the
+/// weights in `bytes` (an `adapter_model.safetensors`), into a copy of `model`. `path` names
+/// the weights file in errors. This is also the entry point the fuzz targets use.
+///
+/// # Errors
+///
+/// As [`load_adapter`], less reading the files.
+pub fn load_adapter_weights<M: Module + MapLinears>(
+    model: &M,
+    config: &LoraConfig,
+    bytes: &[u8],
+    path: &Path,
+) -> Result<M, Error> {
+    let path = path.to_path_buf();
+    let file = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    let model = apply_lora(model.clone(), &config)?;
+    let model = apply_lora(model.clone(), config)?;
     let expected = adapter_slots(&model, &config.modules_to_save);
     let mut values: HashMap<ParamId, (Vec<usize>, Vec<f32>, bool)> = HashMap::new();
     for (key, slot) in &expected {
@@ -268,7 +321,14 @@ pub fn load_adapter<M: Module + MapLinears>(model: &M, dir: impl AsRef<Path>) ->
                 dtype: format!("{:?}", view.dtype()),
             });
         }
-        crate::lora::linear::check_shape(key, &slot.torch_shape, view.shape())?;
+        if view.shape() != slot.torch_shape.as_slice() {
+            return Err(Error::AdapterShape {
+                path: path.clone(),
+                key: key.clone(),
+                expected: slot.torch_shape.clone(),
+                found: view.shape().to_vec(),
+            });
+        }
         let floats = view
             .data()
             .chunks_exact(4)

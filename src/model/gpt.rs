@@ -86,7 +86,34 @@ impl GptConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout {} is not in [0, 1)", self.dropout));
         }
+        // A size typo (an extra zero or two) should be an error, not an allocation abort.
+        let params = self.estimated_params();
+        if params > MAX_PARAMS {
+            return Err(format!(
+                "about {params} parameters is more than the {MAX_PARAMS} this CPU crate supports; check the sizes"
+            ));
+        }
         Ok(())
+    }
+
+    /// Roughly how many parameters the model has (embeddings, blocks, head), saturating
+    /// instead of overflowing for absurd sizes.
+    pub fn estimated_params(&self) -> u64 {
+        let [v, d, l, f, t] = [
+            self.vocab_size,
+            self.d_model,
+            self.n_layers,
+            self.d_ff,
+            self.max_seq_len,
+        ]
+        .map(|x| x as u64);
+        let block = (4 * d)
+            .saturating_mul(d)
+            .saturating_add((2 * d).saturating_mul(f));
+        (2 * v)
+            .saturating_mul(d)
+            .saturating_add(t.saturating_mul(d))
+            .saturating_add(l.saturating_mul(block))
     }
 
     /// A model with random weights. Call [`validate`](Self::validate) first for sizes that
@@ -169,14 +196,26 @@ impl Gpt {
     }
 }
 
+/// The largest model [`GptConfig::validate`] accepts: 2^31 parameters, 8 GiB of f32.
+pub const MAX_PARAMS: u64 = 1 << 31;
+
 /// Reads and validates a [`GptConfig`] from a JSON file.
 ///
 /// # Errors
 ///
 /// [`Error::Io`] or [`Error::Json`] naming the file.
 pub fn load_config(path: &Path) -> Result<GptConfig, Error> {
-    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let config: GptConfig = serde_json::from_str(&text).map_err(|e| Error::Json {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_config(&bytes, path)
+}
+
+/// Parses and validates the bytes of a [`GptConfig`] JSON file; `path` names it in errors.
+///
+/// # Errors
+///
+/// [`Error::Json`] naming the file: malformed JSON, a missing field, or invalid sizes.
+pub fn parse_config(bytes: &[u8], path: &Path) -> Result<GptConfig, Error> {
+    let config: GptConfig = serde_json::from_slice(bytes).map_err(|e| Error::Json {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;

@@ -56,3 +56,26 @@ pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
     bar.set_style(style);
     bar
 }
+
+/// Refuses to write into `out` when it is a file, or a directory that already holds
+/// something, unless `overwrite` is set: a second run must not silently replace the first.
+///
+/// # Errors
+///
+/// [`Error::OutputExists`], or [`Error::Io`] when `out` cannot be read.
+pub fn check_output_dir(out: &std::path::Path, overwrite: bool) -> Result<(), Error> {
+    if overwrite || !out.exists() {
+        return Ok(());
+    }
+    let empty = out.is_dir()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_none();
+    match empty {
+        true => Ok(()),
+        false => Err(Error::OutputExists {
+            path: out.to_path_buf(),
+        }),
+    }
+}

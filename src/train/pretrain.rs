@@ -61,6 +61,8 @@ pub struct PretrainOptions {
     pub seed: u64,
     /// Stop after this many optimizer steps (for quick tries and tests).
     pub max_steps: Option<usize>,
+    /// Replace the files of an existing, non-empty `out` (refused otherwise).
+    pub overwrite: bool,
 }
 
 impl Default for PretrainOptions {
@@ -85,6 +87,7 @@ impl Default for PretrainOptions {
             dropout: 0.1,
             seed: 42,
             max_steps: None,
+            overwrite: false,
         }
     }
 }
@@ -122,6 +125,16 @@ pub struct PretrainReport {
 
 const PROMPTS: [&str; 3] = ["The movie is", "It's a film that", "这本书"];
 
+fn model_config(options: &PretrainOptions, vocab_size: usize) -> GptConfig {
+    GptConfig::new(vocab_size)
+        .with_d_model(options.d_model)
+        .with_n_layers(options.n_layers)
+        .with_n_heads(options.n_heads)
+        .with_d_ff(options.d_ff)
+        .with_max_seq_len(options.seq_len)
+        .with_dropout(options.dropout)
+}
+
 /// Builds a base model from scratch: trains the tokenizer, then the GPT on next-token
 /// prediction, and writes `config.json`, `model.bpk`, `tokenizer.json`,
 /// `pretrain_metrics.json` and `loss_curve.svg` into `options.out`.
@@ -130,6 +143,11 @@ const PROMPTS: [&str; 3] = ["The movie is", "It's a film that", "这本书"];
 ///
 /// Unreadable or malformed inputs, an empty corpus, a non-finite loss, or a failed write.
 pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<PretrainReport, Error> {
+    crate::train::check_output_dir(&options.out, options.overwrite)?;
+    // Sizes are checked before the minutes of corpus reading and tokenizer training.
+    model_config(options, options.vocab_size)
+        .validate()
+        .map_err(Error::Usage)?;
     let corpus = build_corpus(&options.datasets, &options.corpus, &options.test_sets)?;
     let excluded = corpus.excluded_test_lines;
     let (train_docs, val_docs) = split_validation(corpus.documents, 20);
@@ -156,13 +174,7 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<PretrainRe
         val_stream.len()
     );
 
-    let config = GptConfig::new(tokenizer.vocab_size())
-        .with_d_model(options.d_model)
-        .with_n_layers(options.n_layers)
-        .with_n_heads(options.n_heads)
-        .with_d_ff(options.d_ff)
-        .with_max_seq_len(options.seq_len)
-        .with_dropout(options.dropout);
+    let config = model_config(options, tokenizer.vocab_size());
     config.validate().map_err(Error::Usage)?;
     let train_device = device.clone().autodiff();
     train_device.seed(options.seed);

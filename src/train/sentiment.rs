@@ -58,6 +58,8 @@ pub struct SentimentOptions {
     pub out: PathBuf,
     /// Pooling of hidden states.
     pub pooling: Pooling,
+    /// Replace the files of an existing, non-empty `out` (refused otherwise).
+    pub overwrite: bool,
 }
 
 /// The default learning rate of a mode: LoRA and head-only train few parameters from a
@@ -116,6 +118,7 @@ pub fn run_sentiment(
     options: &SentimentOptions,
     device: &Device,
 ) -> Result<(Metrics, String), Error> {
+    crate::train::check_output_dir(&options.out, options.overwrite)?;
     let mut train = SentimentDataset::load(&options.train_file)?;
     if let Some(n) = options.max_train {
         // A seeded random subset: the files are not in random order (the English one is
@@ -294,7 +297,9 @@ fn load_base_config(options: &SentimentOptions) -> Result<(GptConfig, BpeTokeniz
                 });
             }
             let config = crate::model::load_config(&dir.join("config.json"))?;
-            Ok((config, BpeTokenizer::load(dir.join("tokenizer.json"))?))
+            let tokenizer = BpeTokenizer::load(dir.join("tokenizer.json"))?;
+            check_vocab(&tokenizer, &config, dir)?;
+            Ok((config, tokenizer))
         }
         None => {
             let tokenizer = BpeTokenizer::load(&options.tokenizer)?;
@@ -303,6 +308,21 @@ fn load_base_config(options: &SentimentOptions) -> Result<(GptConfig, BpeTokeniz
                 tokenizer,
             ))
         }
+    }
+}
+
+/// A tokenizer with more ids than the model has embeddings would index past the table.
+fn check_vocab(tokenizer: &BpeTokenizer, config: &GptConfig, dir: &Path) -> Result<(), Error> {
+    match tokenizer.vocab_size() <= config.vocab_size {
+        true => Ok(()),
+        false => Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!(
+                "tokenizer.json has {} tokens but config.json's vocab_size is {}; they come from different bases",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            ),
+        }),
     }
 }
 
@@ -560,6 +580,8 @@ pub fn load_classifier(
     device: &Device,
 ) -> Result<(GptClassifier, BpeTokenizer, usize), Error> {
     let tokenizer = BpeTokenizer::load(base.join("tokenizer.json"))?;
+    let config = crate::model::load_config(&base.join("config.json"))?;
+    check_vocab(&tokenizer, &config, base)?;
     let (config, gpt) = Gpt::load(base, "model.bpk", device)?;
     let model = GptClassifier::new(gpt, 2, device);
     let model = match trained {

@@ -2,11 +2,14 @@
 //! `scripts/peft_golden.py`'s `Tiny`), and safetensors reading.
 #![allow(dead_code)]
 
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
+use burn_lora::model::GptConfig;
+use burn_lora::tokenizer::{SPECIAL_TOKENS, train_tokenizer};
 use burn_lora::{AdaptableLinear, Error, LinearFn, MapLinears, join_path};
 use safetensors::SafeTensors;
 
@@ -140,4 +143,64 @@ pub fn scratch(group: &str, name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+pub const POSITIVE: [&str; 6] = [
+    "good",
+    "great fun",
+    "a good film",
+    "great acting",
+    "good and fun",
+    "fun",
+];
+pub const NEGATIVE: [&str; 6] = [
+    "bad",
+    "dull plot",
+    "a bad film",
+    "dull acting",
+    "bad and dull",
+    "awful",
+];
+
+/// Writes a tiny labelled file: `copies` rounds of the word lists.
+pub fn write_tsv(path: &Path, copies: usize) {
+    let mut text = String::new();
+    for i in 0..copies {
+        for (p, n) in POSITIVE.iter().zip(NEGATIVE) {
+            text.push_str(&format!("1\t{p} {i}\n0\t{n} {i}\n"));
+        }
+    }
+    fs::write(path, text).unwrap();
+}
+
+/// A tiny random base (config.json, model.bpk, tokenizer.json) in `dir`.
+pub fn tiny_base(dir: &Path) {
+    tiny_base_with(dir, 16);
+}
+
+/// A tiny random base of width `d_model` (1 block, 2 heads, context 16) in `dir`.
+pub fn tiny_base_with(dir: &Path, d_model: usize) {
+    let texts: Vec<String> = POSITIVE
+        .iter()
+        .chain(&NEGATIVE)
+        .map(|s| s.to_string())
+        .collect();
+    let tokenizer = train_tokenizer(&texts, 280, &SPECIAL_TOKENS).unwrap();
+    tokenizer.save(dir.join("tokenizer.json")).unwrap();
+    let config = GptConfig::new(tokenizer.vocab_size())
+        .with_d_model(d_model)
+        .with_n_layers(1)
+        .with_n_heads(2)
+        .with_d_ff(32)
+        .with_max_seq_len(16)
+        .with_dropout(0.0);
+    fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    config
+        .init(&Device::default())
+        .save(&dir.join("model.bpk"))
+        .unwrap();
 }

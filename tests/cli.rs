@@ -1,0 +1,577 @@
+//! The examples as a user runs them: each bad input gives a one-paragraph error that names
+//! the file, line, key or shape, a non-zero exit code, and no panic or backtrace.
+//!
+//! `cargo test` builds the examples before it runs this file; the binaries are found next to
+//! the test binary, under `target/<profile>/examples/`.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use common::{scratch, tiny_base, tiny_base_with, write_tsv};
+
+/// The built example `name`.
+fn example(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().unwrap();
+    let profile_dir = test_binary.parent().unwrap().parent().unwrap();
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing; run these tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Runs an example from the crate root, with `stdin` as its standard input.
+fn run_with_stdin(name: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(example(name))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn run(name: &str, args: &[&str]) -> Output {
+    run_with_stdin(name, args, "")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a clean failure whose message contains every one of `needles`; returns stderr.
+#[track_caller]
+fn fails(output: Output, needles: &[&str]) -> String {
+    let stderr = text(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "expected a failure, got success.\nstdout: {}\nstderr: {stderr}",
+        text(&output.stdout)
+    );
+    assert_eq!(output.status.code(), Some(1), "exit code; stderr: {stderr}");
+    for bad in ["panicked at", "stack backtrace", "RUST_BACKTRACE"] {
+        assert!(!stderr.contains(bad), "`{bad}` in stderr: {stderr}");
+    }
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "`{needle}` not in stderr: {stderr}"
+        );
+    }
+    assert!(
+        stderr.trim_end().lines().count() <= 6,
+        "more than a paragraph: {stderr}"
+    );
+    stderr
+}
+
+#[track_caller]
+fn succeeds(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A tiny base, its data, and one finished LoRA + full run, built once for every test.
+struct Setup {
+    dir: PathBuf,
+}
+
+impl Setup {
+    fn base(&self) -> PathBuf {
+        self.dir.join("base")
+    }
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    fn adapter(&self) -> PathBuf {
+        self.dir.join("run/lora_adapter")
+    }
+    /// The sentiment example on the tiny base: quick defaults, each replaced by the same
+    /// flag in `extra`.
+    fn sentiment(&self, extra: &[&str]) -> Output {
+        let defaults = [
+            ("--base", self.base()),
+            ("--data-file", self.file("train.tsv")),
+            ("--test-file", self.file("test.tsv")),
+            ("--epochs", "1".into()),
+            ("--batch-size", "8".into()),
+            ("--out", self.dir.join("scratch-out")),
+        ];
+        let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), value.display().to_string()]);
+            }
+        }
+        if !extra.contains(&"--no-overwrite") {
+            args.push("--overwrite".into());
+        } else {
+            args.retain(|a| a != "--no-overwrite");
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("sentiment", &args)
+    }
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let dir = scratch("cli", "setup");
+        fs::create_dir_all(dir.join("base")).unwrap();
+        tiny_base(&dir.join("base"));
+        fs::create_dir_all(dir.join("wide_base")).unwrap();
+        tiny_base_with(&dir.join("wide_base"), 24);
+        write_tsv(&dir.join("train.tsv"), 4);
+        write_tsv(&dir.join("test.tsv"), 1);
+        let setup = Setup { dir };
+        let out = setup.dir.join("run");
+        let output = setup.sentiment(&["--modes", "lora,full", "--out", s(&out)]);
+        succeeds(&output);
+        setup
+    })
+}
+
+// ---- sentiment: data files ----
+
+#[test]
+fn sentiment_missing_file_and_directory() {
+    let setup = setup();
+    let missing = setup.file("no_such.tsv");
+    fails(
+        setup.sentiment(&["--data-file", s(&missing)]),
+        &[s(&missing), "No such file"],
+    );
+    fails(
+        setup.sentiment(&["--data-file", s(&setup.dir)]),
+        &[s(&setup.dir), "is a directory"],
+    );
+    fails(
+        setup.sentiment(&["--eval-file", s(&missing)]),
+        &[s(&missing)],
+    );
+}
+
+#[test]
+fn sentiment_empty_and_single_label_datasets() {
+    let setup = setup();
+    let dir = scratch("cli", "empty");
+    let empty = dir.join("empty.tsv");
+    fs::write(&empty, "").unwrap();
+    fails(
+        setup.sentiment(&["--data-file", s(&empty)]),
+        &["empty.tsv", "holds no examples"],
+    );
+    let one = dir.join("one_label.tsv");
+    fs::write(&one, "1\tgood\n1\tgreat fun\npositive\tfun\n").unwrap();
+    fails(
+        setup.sentiment(&["--data-file", s(&one)]),
+        &["one_label.tsv", "only one label"],
+    );
+}
+
+#[test]
+fn sentiment_malformed_lines_name_file_and_line() {
+    let setup = setup();
+    let dir = scratch("cli", "malformed");
+    let cases: [(&str, &[u8], &str); 4] = [
+        (
+            "label.tsv",
+            b"1\tgood\n0\tbad\n7\tmeh\n",
+            "label.tsv:3: unknown label `7`",
+        ),
+        (
+            "utf8.tsv",
+            b"1\tgood\n0\tb\xffd\n",
+            "utf8.tsv:2: invalid UTF-8",
+        ),
+        (
+            "notext.tsv",
+            b"1\t  \n0\tbad\n",
+            "notext.tsv:1: the line has a label but no text",
+        ),
+        ("notab.tsv", b"1\tgood\n0 bad\n", "notab.tsv:2: expected"),
+    ];
+    for (name, bytes, message) in cases {
+        let path = dir.join(name);
+        fs::write(&path, bytes).unwrap();
+        fails(setup.sentiment(&["--data-file", s(&path)]), &[message]);
+        // The same checks guard the test and evaluation files.
+        fails(setup.sentiment(&["--eval-file", s(&path)]), &[message]);
+    }
+}
+
+#[test]
+fn sentiment_truncates_long_texts_and_reports_how_many() {
+    let setup = setup();
+    let dir = scratch("cli", "long");
+    let test = dir.join("long_test.tsv");
+    let long = "good ".repeat(40);
+    fs::write(&test, format!("1\t{long}\n0\tbad\n0\t{long} bad\n1\tfun\n")).unwrap();
+    let out = dir.join("out");
+    let stdout =
+        succeeds(&setup.sentiment(&["--modes", "head", "--test-file", s(&test), "--out", s(&out)]));
+    assert!(
+        stdout.contains("2 texts longer than 16 tokens truncated"),
+        "{stdout}"
+    );
+    let details: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("details.json")).unwrap()).unwrap();
+    assert_eq!(details["truncated_texts"], 2);
+}
+
+// ---- sentiment: flags ----
+
+#[test]
+fn sentiment_invalid_lora_and_training_flags() {
+    let setup = setup();
+    fails(setup.sentiment(&["--rank", "0"]), &["rank"]);
+    fails(setup.sentiment(&["--alpha", "-2"]), &["alpha", "-2"]);
+    fails(setup.sentiment(&["--dropout", "1.0"]), &["dropout", "1"]);
+    fails(setup.sentiment(&["--batch-size", "0"]), &["--batch-size"]);
+    fails(
+        setup.sentiment(&["--modes", "fast"]),
+        &["unknown mode `fast`"],
+    );
+    fails(
+        setup.sentiment(&["--rank", "64", "--modes", "lora"]),
+        &["rank 64"],
+    );
+}
+
+#[test]
+fn sentiment_unknown_target_lists_the_available_names() {
+    let setup = setup();
+    fails(
+        setup.sentiment(&["--targets", "qkv", "--modes", "lora"]),
+        &["qkv", "query", "value", "key"],
+    );
+}
+
+#[test]
+fn sentiment_refuses_to_overwrite_a_finished_run() {
+    let setup = setup();
+    let out = setup.dir.join("run");
+    let before = fs::read(out.join("metrics.json")).unwrap();
+    let base = setup.base();
+    let output = run(
+        "sentiment",
+        &["--base", s(&base), "--modes", "head", "--out", s(&out)],
+    );
+    fails(output, &[s(&out), "already exists", "--overwrite"]);
+    assert_eq!(fs::read(out.join("metrics.json")).unwrap(), before);
+}
+
+// ---- predict ----
+
+#[test]
+fn predict_merged_and_unmerged_answers_agree_in_json() {
+    let setup = setup();
+    let base = setup.base();
+    let adapter = setup.adapter();
+    let args = ["--base", s(&base), "--adapter", s(&adapter), "--json"];
+    let texts = "good fun\nbad and dull\n\nawful 3\n";
+    let plain = succeeds(&run_with_stdin("predict", &args, texts));
+    let lines: Vec<serde_json::Value> = plain
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "blank lines are skipped: {plain}");
+    assert_eq!(lines[1]["text"], "bad and dull");
+    for line in &lines {
+        let probs = line["probs"].as_array().unwrap();
+        let (p0, p1) = (probs[0].as_f64().unwrap(), probs[1].as_f64().unwrap());
+        assert!((p0 + p1 - 1.0).abs() < 1e-5, "{line}");
+        assert_eq!(line["label"].as_u64().unwrap(), u64::from(p1 > p0));
+    }
+    let merged_args = [&args[..], &["--merge"]].concat();
+    let merged = succeeds(&run_with_stdin("predict", &merged_args, texts));
+    let labels = |out: &str| {
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["label"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(labels(&plain), labels(&merged));
+}
+
+#[test]
+fn predict_missing_inputs() {
+    let setup = setup();
+    let base = setup.base();
+    let missing = setup.file("no_adapter");
+    fails(
+        run(
+            "predict",
+            &["--base", s(&base), "--adapter", s(&missing), "good"],
+        ),
+        &[s(&missing), "adapter_config.json"],
+    );
+    fails(
+        run(
+            "predict",
+            &["--base", s(&base), "--checkpoint", s(&setup.dir), "good"],
+        ),
+        &[s(&setup.dir)],
+    );
+    fails(
+        run(
+            "predict",
+            &["--base", s(&missing), "--adapter", s(&setup.adapter())],
+        ),
+        &[s(&missing)],
+    );
+    fails(
+        run("predict", &["--base", s(&base), "good"]),
+        &["--adapter", "--checkpoint"],
+    );
+}
+
+#[test]
+fn predict_adapter_for_another_base_is_a_shape_error() {
+    let setup = setup();
+    let wide = setup.dir.join("wide_base");
+    fails(
+        run(
+            "predict",
+            &["--base", s(&wide), "--adapter", s(&setup.adapter()), "good"],
+        ),
+        &["adapter_model.safetensors", "lora_A", "shape"],
+    );
+    let checkpoint = setup.dir.join("run/full_model.bpk");
+    fails(
+        run(
+            "predict",
+            &["--base", s(&wide), "--checkpoint", s(&checkpoint), "good"],
+        ),
+        &["full_model.bpk"],
+    );
+}
+
+/// A copy of the trained adapter with its config edited by `edit`.
+fn edited_adapter(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let setup = setup();
+    let dir = scratch("cli", name);
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        fs::copy(setup.adapter().join(file), dir.join(file)).unwrap();
+    }
+    let path = dir.join("adapter_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    fs::write(&path, config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn predict_adapter_whose_targets_or_rank_disagree() {
+    let setup = setup();
+    let base = setup.base();
+    let targets = edited_adapter("targets", |c| {
+        c["target_modules"] = serde_json::json!(["q_proj", "v_proj"]);
+    });
+    fails(
+        run(
+            "predict",
+            &["--base", s(&base), "--adapter", s(&targets), "good"],
+        ),
+        &["q_proj", "query"],
+    );
+    let rank = edited_adapter("rank", |c| c["r"] = serde_json::json!(4));
+    fails(
+        run(
+            "predict",
+            &["--base", s(&base), "--adapter", s(&rank), "good"],
+        ),
+        &["adapter_model.safetensors", "shape", "4"],
+    );
+}
+
+#[test]
+fn predict_truncated_safetensors() {
+    let setup = setup();
+    let base = setup.base();
+    let dir = edited_adapter("truncated", |_| {});
+    let weights = dir.join("adapter_model.safetensors");
+    let bytes = fs::read(&weights).unwrap();
+    fs::write(&weights, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    fails(
+        run(
+            "predict",
+            &["--base", s(&base), "--adapter", s(&dir), "good"],
+        ),
+        &[s(&weights)],
+    );
+}
+
+// ---- pretrain ----
+
+#[test]
+fn pretrain_bad_flags_and_inputs() {
+    let dir = scratch("cli", "pretrain");
+    let out = dir.join("base");
+    let missing = dir.join("no_corpus.txt");
+    fails(
+        run(
+            "pretrain",
+            &[
+                "--out",
+                s(&out),
+                "--corpus",
+                s(&missing),
+                "--max-steps",
+                "1",
+            ],
+        ),
+        &[s(&missing)],
+    );
+    fails(
+        run("pretrain", &["--out", s(&out), "--batch-size", "0"]),
+        &["--batch-size"],
+    );
+    fails(
+        run(
+            "pretrain",
+            &["--out", s(&out), "--d-model", "30", "--heads", "4"],
+        ),
+        &["d_model 30", "n_heads 4"],
+    );
+    // The shipped base is never replaced by accident.
+    fails(
+        run("pretrain", &["--max-steps", "1"]),
+        &["fixtures/base", "--overwrite"],
+    );
+}
+
+// ---- interrupted runs ----
+
+/// The two files of an adapter directory, or `None` when it is absent.
+fn adapter_files(dir: &Path) -> Option<(Vec<u8>, Vec<u8>)> {
+    let read = |name: &str| fs::read(dir.join(name)).ok();
+    match (
+        read("adapter_config.json"),
+        read("adapter_model.safetensors"),
+    ) {
+        (Some(config), Some(weights)) => Some((config, weights)),
+        (None, None) => None,
+        (config, weights) => panic!(
+            "half an adapter in {}: config {}, weights {}",
+            dir.display(),
+            config.is_some(),
+            weights.is_some()
+        ),
+    }
+}
+
+/// Kills the sentiment job at staggered moments while it writes over a finished run, and
+/// checks that every output left behind is either absent or a whole file from one run:
+/// the adapter directory is byte for byte the adapter of the old run or of the new one
+/// (never the weights of one beside the config of the other), `metrics.json` parses, and
+/// the full checkpoint loads.
+#[test]
+fn an_interrupted_run_never_leaves_a_corrupt_output() {
+    let setup = setup();
+    let dir = scratch("cli", "interrupted");
+    let flags = |alpha: &'static str, seed: &'static str, out: &Path| {
+        let mut args: Vec<String> = [
+            "--base",
+            s(&setup.base()),
+            "--data-file",
+            s(&setup.file("train.tsv")),
+            "--test-file",
+            s(&setup.file("test.tsv")),
+            "--modes",
+            "lora,full",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "4",
+            "--alpha",
+            alpha,
+            "--seed",
+            seed,
+            "--overwrite",
+            "--out",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(s(out).to_string());
+        args
+    };
+    // The two complete runs the interrupted ones alternate between.
+    let mut complete = Vec::new();
+    let start = std::time::Instant::now();
+    for (alpha, seed, name) in [("16", "1", "one"), ("8", "2", "two")] {
+        let out = dir.join(name);
+        let args = flags(alpha, seed, &out);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        succeeds(&run("sentiment", &args));
+        complete.push(adapter_files(&out.join("lora_adapter")).unwrap());
+    }
+    assert_ne!(complete[0].0, complete[1].0, "the two configs differ");
+    let run_time = start.elapsed() / 2;
+
+    let out = dir.join("target");
+    for attempt in 0..12u32 {
+        let (alpha, seed) = [("16", "1"), ("8", "2")][attempt as usize % 2];
+        let mut child = Command::new(example("sentiment"))
+            .args(flags(alpha, seed, &out))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(run_time * (attempt + 1) / 13);
+        let _ = child.kill();
+        child.wait().unwrap();
+
+        if let Some(files) = adapter_files(&out.join("lora_adapter")) {
+            assert!(
+                complete.contains(&files),
+                "attempt {attempt}: the adapter matches neither complete run"
+            );
+        }
+        if let Ok(text) = fs::read_to_string(out.join("metrics.json")) {
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("attempt {attempt}: metrics.json: {e}"));
+            assert_eq!(json["runs"].as_array().unwrap().len(), 2);
+        }
+        let checkpoint = out.join("full_model.bpk");
+        if checkpoint.exists() {
+            let output = run(
+                "predict",
+                &[
+                    "--base",
+                    s(&setup.base()),
+                    "--checkpoint",
+                    s(&checkpoint),
+                    "good",
+                ],
+            );
+            succeeds(&output);
+        }
+    }
+}
