@@ -10,13 +10,23 @@
 //!
 //! ## Concept map
 //!
+//! The full guide, with a command and real output for each term, is `docs/CONCEPTS.md`
+//! (Chinese: `docs/CONCEPTS.zh.md`).
+//!
 //! | term | where |
 //! |---|---|
-//! | byte-level BPE tokens | [`tokenizer`] |
-//! | Transformer, autoregressive model | [`model::Gpt`], [`model::generate`] |
-//! | pre-training (PT), self-supervised | [`train::pretrain`] (targets are the inputs shifted by one: [`data::lm_batches`]) |
-//! | supervised fine-tuning (SFT) | [`train::finetune`] with [`train::FinetuneMode`] |
-//! | LoRA | [`LoraLinear`], [`apply_lora`], [`save_adapter`] |
+//! | pre-training (PT) | [`train::pretrain`], `cargo run --release --example pretrain` |
+//! | supervised fine-tuning (SFT) | [`train::finetune`] with [`train::FinetuneMode`], `--example sentiment` |
+//! | self-supervised learning | the targets are the inputs shifted by one: [`data::lm_batches`] |
+//! | autoregressive model | [`model::generate`], [`model::top_next`], `--example generate` |
+//! | token / byte-level BPE | [`tokenizer::BpeTokenizer`], `--example tokenize` |
+//! | in-context learning, chain of thought | need billions of parameters; not shown. [`model::continuation_nll`] measures the ingredient a small model has: using its context |
+//! | Transformer | [`model::Gpt`], [`model::Block`], [`model::CausalSelfAttention`] |
+//! | LoRA | [`LoraLinear`], [`apply_lora`], [`save_adapter`], `--example params` |
+//!
+//! LoRA is not "new layers on top of a frozen model": that is head-only training
+//! ([`train::FinetuneMode::HeadOnly`]). LoRA adds `(alpha/r)·x·A·B` inside existing
+//! linear layers.
 //!
 //! ## LoRA in one layer
 //!
@@ -51,6 +61,11 @@ pub mod tokenizer;
 pub mod train;
 
 pub use error::Error;
+
+/// The README's Rust code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub use lora::adaptable::{
     AdaptableLinear, LinearFn, MapLinears, apply_lora, join_path, linear_paths, merge_lora,
     set_adapters_enabled, set_lora_trainable,

@@ -76,3 +76,69 @@ fn choose(logits: &[f32], sampling: Sampling, rng: &mut impl Rng) -> u32 {
     }
     top[k - 1] as u32
 }
+
+/// Logits `[1, seq, vocab]` for one unpadded sequence (at most the model's context).
+fn sequence_logits(model: &Gpt, tokens: &[u32]) -> Tensor<3> {
+    let device = model.token_embedding.weight.device();
+    let seq = tokens.len();
+    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, seq]), &device);
+    let padding =
+        Tensor::<2, Bool>::from_data(TensorData::new(vec![false; seq], [1, seq]), &device);
+    model.forward(input, padding)
+}
+
+/// The `k` most likely next tokens after `context`, with their probabilities, most likely
+/// first: what the model "thinks" at one step of generation. Uses the last
+/// `max_seq_len` tokens of a longer context; an empty context gives an empty answer.
+pub fn top_next(model: &Gpt, context: &[u32], k: usize) -> Vec<(u32, f32)> {
+    if context.is_empty() {
+        return Vec::new();
+    }
+    let context = &context[context.len().saturating_sub(model.max_seq_len())..];
+    let seq = context.len();
+    let logits = sequence_logits(model, context).slice([0..1, seq - 1..seq]);
+    let probs: Vec<f32> = burn::tensor::activation::softmax(logits, 2)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .unwrap_or_default();
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| (i as u32, probs[i]))
+        .collect()
+}
+
+/// Mean negative log-likelihood, in nats per token, of `continuation` when it follows
+/// `context`; `exp` of it is the continuation's perplexity. `context` must not be empty
+/// (start it with `<eos>`, the document separator of pre-training), and the two together
+/// must fit the model's context.
+///
+/// # Panics
+///
+/// If `context` is empty or the whole sequence is longer than `max_seq_len`.
+pub fn continuation_nll(model: &Gpt, context: &[u32], continuation: &[u32]) -> f64 {
+    assert!(!context.is_empty(), "the context needs at least one token");
+    let tokens: Vec<u32> = context.iter().chain(continuation).copied().collect();
+    assert!(
+        tokens.len() <= model.max_seq_len(),
+        "{} tokens do not fit a context of {}",
+        tokens.len(),
+        model.max_seq_len()
+    );
+    let logits = sequence_logits(model, &tokens[..tokens.len() - 1]);
+    let log_probs: Vec<f32> = burn::tensor::activation::log_softmax(logits, 2)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .unwrap_or_default();
+    let vocab = log_probs.len() / (tokens.len() - 1);
+    // Position p predicts token p + 1; score only the continuation's tokens.
+    let nll: f64 = (context.len() - 1..tokens.len() - 1)
+        .map(|p| -f64::from(log_probs[p * vocab + tokens[p + 1] as usize]))
+        .sum();
+    nll / continuation.len().max(1) as f64
+}

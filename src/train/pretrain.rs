@@ -205,7 +205,8 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<PretrainRe
             if step == total {
                 break 'epochs;
             }
-            let lr = lr_at(step, total, options.warmup, options.lr, 0.1);
+            // A short run (--max-steps) warms up over its first fifth at most.
+            let lr = lr_at(step, total, options.warmup.min(total / 5), options.lr, 0.1);
             let loss = lm_loss(&model, &batches[b], &loss_fn);
             let value;
             (model, value) = optimizer_step(model, &mut optim, loss, step, lr, &bar)?;
@@ -215,6 +216,14 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<PretrainRe
             let rate = tokens_seen as f64 / start.elapsed().as_secs_f64();
             bar.set_message(format!("loss {value:.3} | {rate:.0} tok/s"));
             bar.inc(1);
+            // About ten lines a run, so logs and pipes (where the bar is hidden) show the loss too.
+            if step == 1 || step % total.div_ceil(10).max(1) == 0 {
+                bar.suspend(|| {
+                    println!(
+                        "step {step}/{total}: loss {value:.3}, lr {lr:.2e}, {rate:.0} tokens/s"
+                    )
+                });
+            }
         }
         let val = eval_loss(&model.valid(), &val_batches);
         val_losses.push(val);

@@ -1,0 +1,164 @@
+//! Every `cargo` command in the README and the concept guides runs as written: the example,
+//! test or bench it names exists, every flag it passes is one the example accepts (checked
+//! against the built example's `--help`), and the quick commands run to success.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const DOCS: [&str; 3] = ["README.md", "docs/CONCEPTS.md", "docs/CONCEPTS.zh.md"];
+
+/// Examples that finish in seconds on the shipped base, so their documented commands are run.
+const QUICK: [&str; 3] = ["tokenize", "generate", "params"];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Splits a command line into words, keeping double-quoted text together; stops at `#`.
+fn words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            '#' if !quoted && word.is_empty() => break,
+            c if c.is_whitespace() && !quoted => {
+                if any || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                any = false;
+            }
+            c => word.push(c),
+        }
+    }
+    if any || !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// Every `cargo run|test|bench ...` command in `text`, in code blocks or inline code, as
+/// words starting at `cargo`.
+fn cargo_commands(text: &str) -> Vec<Vec<String>> {
+    let mut commands = Vec::new();
+    for line in text.lines() {
+        let mut rest = line;
+        while let Some(at) = rest.find("cargo ") {
+            let tail = &rest[at..];
+            let end = tail.find('`').unwrap_or(tail.len());
+            let command = words(&tail[..end]);
+            rest = &tail[end..];
+            if matches!(
+                command.get(1).map(String::as_str),
+                Some("run" | "test" | "bench")
+            ) {
+                commands.push(command);
+            }
+            if rest.is_empty() {
+                break;
+            }
+            rest = &rest[1..];
+        }
+    }
+    commands
+}
+
+/// The value after `flag` in `words`.
+fn value<'a>(words: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = words.iter().position(|w| w == flag)?;
+    words.get(at + 1).map(String::as_str)
+}
+
+fn example_binary(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().unwrap();
+    let path = test_binary
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing; run with `cargo test`",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn the_word_splitter_keeps_quotes_and_drops_comments() {
+    assert_eq!(
+        words(r#"cargo run --example tokenize -- "A b" x   # note"#),
+        ["cargo", "run", "--example", "tokenize", "--", "A b", "x"]
+    );
+    let found = cargo_commands("1. `cargo run --example a -- --x 1` and `cargo test --test b`");
+    assert_eq!(found.len(), 2);
+    assert_eq!(value(&found[0], "--example"), Some("a"));
+    assert_eq!(value(&found[1], "--test"), Some("b"));
+}
+
+#[test]
+fn every_documented_command_names_real_targets_and_flags() {
+    let mut checked = 0;
+    let mut ran = 0;
+    for doc in DOCS {
+        let text = fs::read_to_string(root().join(doc)).unwrap();
+        let commands = cargo_commands(&text);
+        assert!(!commands.is_empty(), "{doc} documents no command");
+        for command in commands {
+            let shown = command.join(" ");
+            for (flag, dir) in [
+                ("--example", "examples"),
+                ("--test", "tests"),
+                ("--bench", "benches"),
+            ] {
+                if let Some(name) = value(&command, flag) {
+                    let file = root().join(dir).join(format!("{name}.rs"));
+                    assert!(file.is_file(), "{doc}: `{shown}`: no {}", file.display());
+                }
+            }
+            let Some(example) = value(&command, "--example") else {
+                continue;
+            };
+            // Cargo's own flags come before `--`; the example's after it.
+            let args: Vec<&str> = match command.iter().position(|w| w == "--") {
+                Some(at) => command[at + 1..].iter().map(String::as_str).collect(),
+                None => Vec::new(),
+            };
+            if args.iter().any(|a| a.starts_with("--")) {
+                let help = Command::new(example_binary(example))
+                    .arg("--help")
+                    .output()
+                    .unwrap();
+                let help = String::from_utf8_lossy(&help.stdout);
+                for flag in args.iter().filter(|a| a.starts_with("--")) {
+                    let flag = flag.split('=').next().unwrap();
+                    assert!(
+                        help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+                        "{doc}: `{shown}`: {example} has no flag {flag}:\n{help}"
+                    );
+                }
+            }
+            if QUICK.contains(&example) {
+                let output = Command::new(example_binary(example))
+                    .args(&args)
+                    .current_dir(root())
+                    .output()
+                    .unwrap();
+                assert!(
+                    output.status.success(),
+                    "{doc}: `{shown}` failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                ran += 1;
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} example commands found");
+    assert!(ran >= 5, "only {ran} quick commands ran");
+}
