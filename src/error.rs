@@ -168,6 +168,14 @@ pub enum Error {
         /// What was wrong with it.
         message: String,
     },
+    /// A model `config.json` describes an architecture this crate does not implement.
+    #[error("{}: unsupported {found}; burn-lora loads BERT checkpoints (model_type `bert`)", path.display())]
+    UnsupportedArchitecture {
+        /// The config file.
+        path: PathBuf,
+        /// What it declares.
+        found: String,
+    },
     /// A model checkpoint could not be read or written, or does not fit the model.
     #[error("checkpoint {}: {message}", path.display())]
     Checkpoint {

@@ -180,7 +180,8 @@ fn unknown_target(name: &str, available: Vec<String>) -> Error {
 ///
 /// # Errors
 ///
-/// A module to save that matches no parameter.
+/// `modules_to_save` is not empty and none of its names matches a parameter (names that
+/// match nothing are skipped when another matches, as PEFT does).
 pub fn set_lora_trainable<M: Module>(model: M, modules_to_save: &[String]) -> Result<M, Error> {
     let trainable = trainable_ids(&model, |module_path, param_name| {
         matches!(param_name, "lora_a" | "lora_b")
@@ -188,13 +189,21 @@ pub fn set_lora_trainable<M: Module>(model: M, modules_to_save: &[String]) -> Re
                 .iter()
                 .any(|name| module_path_within(module_path, name))
     });
-    for name in modules_to_save {
-        let found = trainable_ids(&model, |module_path, _| {
-            module_path_within(module_path, name)
+    // PEFT lists candidates (`["classifier", "score"]` for sequence classification) and
+    // keeps those that exist; a list none of whose names exists is a mistake.
+    let unknown: Vec<&String> = modules_to_save
+        .iter()
+        .filter(|name| {
+            trainable_ids(&model, |module_path, _| {
+                module_path_within(module_path, name)
+            })
+            .is_empty()
+        })
+        .collect();
+    if !modules_to_save.is_empty() && unknown.len() == modules_to_save.len() {
+        return Err(Error::UnknownModuleToSave {
+            name: unknown[0].clone(),
         });
-        if found.is_empty() {
-            return Err(Error::UnknownModuleToSave { name: name.clone() });
-        }
     }
     Ok(model
         .set_require_grad(false)

@@ -20,6 +20,12 @@ impl PathStack {
         let is_variant = container_type.starts_with("Enum:");
         self.skipped.push(is_variant);
         if !is_variant {
+            // A field named like `self_` stands for a PyTorch name that is a Rust keyword
+            // (BERT's `attention.self`): the trailing underscore is not part of the key.
+            let name = match name.strip_suffix('_') {
+                Some(stem) if !stem.is_empty() => stem,
+                _ => name,
+            };
             self.parts.push(name.to_string());
             self.containers.push(container_type.to_string());
         }

@@ -5,6 +5,7 @@
 //! paper and PEFT.
 
 mod attention;
+pub mod bert;
 mod block;
 mod classifier;
 mod generate;

@@ -118,11 +118,17 @@ pub fn linear_from_torch(st: &SafeTensors, name: &str, device: &Device) -> Linea
 /// Asserts `got` matches `want` element-wise within `1e-5` relative (floored at `1e-5`
 /// absolute, for values near zero), naming the first mismatch.
 pub fn assert_close(what: &str, got: TensorData, want: TensorData) {
+    assert_close_within(what, got, want, 1e-5);
+}
+
+/// Asserts `|got - want| <= tol · max(|want|, 1)` elementwise.
+#[track_caller]
+pub fn assert_close_within(what: &str, got: TensorData, want: TensorData, tol: f32) {
     assert_eq!(got.shape(), want.shape(), "{what}: shape");
     let got = got.try_to_vec::<f32>().unwrap();
     let want = want.try_to_vec::<f32>().unwrap();
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        let tol = 1e-5 * w.abs().max(1.0);
+        let tol = tol * w.abs().max(1.0);
         assert!(
             (g - w).abs() <= tol,
             "{what}[{i}]: got {g}, want {w} (tol {tol:e})"
