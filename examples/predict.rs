@@ -5,6 +5,7 @@
 //! cargo run --release --example predict -- --adapter runs/sentiment/lora_adapter "A gem of a film."
 //! echo "Dull and far too long." | cargo run --release --example predict -- --adapter runs/sentiment/lora_adapter --json
 //! cargo run --release --example predict -- --checkpoint runs/sentiment/full_model.bpk "Loved it"
+//! cargo run --release --example predict -- --base hf:PATH/bert --adapter PATH/adapter --pooling cls "Loved it"
 //! ```
 
 use std::io::BufRead;
@@ -13,8 +14,10 @@ use std::process::ExitCode;
 
 use burn::tensor::Device;
 use burn_lora::data::{Example, SentimentDataset};
-use burn_lora::model::Pooling;
-use burn_lora::train::sentiment::{Trained, load_classifier};
+use burn_lora::model::bert::BertHead;
+use burn_lora::model::{Classifier, Pooling};
+use burn_lora::tokenizer::TextEncoder;
+use burn_lora::train::sentiment::{BaseModel, Loaded, Trained, load_classifier};
 use burn_lora::train::{encode_dataset, predict};
 use burn_lora::{Error, merge_lora};
 use clap::Parser;
@@ -24,9 +27,9 @@ use clap::Parser;
 struct Args {
     /// Texts to classify; without any, one text per line is read from stdin.
     texts: Vec<String>,
-    /// Base model directory.
+    /// Base model directory, or `hf:DIR` for a Hugging Face BERT checkpoint.
     #[arg(long, default_value = "fixtures/base")]
-    base: PathBuf,
+    base: String,
     /// A LoRA run's PEFT-format adapter directory.
     #[arg(long, conflicts_with = "checkpoint")]
     adapter: Option<PathBuf>,
@@ -39,13 +42,14 @@ struct Args {
     /// Merge the adapter into the base weights first (same answers, plain linears).
     #[arg(long)]
     merge: bool,
-    /// Pooling the model was trained with: `last` or `mean`.
-    #[arg(long, default_value = "last")]
-    pooling: String,
+    /// Pooling the model was trained with: `last` or `mean` for our GPT (default `last`),
+    /// `mean` or `cls` for BERT (default `mean`; `cls` for PEFT SEQ_CLS adapters).
+    #[arg(long)]
+    pooling: Option<String>,
 }
 
 fn run(args: Args) -> Result<(), Error> {
-    let trained = match (args.adapter, args.checkpoint) {
+    let trained = match (args.adapter.clone(), args.checkpoint.clone()) {
         (Some(dir), None) => Trained::Adapter(dir),
         (None, Some(path)) => Trained::Checkpoint(path),
         _ => {
@@ -54,24 +58,24 @@ fn run(args: Args) -> Result<(), Error> {
             ));
         }
     };
-    let pooling = match args.pooling.as_str() {
-        "last" => Pooling::LastToken,
-        "mean" => Pooling::Mean,
-        other => {
+    let bert = args.base.starts_with("hf:");
+    let pooling = args
+        .pooling
+        .clone()
+        .unwrap_or_else(|| if bert { "mean" } else { "last" }.into());
+    let (pooling, head) = match (pooling.as_str(), bert) {
+        ("last", false) => (Pooling::LastToken, BertHead::Mean),
+        ("mean", _) => (Pooling::Mean, BertHead::Mean),
+        ("cls", true) => (Pooling::Mean, BertHead::Pooler),
+        (other, _) => {
             return Err(Error::Usage(format!(
-                "--pooling must be last or mean, got `{other}`"
+                "--pooling must be {} for this base, got `{other}`",
+                if bert { "mean or cls" } else { "last or mean" }
             )));
         }
     };
-    let device = Device::default();
-    let (model, tokenizer, max_len) = load_classifier(&args.base, &trained, &device)?;
-    let model = if args.merge {
-        merge_lora(model)?
-    } else {
-        model
-    };
     let texts = match args.texts.is_empty() {
-        false => args.texts,
+        false => args.texts.clone(),
         true => std::io::stdin()
             .lock()
             .lines()
@@ -80,6 +84,30 @@ fn run(args: Args) -> Result<(), Error> {
             .into_iter()
             .filter(|l| !l.trim().is_empty())
             .collect(),
+    };
+    let base = BaseModel::parse(&args.base, head);
+    match load_classifier(&base, &trained, &Device::default())? {
+        Loaded::Gpt(model, tokenizer, max_len) => {
+            classify(model, &tokenizer, max_len, pooling, &texts, &args)
+        }
+        Loaded::Bert(model, tokenizer, max_len) => {
+            classify(model, &tokenizer, max_len, pooling, &texts, &args)
+        }
+    }
+}
+
+fn classify<C: Classifier>(
+    model: C,
+    tokenizer: &impl TextEncoder,
+    max_len: usize,
+    pooling: Pooling,
+    texts: &[String],
+    args: &Args,
+) -> Result<(), Error> {
+    let model = if args.merge {
+        merge_lora(model)?
+    } else {
+        model
     };
     let examples = texts
         .iter()
@@ -92,19 +120,15 @@ fn run(args: Args) -> Result<(), Error> {
         path: "<input>".into(),
         examples,
     };
-    let encoded = encode_dataset(&tokenizer, &data, max_len)?;
+    let encoded = encode_dataset(tokenizer, &data, max_len)?;
     if encoded.truncated > 0 {
         eprintln!(
             "note: {} text(s) longer than {max_len} tokens were truncated",
             encoded.truncated
         );
     }
-    for (text, p) in texts.iter().zip(predict(
-        &model,
-        &encoded.tokens,
-        pooling,
-        tokenizer.pad_id(),
-    )) {
+    let probs = predict(&model, &encoded.tokens, pooling, tokenizer.padding_id());
+    for (text, p) in texts.iter().zip(probs) {
         let label = usize::from(p[1] > p[0]);
         if args.json {
             let json = serde_json::json!({"text": text, "label": label, "probs": [p[0], p[1]]});

@@ -5,6 +5,7 @@
 //! cargo run --release --example sentiment
 //! cargo run --release --example sentiment -- --dataset zh --modes lora --rank 16
 //! cargo run --release --example sentiment -- --base random      # what pre-training is worth
+//! cargo run --release --example sentiment -- --base hf:PATH/all-MiniLM-L6-v2 --modes lora --epochs 1 --lr 5e-4
 //! ```
 
 use std::path::PathBuf;
@@ -12,8 +13,9 @@ use std::process::ExitCode;
 
 use burn::tensor::Device;
 use burn_lora::model::Pooling;
+use burn_lora::model::bert::BertHead;
 use burn_lora::train::FinetuneMode;
-use burn_lora::train::sentiment::{SentimentOptions, run_sentiment};
+use burn_lora::train::sentiment::{BaseModel, SentimentOptions, run_sentiment};
 use burn_lora::{Error, LoraConfig};
 use clap::Parser;
 
@@ -56,15 +58,20 @@ struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Base model directory, or `random` for an untrained model of the same size.
+    /// Base model: a directory made by the pretrain example, `random` for an untrained
+    /// model of the same size, or `hf:DIR` for a Hugging Face BERT checkpoint.
     #[arg(long, default_value = "fixtures/base")]
     base: String,
+    /// Longest input in tokens (default: the GPT's context; 64 for a BERT base).
+    #[arg(long)]
+    max_len: Option<usize>,
     /// Train on at most this many examples (quick tries).
     #[arg(long)]
     max_train: Option<usize>,
-    /// Pool the hidden states with `last` token or `mean`.
-    #[arg(long, default_value = "last")]
-    pooling: String,
+    /// How hidden states become one vector: `last` token (GPT default), `mean` (BERT
+    /// default), or `cls` (BERT's pooler, as Hugging Face's BertForSequenceClassification).
+    #[arg(long)]
+    pooling: Option<String>,
     /// Test file (default: the dataset's test split).
     #[arg(long)]
     test_file: Option<PathBuf>,
@@ -97,8 +104,7 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
                 .split(',')
                 .map(|s| s.trim().to_string())
                 .collect(),
-        )
-        .with_modules_to_save(vec!["head".into()]);
+        );
     lora.validate()?;
     let modes = args
         .modes
@@ -112,21 +118,31 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
             ))),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let pooling = match args.pooling.as_str() {
-        "last" => Pooling::LastToken,
-        "mean" => Pooling::Mean,
-        other => {
+    let bert = args.base.starts_with("hf:");
+    let pooling = args
+        .pooling
+        .unwrap_or_else(|| if bert { "mean" } else { "last" }.into());
+    let (pooling, head) = match (pooling.as_str(), bert) {
+        ("last", false) => (Pooling::LastToken, BertHead::Mean),
+        ("mean", _) => (Pooling::Mean, BertHead::Mean),
+        ("cls", true) => (Pooling::Mean, BertHead::Pooler),
+        (other, _) => {
             return Err(usage(format!(
-                "--pooling must be last or mean, got `{other}`"
+                "--pooling must be {} for this base, got `{other}`",
+                if bert { "mean or cls" } else { "last or mean" }
             )));
         }
     };
+    if args.max_len == Some(0) {
+        return Err(usage("--max-len must be at least 2".into()));
+    }
     Ok(SentimentOptions {
         dataset: args.dataset,
         train_file: args.data_file.unwrap_or_else(|| data.join("train.tsv")),
         test_file: args.test_file.unwrap_or_else(|| data.join("test.tsv")),
         eval_files: args.eval_file,
-        base: (args.base != "random").then(|| PathBuf::from(&args.base)),
+        base: BaseModel::parse(&args.base, head),
+        max_len: args.max_len,
         tokenizer: PathBuf::from("fixtures/base/tokenizer.json"),
         modes,
         lr: args.lr,

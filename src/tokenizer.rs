@@ -197,3 +197,101 @@ impl BpeTokenizer {
         self.eos
     }
 }
+
+/// How a classifier's tokenizer turns one text into ids.
+pub trait TextEncoder {
+    /// The ids of `text` as the classifier reads it, at most `max_len` of them, and whether
+    /// the text had to be truncated. The closing special token is kept when truncating.
+    ///
+    /// # Errors
+    ///
+    /// A tokenizer failure.
+    fn encode_for_classifier(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, bool), Error>;
+
+    /// The padding id.
+    fn padding_id(&self) -> u32;
+}
+
+impl TextEncoder for BpeTokenizer {
+    /// `text <eos>`: the last position is then always `<eos>`, whose hidden state in a
+    /// causal model has read the whole text.
+    fn encode_for_classifier(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, bool), Error> {
+        let mut ids = self.encode(text)?;
+        let keep = max_len.saturating_sub(1).max(1);
+        let truncated = ids.len() > keep;
+        ids.truncate(keep);
+        ids.push(self.eos_id());
+        Ok((ids, truncated))
+    }
+
+    fn padding_id(&self) -> u32 {
+        self.pad_id()
+    }
+}
+
+/// A Hugging Face `tokenizer.json` with its own special tokens and post-processor (BERT's
+/// WordPiece with `[CLS] … [SEP]`, for example), as the checkpoint's authors made it.
+#[derive(Debug, Clone)]
+pub struct HfTokenizer {
+    inner: Tokenizer,
+    pad: u32,
+}
+
+impl HfTokenizer {
+    /// Reads a `tokenizer.json`; `pad_token` (such as `[PAD]`) must be in its vocabulary.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tokenizer`] naming the file, when it is missing, malformed, or has no
+    /// `pad_token`.
+    pub fn load(path: impl AsRef<Path>, pad_token: &str) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let fail = |message: String| Error::Tokenizer {
+            path: path.to_path_buf(),
+            message,
+        };
+        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| fail(e.to_string()))?;
+        let pad = inner
+            .token_to_id(pad_token)
+            .ok_or_else(|| fail(format!("has no `{pad_token}` token")))?;
+        Ok(Self { inner, pad })
+    }
+
+    /// The number of tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Ids with the tokenizer's special tokens (`[CLS] … [SEP]` for BERT).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tokenizer`] if the tokenizer fails.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, Error> {
+        self.inner
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Tokenizer {
+                path: "tokenizer.json".into(),
+                message: e.to_string(),
+            })
+    }
+}
+
+impl TextEncoder for HfTokenizer {
+    fn encode_for_classifier(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, bool), Error> {
+        let mut ids = self.encode(text)?;
+        let truncated = ids.len() > max_len.max(2);
+        if truncated {
+            let last = ids[ids.len() - 1];
+            ids.truncate(max_len.max(2) - 1);
+            ids.push(last);
+        }
+        Ok((ids, truncated))
+    }
+
+    fn padding_id(&self) -> u32 {
+        self.pad
+    }
+}

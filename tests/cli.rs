@@ -575,3 +575,41 @@ fn an_interrupted_run_never_leaves_a_corrupt_output() {
         }
     }
 }
+
+#[test]
+fn predict_with_a_hugging_face_base_and_a_peft_adapter_gives_peft_probabilities() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny");
+    let base = format!("hf:{}", root.display());
+    let adapter = root.join("peft_adapter");
+    let texts = ["a gem of a film", "dull and far too long", "good"];
+    let mut args = vec![
+        "--base",
+        &base,
+        "--adapter",
+        s(&adapter),
+        "--pooling",
+        "cls",
+        "--json",
+    ];
+    args.extend(texts);
+    let stdout = succeeds(&run("predict", &args));
+    let bytes = fs::read(root.join("golden.safetensors")).unwrap();
+    let golden = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let logits: Vec<f32> = common::read(&golden, "peft_logits").try_to_vec().unwrap();
+    for (row, line) in stdout.lines().enumerate() {
+        let json: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(json["text"], texts[row]);
+        let (a, b) = (logits[2 * row], logits[2 * row + 1]);
+        let p1 = 1.0 / (1.0 + (a - b).exp());
+        let got = json["probs"][1].as_f64().unwrap() as f32;
+        assert!((got - p1).abs() < 1e-4, "row {row}: {got} vs PEFT {p1}");
+    }
+    // A GPT-only pooling on a BERT base is a usage error.
+    fails(
+        run(
+            "predict",
+            &["--base", &base, "--adapter", s(&adapter), "--pooling", "last", "x"],
+        ),
+        &["--pooling", "mean or cls"],
+    );
+}

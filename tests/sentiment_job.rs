@@ -10,8 +10,11 @@ use std::path::Path;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_lora::data::SentimentDataset;
+use burn_lora::model::bert::BertHead;
 use burn_lora::model::{GptClassifier, Pooling};
-use burn_lora::train::sentiment::{SentimentOptions, Trained, load_classifier, run_sentiment};
+use burn_lora::train::sentiment::{
+    BaseModel, Loaded, SentimentOptions, Trained, load_classifier, run_sentiment,
+};
 use burn_lora::train::{FinetuneMode, FinetuneOptions, encode_dataset, finetune};
 use burn_lora::{Error, LoraConfig, param_report};
 
@@ -25,7 +28,8 @@ fn options(dir: &Path, modes: Vec<FinetuneMode>) -> SentimentOptions {
         train_file: dir.join("train.tsv"),
         test_file: dir.join("test.tsv"),
         eval_files: vec![dir.join("extra.tsv")],
-        base: Some(dir.to_path_buf()),
+        base: BaseModel::Gpt(dir.to_path_buf()),
+        max_len: None,
         tokenizer: dir.join("tokenizer.json"),
         modes,
         lr: Some(1e-2),
@@ -229,7 +233,12 @@ fn the_same_seed_reproduces_every_figure_and_byte() {
         // Burnpack files also hold each parameter's random id, so the full checkpoint is
         // compared by its values; the PEFT adapter files must match byte for byte.
         let checkpoint = Trained::Checkpoint(dir.join(out).join("full_model.bpk"));
-        let (full, _, _) = load_classifier(&dir, &checkpoint, &Device::default()).unwrap();
+        let base = BaseModel::Gpt(dir.clone());
+        let Loaded::Gpt(full, _, _) =
+            load_classifier(&base, &checkpoint, &Device::default()).unwrap()
+        else {
+            panic!("a GPT base loads a GPT classifier")
+        };
         let full: Vec<TensorData> = values(&full).into_iter().map(|(_, v)| v).collect();
         (
             accuracies,
@@ -253,4 +262,41 @@ fn the_same_seed_reproduces_every_figure_and_byte() {
     let other = run(8, "c");
     assert!(first.1 != other.1, "another seed gives another loss curve");
     assert!(first.3 != other.3, "and another adapter");
+}
+
+#[test]
+fn a_hugging_face_bert_base_trains_in_every_mode() {
+    let dir = scratch("sentiment_job", "bert");
+    let mut options = options(&dir, vec![]);
+    let bert = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny");
+    options.base = BaseModel::Bert {
+        dir: bert,
+        head: BertHead::Mean,
+    };
+    options.pooling = Pooling::Mean;
+    // An empty modules_to_save: the job adds the classifier, BERT's head.
+    options.modes = vec![
+        FinetuneMode::Full,
+        FinetuneMode::Lora(LoraConfig::new().with_rank(2).with_alpha(4.0)),
+        FinetuneMode::HeadOnly,
+    ];
+    let (metrics, _) = run_sentiment(&options, &Device::default()).unwrap();
+    let [full, lora, head] = &metrics.runs[..] else {
+        panic!("three runs")
+    };
+    assert!(
+        metrics.base.starts_with("hf:") && metrics.base.ends_with("hf_tiny"),
+        "{}",
+        metrics.base
+    );
+    assert_eq!(full.frozen_params, 0);
+    // r·(in + out) for query and value in 2 layers, plus the classifier (32·2 + 2).
+    assert_eq!(lora.trainable_params, 2 * 2 * 2 * (32 + 32) + 66);
+    assert_eq!(head.trainable_params, 66);
+    let adapter = dir.join("out/lora_adapter");
+    let config = burn_lora::read_adapter_config(&adapter).unwrap();
+    assert_eq!(config.modules_to_save, ["classifier"]);
+    let details: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("out/details.json")).unwrap()).unwrap();
+    assert_eq!(details["bert_head"], "mean");
 }

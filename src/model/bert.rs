@@ -571,11 +571,12 @@ impl MapLinears for Bert {
 }
 
 /// How [`BertClassifier`] turns hidden states into one vector per text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BertHead {
     /// Hugging Face's `BertForSequenceClassification`: the pooler (`tanh(dense(h[CLS]))`),
     /// dropout, `classifier`. PEFT adapters trained with `task_type="SEQ_CLS"` use this.
+    #[default]
     Pooler,
     /// The mean of the non-padding hidden states, dropout, `classifier`: the pooling
     /// sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained for.
@@ -591,36 +592,54 @@ pub struct BertClassifier {
     pub dropout: Dropout,
     /// `[hidden] -> [classes]`.
     pub classifier: Linear,
+    /// How hidden states become one vector.
+    #[module(skip)]
+    pub head: BertHead,
 }
 
 impl BertClassifier {
     /// Puts a new classifier (initialised as Hugging Face does) on `bert`.
-    pub fn new(bert: Bert, config: &BertConfig, classes: usize, device: &Device) -> Self {
+    pub fn new(
+        bert: Bert,
+        config: &BertConfig,
+        classes: usize,
+        head: BertHead,
+        device: &Device,
+    ) -> Self {
         Self {
             bert,
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
             classifier: config.linear(config.hidden_size, classes, device),
+            head,
         }
     }
 
-    /// Logits `[batch, classes]` for `tokens` with `padding` (true at padding).
-    pub fn forward(
+    /// Logits `[batch, classes]` for `tokens` with `padding` (true at padding), with the
+    /// mean head averaging over the non-padding tokens.
+    pub fn forward(&self, tokens: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<2> {
+        let [batch, seq] = padding.dims();
+        let keep = padding.clone().bool_not().float();
+        let count = keep.clone().sum_dim(1).clamp_min(1.0); // [batch, 1]
+        let pool = keep.div(count.expand([batch, seq]));
+        self.forward_pooled(tokens, padding, pool)
+    }
+
+    /// Logits, with the mean head weighting positions by `pool` `[batch, seq]` (`1/len` over
+    /// the text: see [`pool_weights`](crate::data::pool_weights)). The pooler head ignores
+    /// `pool`.
+    pub fn forward_pooled(
         &self,
         tokens: Tensor<2, Int>,
         padding: Tensor<2, Bool>,
-        head: BertHead,
+        pool: Tensor<2>,
     ) -> Tensor<2> {
-        let hidden = self.bert.forward(tokens, padding.clone());
-        let pooled = match head {
+        let hidden = self.bert.forward(tokens, padding);
+        let pooled = match self.head {
             BertHead::Pooler => self.bert.pool(hidden),
             BertHead::Mean => {
-                let [batch, seq, _] = hidden.dims();
-                let keep = padding.bool_not().float().reshape([batch, seq, 1]);
-                let count = keep.clone().sum_dim(1).clamp_min(1.0); // [batch, 1, 1]
-                let [_, _, width] = hidden.dims();
-                (hidden * keep)
+                let [batch, _, width] = hidden.dims();
+                (hidden * pool.unsqueeze_dim(2))
                     .sum_dim(1)
-                    .div(count)
                     .reshape([batch, width])
             }
         };

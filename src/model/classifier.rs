@@ -7,6 +7,62 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 use crate::Error;
 use crate::lora::adaptable::{LinearFn, MapLinears, join_path};
 use crate::model::Gpt;
+use crate::model::bert::BertClassifier;
+
+/// A sequence classifier that the fine-tuning loop, [`predict`](crate::train::predict) and
+/// the sentiment job can train and run: [`GptClassifier`] and [`BertClassifier`].
+pub trait Classifier: Module + MapLinears + Clone + core::fmt::Debug {
+    /// The module path of the classification layer: what head-only training trains, and
+    /// LoRA saves as a module to save.
+    const HEAD: &'static str;
+
+    /// Class logits `[batch, classes]`. `pool` weights each position, `[batch, seq]` (see
+    /// [`pool_weights`](crate::data::pool_weights)); a classifier whose head pools on its
+    /// own (BERT's `[CLS]` pooler) ignores it.
+    fn classify(
+        &self,
+        tokens: Tensor<2, Int>,
+        padding: Tensor<2, Bool>,
+        pool: Tensor<2>,
+    ) -> Tensor<2>;
+
+    /// The classification layer.
+    fn head_layer(&self) -> &Linear;
+}
+
+impl Classifier for GptClassifier {
+    const HEAD: &'static str = "head";
+
+    fn classify(
+        &self,
+        tokens: Tensor<2, Int>,
+        padding: Tensor<2, Bool>,
+        pool: Tensor<2>,
+    ) -> Tensor<2> {
+        self.forward(tokens, padding, pool)
+    }
+
+    fn head_layer(&self) -> &Linear {
+        &self.head
+    }
+}
+
+impl Classifier for BertClassifier {
+    const HEAD: &'static str = "classifier";
+
+    fn classify(
+        &self,
+        tokens: Tensor<2, Int>,
+        padding: Tensor<2, Bool>,
+        pool: Tensor<2>,
+    ) -> Tensor<2> {
+        self.forward_pooled(tokens, padding, pool)
+    }
+
+    fn head_layer(&self) -> &Linear {
+        &self.classifier
+    }
+}
 
 /// How a sequence's hidden states become one vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

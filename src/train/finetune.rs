@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::AdamWConfig;
 use burn::tensor::Device;
@@ -16,8 +15,8 @@ use crate::Error;
 use crate::data::{SentimentDataset, class_batch};
 use crate::lora::adaptable::{apply_lora, set_lora_trainable};
 use crate::lora::config::LoraConfig;
-use crate::model::{GptClassifier, Pooling};
-use crate::tokenizer::BpeTokenizer;
+use crate::model::{Classifier, Pooling};
+use crate::tokenizer::TextEncoder;
 use crate::train::{lr_at, optimizer_step, progress};
 
 /// What fine-tuning trains.
@@ -48,11 +47,11 @@ impl FinetuneMode {
     /// # Errors
     ///
     /// An invalid LoRA config or unknown target names.
-    pub fn prepare(&self, model: GptClassifier) -> Result<GptClassifier, Error> {
+    pub fn prepare<C: Classifier>(&self, model: C) -> Result<C, Error> {
         match self {
             FinetuneMode::Full => Ok(model),
             FinetuneMode::Lora(config) => apply_lora(model, config),
-            FinetuneMode::HeadOnly => set_lora_trainable(model, &["head".to_string()]),
+            FinetuneMode::HeadOnly => set_lora_trainable(model, &[C::HEAD.to_string()]),
         }
     }
 }
@@ -68,14 +67,15 @@ pub struct Encoded {
     pub truncated: usize,
 }
 
-/// Tokenizes every text, keeps at most `max_len - 1` tokens, and appends `<eos>`: the last
-/// position is then always `<eos>`, whose hidden state has read the whole text.
+/// Tokenizes every text as the classifier reads it (see [`TextEncoder`]: `text <eos>` for
+/// our GPT, `[CLS] text [SEP]` for BERT), at most `max_len` tokens, counting the texts that
+/// had to be truncated.
 ///
 /// # Errors
 ///
 /// A tokenizer failure.
 pub fn encode_dataset(
-    tokenizer: &BpeTokenizer,
+    tokenizer: &impl TextEncoder,
     data: &SentimentDataset,
     max_len: usize,
 ) -> Result<Encoded, Error> {
@@ -85,12 +85,8 @@ pub fn encode_dataset(
         truncated: 0,
     };
     for example in &data.examples {
-        let mut ids = tokenizer.encode(&example.text)?;
-        if ids.len() > max_len - 1 {
-            ids.truncate(max_len - 1);
-            encoded.truncated += 1;
-        }
-        ids.push(tokenizer.eos_id());
+        let (ids, truncated) = tokenizer.encode_for_classifier(&example.text, max_len)?;
+        encoded.truncated += usize::from(truncated);
         encoded.tokens.push(ids);
         encoded.labels.push(example.label);
     }
@@ -140,14 +136,14 @@ pub struct History {
 /// # Errors
 ///
 /// [`Error::NonFiniteLoss`] naming the step, when the loss becomes NaN or infinite.
-pub fn finetune(
-    mut model: GptClassifier,
+pub fn finetune<C: Classifier>(
+    mut model: C,
     train: &Encoded,
     val: &Encoded,
     options: &FinetuneOptions,
     label: &str,
-) -> Result<(GptClassifier, History), Error> {
-    let device = model.head.weight.device();
+) -> Result<(C, History), Error> {
+    let device = model.head_layer().weight.device();
     let mut rng = StdRng::seed_from_u64(options.seed);
     let steps_per_epoch = train.tokens.len().div_ceil(options.batch_size);
     let total = options.epochs * steps_per_epoch;
@@ -170,7 +166,7 @@ pub fn finetune(
             let seqs: Vec<&[u32]> = chunk.iter().map(|&i| train.tokens[i].as_slice()).collect();
             let labels: Vec<usize> = chunk.iter().map(|&i| train.labels[i]).collect();
             let batch = class_batch(&seqs, &labels, options.pad_id, options.pooling, &device);
-            let logits = model.forward(batch.tokens, batch.padding, batch.pool);
+            let logits = model.classify(batch.tokens, batch.padding, batch.pool);
             let predicted = logits.clone().argmax(1).reshape([chunk.len()]);
             correct += predicted
                 .equal(batch.labels.clone())
@@ -221,20 +217,20 @@ pub fn finetune(
 
 /// Class probabilities `[p_negative, p_positive]` for each sequence, in input order.
 /// Sequences are batched by length, so little time goes to padding.
-pub fn predict(
-    model: &GptClassifier,
+pub fn predict<C: Classifier>(
+    model: &C,
     tokens: &[Vec<u32>],
     pooling: Pooling,
     pad_id: u32,
 ) -> Vec<[f32; 2]> {
-    let device: Device = model.head.weight.device();
+    let device: Device = model.head_layer().weight.device();
     let mut order: Vec<usize> = (0..tokens.len()).collect();
     order.sort_by_key(|&i| tokens[i].len());
     let mut probs = vec![[0.0; 2]; tokens.len()];
     for chunk in order.chunks(64) {
         let seqs: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
         let batch = class_batch(&seqs, &vec![0; chunk.len()], pad_id, pooling, &device);
-        let p = softmax(model.forward(batch.tokens, batch.padding, batch.pool), 1);
+        let p = softmax(model.classify(batch.tokens, batch.padding, batch.pool), 1);
         let values = p
             .into_data()
             .convert::<f32>()

@@ -6,7 +6,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -18,8 +17,9 @@ use crate::data::{Example, SentimentDataset};
 use crate::lora::adaptable::merge_lora;
 use crate::lora::peft::{save_adapter, write_atomic};
 use crate::lora::report::{ParamReport, param_report};
-use crate::model::{Gpt, GptClassifier, GptConfig, Pooling};
-use crate::tokenizer::BpeTokenizer;
+use crate::model::bert::{Bert, BertClassifier, BertConfig, BertHead};
+use crate::model::{Classifier, Gpt, GptClassifier, GptConfig, Pooling};
+use crate::tokenizer::{BpeTokenizer, HfTokenizer, TextEncoder};
 use crate::train::baseline::NaiveBayes;
 use crate::train::pretrain::to_json;
 use crate::train::{
@@ -38,10 +38,12 @@ pub struct SentimentOptions {
     pub test_file: PathBuf,
     /// Extra files evaluated after training.
     pub eval_files: Vec<PathBuf>,
-    /// The pre-trained base directory, or `None` for a randomly initialised model.
-    pub base: Option<PathBuf>,
+    /// The base model.
+    pub base: BaseModel,
     /// Tokenizer used with a random base (the base's own otherwise).
     pub tokenizer: PathBuf,
+    /// Longest input in tokens (default: the GPT's context; 64 for a BERT base).
+    pub max_len: Option<usize>,
     /// The modes to run, in order.
     pub modes: Vec<FinetuneMode>,
     /// Per-mode learning rate override; `None` uses [`default_lr`].
@@ -60,6 +62,48 @@ pub struct SentimentOptions {
     pub pooling: Pooling,
     /// Replace the files of an existing, non-empty `out` (refused otherwise).
     pub overwrite: bool,
+}
+
+/// The model that is fine-tuned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BaseModel {
+    /// A base pre-trained by this crate (`config.json`, `model.bpk`, `tokenizer.json`).
+    Gpt(PathBuf),
+    /// The same GPT architecture with random weights: what pre-training is worth.
+    Random,
+    /// A Hugging Face BERT checkpoint directory (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`), with the head to put on it.
+    Bert {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// `[CLS]` pooler or mean pooling.
+        head: BertHead,
+    },
+}
+
+impl BaseModel {
+    /// Parses a `--base` value: `random`, `hf:DIR` (a Hugging Face BERT), or a directory.
+    pub fn parse(value: &str, head: BertHead) -> Self {
+        match value {
+            "random" => BaseModel::Random,
+            _ => match value.strip_prefix("hf:") {
+                Some(dir) => BaseModel::Bert {
+                    dir: PathBuf::from(dir),
+                    head,
+                },
+                None => BaseModel::Gpt(PathBuf::from(value)),
+            },
+        }
+    }
+
+    /// How `metrics.json` names it.
+    pub fn describe(&self) -> String {
+        match self {
+            BaseModel::Gpt(dir) => dir.display().to_string(),
+            BaseModel::Random => "random".into(),
+            BaseModel::Bert { dir, .. } => format!("hf:{}", dir.display()),
+        }
+    }
 }
 
 /// The default learning rate of a mode: LoRA and head-only train few parameters from a
@@ -134,21 +178,73 @@ pub fn run_sentiment(
         .iter()
         .map(SentimentDataset::load)
         .collect::<Result<_, _>>()?;
-    let (base_config, tokenizer) = load_base_config(options)?;
-    let max_len = base_config.max_seq_len;
+    let data = Data { train, test, evals };
+    match &options.base {
+        BaseModel::Bert { dir, head } => {
+            let tokenizer = HfTokenizer::load(dir.join("tokenizer.json"), "[PAD]")?;
+            let config = BertConfig::load(&dir.join("config.json"))?;
+            let max_len = options
+                .max_len
+                .unwrap_or(64)
+                .min(config.max_position_embeddings);
+            let build = |device: &Device| -> Result<BertClassifier, Error> {
+                let (config, bert, notes) = Bert::load(dir, device)?;
+                for note in notes {
+                    println!("note: {}: {note}", dir.display());
+                }
+                Ok(BertClassifier::new(bert, &config, 2, *head, device))
+            };
+            run_modes(options, &data, &tokenizer, max_len, build, device)
+        }
+        BaseModel::Gpt(_) | BaseModel::Random => {
+            let (config, tokenizer) = load_base_config(options)?;
+            let max_len = options
+                .max_len
+                .unwrap_or(config.max_seq_len)
+                .min(config.max_seq_len);
+            let build = |device: &Device| -> Result<GptClassifier, Error> {
+                Ok(GptClassifier::new(
+                    load_base(options, &config, device)?,
+                    2,
+                    device,
+                ))
+            };
+            run_modes(options, &data, &tokenizer, max_len, build, device)
+        }
+    }
+}
+
+/// The loaded data files.
+struct Data {
+    train: SentimentDataset,
+    test: SentimentDataset,
+    evals: Vec<SentimentDataset>,
+}
+
+/// Every mode on one kind of classifier: `build` makes a fresh one (the base loaded, a new
+/// head) on the device it is given.
+fn run_modes<C: Classifier>(
+    options: &SentimentOptions,
+    data: &Data,
+    tokenizer: &impl TextEncoder,
+    max_len: usize,
+    build: impl Fn(&Device) -> Result<C, Error>,
+    device: &Device,
+) -> Result<(Metrics, String), Error> {
+    let Data { train, test, evals } = data;
     let (fit, val) = split_train(&train.examples);
     let encode = |examples: Vec<Example>| {
         let data = SentimentDataset {
             path: train.path.clone(),
             examples,
         };
-        encode_dataset(&tokenizer, &data, max_len)
+        encode_dataset(tokenizer, &data, max_len)
     };
     let (fit, val) = (encode(fit)?, encode(val)?);
-    let test_enc = encode_dataset(&tokenizer, &test, max_len)?;
+    let test_enc = encode_dataset(tokenizer, test, max_len)?;
     let eval_enc: Vec<Encoded> = evals
         .iter()
-        .map(|d| encode_dataset(&tokenizer, d, max_len))
+        .map(|d| encode_dataset(tokenizer, d, max_len))
         .collect::<Result<_, _>>()?;
     let truncated = fit.truncated
         + val.truncated
@@ -160,22 +256,32 @@ pub fn run_sentiment(
         val.labels.len(),
         test_enc.labels.len()
     );
-    // Every mode's set-up (LoRA targets, rank) is checked on a lazily initialised model
-    // before any training, so a bad flag fails in a second, not after the first mode.
-    for mode in &options.modes {
-        mode.prepare(GptClassifier::new(base_config.init(device), 2, device))?;
+    // The LoRA head is always trained: a new classifier starts random.
+    let modes: Vec<FinetuneMode> = options
+        .modes
+        .iter()
+        .map(|mode| match mode {
+            FinetuneMode::Lora(config) if config.modules_to_save.is_empty() => {
+                FinetuneMode::Lora(config.clone().with_modules_to_save(vec![C::HEAD.into()]))
+            }
+            other => other.clone(),
+        })
+        .collect();
+    // Every mode's set-up (LoRA targets, rank) is checked before any training, so a bad
+    // flag fails in seconds, not after the first mode.
+    for mode in &modes {
+        mode.prepare(build(device)?)?;
     }
     fs::create_dir_all(&options.out).map_err(|e| Error::io(&options.out, e))?;
 
     let mut runs = Vec::new();
     let mut details = Vec::new();
     let mut curves = Vec::new();
-    for mode in &options.modes {
+    for mode in &modes {
         reset_peak_rss();
         let train_device = device.clone().autodiff();
         train_device.seed(options.seed);
-        let gpt = load_base(options, &base_config, &train_device)?;
-        let model = mode.prepare(GptClassifier::new(gpt, 2, &train_device))?;
+        let model = mode.prepare(build(&train_device)?)?;
         let report = param_report(&model);
         let finetune_options = FinetuneOptions {
             epochs: options.epochs,
@@ -185,7 +291,7 @@ pub fn run_sentiment(
             warmup_ratio: 0.06,
             seed: options.seed,
             pooling: options.pooling,
-            pad_id: tokenizer.pad_id(),
+            pad_id: tokenizer.padding_id(),
         };
         println!(
             "\n== {} ({} trainable of {} parameters, lr {:e}) ==",
@@ -196,33 +302,23 @@ pub fn run_sentiment(
         );
         let (model, history) = finetune(model, &fit, &val, &finetune_options, mode.name())?;
         let model = model.valid();
-        let test_accuracy = accuracy(
-            &predict(
-                &model,
-                &test_enc.tokens,
-                finetune_options.pooling,
-                finetune_options.pad_id,
-            ),
-            &test_enc.labels,
-        );
+        let score = |enc: &Encoded| {
+            accuracy(
+                &predict(
+                    &model,
+                    &enc.tokens,
+                    finetune_options.pooling,
+                    finetune_options.pad_id,
+                ),
+                &enc.labels,
+            )
+        };
+        let test_accuracy = score(&test_enc);
         let eval = options
             .eval_files
             .iter()
             .zip(&eval_enc)
-            .map(|(path, enc)| {
-                (
-                    file_name(path),
-                    accuracy(
-                        &predict(
-                            &model,
-                            &enc.tokens,
-                            finetune_options.pooling,
-                            finetune_options.pad_id,
-                        ),
-                        &enc.labels,
-                    ),
-                )
-            })
+            .map(|(path, enc)| (file_name(path), score(enc)))
             .collect();
         let artifact_bytes = save_artifact(mode, &model, &options.out)?;
         let merge = match mode {
@@ -260,10 +356,7 @@ pub fn run_sentiment(
     let baseline = nb_correct as f64 / test.len() as f64;
     let metrics = Metrics {
         dataset: options.dataset.clone(),
-        base: options
-            .base
-            .as_ref()
-            .map_or("random".into(), |p| p.display().to_string()),
+        base: options.base.describe(),
         runs,
     };
     write_atomic(
@@ -274,6 +367,11 @@ pub fn run_sentiment(
         "baseline_naive_bayes_test_accuracy": baseline,
         "truncated_texts": truncated,
         "pooling": format!("{:?}", options.pooling),
+        "max_len": max_len,
+        "bert_head": match &options.base {
+            BaseModel::Bert { head, .. } => serde_json::to_value(head).unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        },
         "epochs": options.epochs,
         "batch_size": options.batch_size,
         "seed": options.seed,
@@ -289,7 +387,7 @@ pub fn run_sentiment(
 
 fn load_base_config(options: &SentimentOptions) -> Result<(GptConfig, BpeTokenizer), Error> {
     match &options.base {
-        Some(dir) => {
+        BaseModel::Gpt(dir) => {
             if !dir.is_dir() {
                 return Err(Error::Checkpoint {
                     path: dir.clone(),
@@ -301,7 +399,7 @@ fn load_base_config(options: &SentimentOptions) -> Result<(GptConfig, BpeTokeniz
             check_vocab(&tokenizer, &config, dir)?;
             Ok((config, tokenizer))
         }
-        None => {
+        _ => {
             let tokenizer = BpeTokenizer::load(&options.tokenizer)?;
             Ok((
                 GptConfig::new(tokenizer.vocab_size()).with_max_seq_len(64),
@@ -332,8 +430,8 @@ fn load_base(
     device: &Device,
 ) -> Result<Gpt, Error> {
     match &options.base {
-        Some(dir) => Ok(Gpt::load(dir, "model.bpk", device)?.1),
-        None => Ok(config.init(device)),
+        BaseModel::Gpt(dir) => Ok(Gpt::load(dir, "model.bpk", device)?.1),
+        _ => Ok(config.init(device)),
     }
 }
 
@@ -352,7 +450,7 @@ fn split_train(examples: &[Example]) -> (Vec<Example>, Vec<Example>) {
 }
 
 /// Saves what the mode must keep and returns its size in bytes.
-fn save_artifact(mode: &FinetuneMode, model: &GptClassifier, out: &Path) -> Result<u64, Error> {
+fn save_artifact<C: Classifier>(mode: &FinetuneMode, model: &C, out: &Path) -> Result<u64, Error> {
     match mode {
         FinetuneMode::Lora(config) => {
             let dir = out.join("lora_adapter");
@@ -361,7 +459,7 @@ fn save_artifact(mode: &FinetuneMode, model: &GptClassifier, out: &Path) -> Resu
         }
         FinetuneMode::HeadOnly => {
             let path = out.join("head.bpk");
-            crate::model::save_module(model.head.clone(), &path)?;
+            crate::model::save_module(model.head_layer().clone(), &path)?;
             file_bytes(&path)
         }
         FinetuneMode::Full => {
@@ -397,8 +495,8 @@ pub struct MergeCheck {
     pub merged_seconds: f64,
 }
 
-fn merge_check(
-    model: &GptClassifier,
+fn merge_check<C: Classifier>(
+    model: &C,
     test: &Encoded,
     options: &FinetuneOptions,
 ) -> Result<MergeCheck, Error> {
@@ -569,24 +667,49 @@ pub enum Trained {
     Checkpoint(PathBuf),
 }
 
-/// Loads the base in `base` and the trained part on top of it.
+/// A fine-tuned classifier ready to predict, with its tokenizer and input length.
+#[derive(Debug)]
+pub enum Loaded {
+    /// Our GPT with its BPE tokenizer.
+    Gpt(GptClassifier, BpeTokenizer, usize),
+    /// A Hugging Face BERT with its own tokenizer.
+    Bert(BertClassifier, HfTokenizer, usize),
+}
+
+/// Loads the base and the trained part on top of it.
 ///
 /// # Errors
 ///
 /// A bad base directory, adapter, or checkpoint, naming the file.
 pub fn load_classifier(
-    base: &Path,
+    base: &BaseModel,
     trained: &Trained,
     device: &Device,
-) -> Result<(GptClassifier, BpeTokenizer, usize), Error> {
-    let tokenizer = BpeTokenizer::load(base.join("tokenizer.json"))?;
-    let config = crate::model::load_config(&base.join("config.json"))?;
-    check_vocab(&tokenizer, &config, base)?;
-    let (config, gpt) = Gpt::load(base, "model.bpk", device)?;
-    let model = GptClassifier::new(gpt, 2, device);
-    let model = match trained {
-        Trained::Adapter(dir) => crate::lora::peft::load_adapter(&model, dir)?,
-        Trained::Checkpoint(path) => crate::model::load_module(model, path)?,
-    };
-    Ok((model, tokenizer, config.max_seq_len))
+) -> Result<Loaded, Error> {
+    fn on_top<C: Classifier>(model: C, trained: &Trained) -> Result<C, Error> {
+        match trained {
+            Trained::Adapter(dir) => crate::lora::peft::load_adapter(&model, dir),
+            Trained::Checkpoint(path) => crate::model::load_module(model, path),
+        }
+    }
+    match base {
+        BaseModel::Gpt(dir) => {
+            let tokenizer = BpeTokenizer::load(dir.join("tokenizer.json"))?;
+            let config = crate::model::load_config(&dir.join("config.json"))?;
+            check_vocab(&tokenizer, &config, dir)?;
+            let (config, gpt) = Gpt::load(dir, "model.bpk", device)?;
+            let model = on_top(GptClassifier::new(gpt, 2, device), trained)?;
+            Ok(Loaded::Gpt(model, tokenizer, config.max_seq_len))
+        }
+        BaseModel::Random => Err(Error::Usage(
+            "a trained classifier needs the base it was trained on, not `random`".into(),
+        )),
+        BaseModel::Bert { dir, head } => {
+            let tokenizer = HfTokenizer::load(dir.join("tokenizer.json"), "[PAD]")?;
+            let (config, bert, _) = Bert::load(dir, device)?;
+            let model = BertClassifier::new(bert, &config, 2, *head, device);
+            let max_len = config.max_position_embeddings;
+            Ok(Loaded::Bert(on_top(model, trained)?, tokenizer, max_len))
+        }
+    }
 }
