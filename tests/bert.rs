@@ -103,7 +103,7 @@ fn tokenizer_json_gives_the_python_ids() {
 
 fn classifier(device: &Device) -> BertClassifier {
     let (config, bert, _) = Bert::load(&fixture(), device).unwrap();
-    BertClassifier::new(bert, &config, 2, device)
+    BertClassifier::new(bert, &config, 2, BertHead::Pooler, device)
 }
 
 #[test]
@@ -112,7 +112,7 @@ fn peft_seq_cls_adapter_gives_peft_logits_and_round_trips() {
     let model = load_adapter(&classifier(&device), fixture().join("peft_adapter")).unwrap();
     let g = golden();
     let (tokens, padding) = inputs(&g, &device);
-    let logits = model.forward(tokens.clone(), padding.clone(), BertHead::Pooler);
+    let logits = model.forward(tokens.clone(), padding.clone());
     assert_close("peft logits", logits.clone().into_data(), g.logits.clone());
 
     // Saved again by us, the adapter loads back to the same logits; the exported directory
@@ -122,7 +122,7 @@ fn peft_seq_cls_adapter_gives_peft_logits_and_round_trips() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bert-export");
     save_adapter(&model, &config, &dir).unwrap();
     let again = load_adapter(&classifier(&device), &dir).unwrap();
-    let logits_again = again.forward(tokens, padding, BertHead::Pooler);
+    let logits_again = again.forward(tokens, padding);
     assert_close("reloaded", logits_again.into_data(), g.logits);
     let values: Vec<f32> = logits.into_data().try_to_vec().unwrap();
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -669,6 +669,7 @@ pub enum Trained {
 
 /// A fine-tuned classifier ready to predict, with its tokenizer and input length.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // made once per process, then matched and consumed
 pub enum Loaded {
     /// Our GPT with its BPE tokenizer.
     Gpt(GptClassifier, BpeTokenizer, usize),
