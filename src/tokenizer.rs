@@ -239,6 +239,7 @@ pub struct HfTokenizer {
 
 impl HfTokenizer {
     /// Reads a `tokenizer.json`; `pad_token` (such as `[PAD]`) must be in its vocabulary.
+    /// Padding and truncation settings in the file are switched off.
     ///
     /// # Errors
     ///
@@ -251,7 +252,14 @@ impl HfTokenizer {
             path: path.to_path_buf(),
             message,
         };
-        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| fail(e.to_string()))?;
+        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| fail(e.to_string()))?;
+        // Checkpoints often ship fixed padding and truncation (sentence-transformers: pad to
+        // 128). Batching pads with a mask and `encode_for_classifier` truncates and counts,
+        // so both are switched off here: a pad token must never be read as text.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| fail(e.to_string()))?;
         let pad = inner
             .token_to_id(pad_token)
             .ok_or_else(|| fail(format!("has no `{pad_token}` token")))?;

@@ -272,3 +272,31 @@ fn a_checkpoint_without_pooler_says_so_and_keys_may_carry_the_bert_prefix() {
         golden().hidden,
     );
 }
+
+#[test]
+fn hf_tokenizer_ignores_the_files_padding_and_truncation() {
+    use burn_lora::tokenizer::{HfTokenizer, TextEncoder};
+    let mut json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(fixture().join("tokenizer.json")).unwrap())
+            .unwrap();
+    // As sentence-transformers ships it: pad every text to 128, truncate at 128.
+    json["padding"] = serde_json::json!({"strategy": {"Fixed": 128}, "direction": "Right",
+        "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"});
+    json["truncation"] = serde_json::json!({"max_length": 4, "strategy": "LongestFirst",
+        "stride": 0, "direction": "Right"});
+    let dir = scratch("bert", "padded_tokenizer");
+    fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+    let tokenizer = HfTokenizer::load(dir.join("tokenizer.json"), "[PAD]").unwrap();
+    assert_eq!(tokenizer.padding_id(), 0);
+    // "[CLS] dull and far too long [SEP]": 7 ids, no padding, no truncation at 4.
+    let (ids, truncated) = tokenizer
+        .encode_for_classifier("dull and far too long", 64)
+        .unwrap();
+    assert_eq!((ids.len(), truncated), (7, false));
+    // Our own truncation keeps [SEP] last and says so.
+    let (short, truncated) = tokenizer
+        .encode_for_classifier("dull and far too long", 4)
+        .unwrap();
+    assert!(truncated);
+    assert_eq!(short, [ids[0], ids[1], ids[2], ids[6]]);
+}
