@@ -5,13 +5,19 @@
 //! ```sh
 //! cargo run --release --example bench
 //! cargo run --release --example bench -- --d-model 256 --layers 6 --out runs/bench.json
+//! cargo run --release --example bench -- --scaling   # trainable, step time, adapter bytes vs r and d_model
 //! ```
+//!
+//! `--out` writes `{"backend", "cases": [{"name", "median_seconds", "min_seconds",
+//! "max_seconds", "peak_rss_bytes", "trainable_params"}]}`, the shape
+//! `scripts/peft_bench.py` writes for PyTorch + PEFT.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use burn::tensor::Device;
 use burn_lora::bench::{Case, CaseResult, Sizes, run_case};
+
 use burn_lora::train::sentiment::peak_rss;
 use clap::Parser;
 
@@ -32,6 +38,13 @@ struct Args {
     batch: usize,
     #[arg(long, default_value_t = 64)]
     seq: usize,
+    /// LoRA rank (alpha = 2 · rank).
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Instead of the cases: how trainable parameters, step time and adapter bytes grow
+    /// with r in {1..64} and with d_model in {128..1024} (LoRA q,v vs full).
+    #[arg(long)]
+    scaling: bool,
     /// Timed steps per case.
     #[arg(long, default_value_t = 20)]
     steps: usize,
@@ -56,6 +69,7 @@ impl Args {
             d_ff: self.d_ff,
             batch: self.batch,
             seq: self.seq,
+            rank: self.rank,
         }
     }
 
@@ -68,6 +82,7 @@ impl Args {
             ("--d-ff", self.d_ff),
             ("--batch", self.batch),
             ("--seq", self.seq),
+            ("--rank", self.rank),
             ("--steps", self.steps),
             ("--warmup", self.warmup),
         ];
@@ -94,50 +109,66 @@ fn child(args: &Args, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parent(args: &Args) -> Result<(), String> {
+/// Runs `case` in a fresh process with `args`' sizes; its result and peak RSS.
+fn in_process(args: &Args, case: Case) -> Result<(CaseResult, u64), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let output = Command::new(&exe)
+        .args(args.flags())
+        .args(["--case", case.name()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!(
+            "case {} failed: {}",
+            case.name(),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+    let result = CaseResult {
+        case: case.name(),
+        median_s: json["median_s"].as_f64().unwrap_or(0.0),
+        min_s: json["min_s"].as_f64().unwrap_or(0.0),
+        max_s: json["max_s"].as_f64().unwrap_or(0.0),
+        trainable: json["trainable"].as_u64().unwrap_or(0) as usize,
+        adapter_bytes: json["adapter_bytes"].as_u64(),
+    };
+    Ok((result, json["peak_rss_bytes"].as_u64().unwrap_or(0)))
+}
+
+fn backend() -> &'static str {
+    if cfg!(feature = "flex") {
+        "burn 0.22 flex"
+    } else {
+        "burn 0.22 ndarray"
+    }
+}
+
+fn parent(args: &Args) -> Result<(), String> {
     let mut rows: Vec<(CaseResult, u64)> = Vec::new();
     println!(
-        "sizes: {:?}; {} timed steps after {} warm-up, each case in its own process\n",
+        "{}; sizes: {:?}; {} timed steps after {} warm-up, each case in its own process\n",
+        backend(),
         args.sizes(),
         args.steps,
         args.warmup
     );
     for case in Case::ALL {
-        let output = Command::new(&exe)
-            .args(args.flags())
-            .args(["--case", case.name()])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !output.status.success() {
-            return Err(format!(
-                "case {} failed: {}",
-                case.name(),
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        let json: serde_json::Value =
-            serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
-        let result = CaseResult {
-            case: case.name(),
-            median_s: json["median_s"].as_f64().unwrap_or(0.0),
-            min_s: json["min_s"].as_f64().unwrap_or(0.0),
-            max_s: json["max_s"].as_f64().unwrap_or(0.0),
-            trainable: json["trainable"].as_u64().unwrap_or(0) as usize,
-        };
-        eprintln!("{:<20} median {:.1} ms", case.name(), result.median_s * 1e3);
-        rows.push((result, json["peak_rss_bytes"].as_u64().unwrap_or(0)));
+        let row = in_process(args, case)?;
+        eprintln!("{:<20} median {:.1} ms", case.name(), row.0.median_s * 1e3);
+        rows.push(row);
     }
     let full = rows[0].0.median_s;
     let base = rows
         .iter()
-        .find(|(r, _)| r.case == "infer-base")
+        .find(|(r, _)| r.case == "infer_base")
         .map_or(1.0, |(r, _)| r.median_s);
     println!(
         "\n{:<20} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
         "case", "median ms", "min ms", "max ms", "ratio", "peak MB", "trainable"
     );
-    let mut json_rows = Vec::new();
+    let mut cases = Vec::new();
     for (r, rss) in &rows {
         let ratio = if r.case.starts_with("infer") {
             r.median_s / base
@@ -154,17 +185,20 @@ fn parent(args: &Args) -> Result<(), String> {
             *rss as f64 / 1e6,
             r.trainable
         );
-        let mut j = serde_json::to_value(r).map_err(|e| e.to_string())?;
-        j["ratio"] = ratio.into();
-        j["peak_rss_bytes"] = (*rss).into();
-        json_rows.push(j);
+        cases.push(serde_json::json!({
+            "name": r.case,
+            "median_seconds": r.median_s,
+            "min_seconds": r.min_s,
+            "max_seconds": r.max_s,
+            "peak_rss_bytes": rss,
+            "trainable_params": r.trainable,
+        }));
     }
     println!(
-        "\nratio: training cases against full fine-tuning, inference cases against infer-base"
+        "\nratio: training cases against full fine-tuning, inference cases against infer_base"
     );
     if let Some(out) = &args.out {
-        let json =
-            serde_json::json!({"sizes": args.sizes(), "steps": args.steps, "cases": json_rows});
+        let json = serde_json::json!({"backend": backend(), "cases": cases});
         std::fs::write(
             out,
             serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
@@ -175,10 +209,68 @@ fn parent(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Trainable parameters, step time and adapter bytes against the rank, then against the
+/// width (full fine-tuning beside LoRA q,v).
+fn scaling(args: &Args) -> Result<(), String> {
+    let steps = args.steps.min(5);
+    let quick = Args {
+        steps,
+        warmup: 1,
+        ..args.clone()
+    };
+    println!(
+        "{}; LoRA r on query/value, alpha = 2r; median of {steps} steps after 1 warm-up\n",
+        backend()
+    );
+    println!(
+        "{:>6} {:>11} {:>10} {:>14}",
+        "r", "trainable", "step ms", "adapter bytes"
+    );
+    for rank in [1, 2, 4, 8, 16, 32, 64] {
+        let (r, _) = in_process(
+            &Args {
+                rank,
+                ..quick.clone()
+            },
+            Case::LoraQv,
+        )?;
+        println!(
+            "{rank:>6} {:>11} {:>10.1} {:>14}",
+            r.trainable,
+            r.median_s * 1e3,
+            r.adapter_bytes.unwrap_or(0)
+        );
+    }
+    println!(
+        "\n{:>8} {:>11} {:>10} {:>11} {:>10} {:>7} {:>14}",
+        "d_model", "full train", "full ms", "LoRA train", "LoRA ms", "ratio", "adapter bytes"
+    );
+    for d_model in [128, 256, 512, 1024] {
+        let sized = Args {
+            d_model,
+            d_ff: 4 * d_model,
+            ..quick.clone()
+        };
+        let (full, _) = in_process(&sized, Case::Full)?;
+        let (lora, _) = in_process(&sized, Case::LoraQv)?;
+        println!(
+            "{d_model:>8} {:>11} {:>10.1} {:>11} {:>10.1} {:>6.2}x {:>14}",
+            full.trainable,
+            full.median_s * 1e3,
+            lora.trainable,
+            lora.median_s * 1e3,
+            lora.median_s / full.median_s,
+            lora.adapter_bytes.unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match &args.case {
         Some(name) => child(&args, name),
+        None if args.scaling => scaling(&args),
         None => parent(&args),
     };
     match result {

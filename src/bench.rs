@@ -50,12 +50,12 @@ impl Case {
     pub fn name(self) -> &'static str {
         match self {
             Case::Full => "full",
-            Case::LoraQv => "lora-qv",
-            Case::LoraAll => "lora-all",
-            Case::BurnApplyLoraQv => "burn-apply-lora-qv",
-            Case::InferBase => "infer-base",
-            Case::InferLoraUnmerged => "infer-lora-unmerged",
-            Case::InferLoraMerged => "infer-lora-merged",
+            Case::LoraQv => "lora_qv",
+            Case::LoraAll => "lora_all_linear",
+            Case::BurnApplyLoraQv => "burn_apply_lora_qv",
+            Case::InferBase => "infer_base",
+            Case::InferLoraUnmerged => "infer_lora_unmerged",
+            Case::InferLoraMerged => "infer_lora_merged",
         }
     }
 
@@ -82,6 +82,8 @@ pub struct Sizes {
     pub batch: usize,
     /// Tokens per sequence.
     pub seq: usize,
+    /// LoRA rank (alpha = 2 · rank).
+    pub rank: usize,
 }
 
 /// One case's timings.
@@ -97,6 +99,8 @@ pub struct CaseResult {
     pub max_s: f64,
     /// Trainable parameters (0 for inference).
     pub trainable: usize,
+    /// Bytes of the saved PEFT adapter directory, for the LoRA training cases.
+    pub adapter_bytes: Option<u64>,
 }
 
 /// Times `steps` steps of `case` after `warmup` untimed ones.
@@ -132,8 +136,8 @@ pub fn run_case(
     let model = GptClassifier::new(config.init(&device), 2, &device);
     let lora = |targets: &[&str]| {
         LoraConfig::new()
-            .with_rank(8)
-            .with_alpha(16.0)
+            .with_rank(sizes.rank)
+            .with_alpha(2.0 * sizes.rank as f64)
             .with_target_modules(targets.iter().map(|t| t.to_string()).collect())
             .with_modules_to_save(vec!["head".into()])
     };
@@ -147,7 +151,8 @@ pub fn run_case(
                 |re: &str| ParamGroup::from_regex(re).map_err(|e| Error::Usage(format!("{e:?}")));
             model
                 .apply_lora(
-                    Lora::new(8, 16.0).set_param_group(group(r"\.(query|value)\.Base\.weight$")?),
+                    Lora::new(sizes.rank, 2.0 * sizes.rank as f64)
+                        .set_param_group(group(r"\.(query|value)\.Base\.weight$")?),
                 )
                 .set_require_grad_group(group(r"^head\.")?, true)
         }
@@ -191,11 +196,30 @@ pub fn run_case(
         }
     }
     times.sort_by(f64::total_cmp);
+    let adapter_bytes = match case {
+        Case::LoraQv | Case::LoraAll => {
+            let targets: &[&str] = match case {
+                Case::LoraQv => &["query", "value"],
+                _ => &["all-linear"],
+            };
+            let dir = std::env::temp_dir().join(format!("burn-lora-bench-{}", std::process::id()));
+            crate::lora::peft::save_adapter(&model, &lora(targets), &dir)?;
+            let bytes = std::fs::read_dir(&dir)
+                .map_err(|e| Error::io(&dir, e))?
+                .filter_map(|entry| entry.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            let _ = std::fs::remove_dir_all(&dir);
+            Some(bytes)
+        }
+        _ => None,
+    };
     Ok(CaseResult {
         case: case.name(),
         median_s: times[times.len() / 2],
         min_s: times[0],
         max_s: times[times.len() - 1],
         trainable,
+        adapter_bytes,
     })
 }

@@ -608,8 +608,85 @@ fn predict_with_a_hugging_face_base_and_a_peft_adapter_gives_peft_probabilities(
     fails(
         run(
             "predict",
-            &["--base", &base, "--adapter", s(&adapter), "--pooling", "last", "x"],
+            &[
+                "--base",
+                &base,
+                "--adapter",
+                s(&adapter),
+                "--pooling",
+                "last",
+                "x",
+            ],
         ),
         &["--pooling", "mean or cls"],
     );
+}
+
+// ---- bench ----
+
+#[test]
+fn bench_writes_the_documented_json_shape() {
+    let dir = scratch("cli", "bench");
+    let out = dir.join("bench.json");
+    let sizes = [
+        "--vocab",
+        "64",
+        "--d-model",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--d-ff",
+        "32",
+        "--batch",
+        "2",
+        "--seq",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+    ];
+    let args = [&sizes[..], &["--out", s(&out)]].concat();
+    succeeds(&run("bench", &args));
+    let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
+    let mut top: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+    top.sort();
+    assert_eq!(top, ["backend", "cases"]);
+    assert!(json["backend"].as_str().unwrap().starts_with("burn 0.22"));
+    let cases = json["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "full",
+            "lora_qv",
+            "lora_all_linear",
+            "burn_apply_lora_qv",
+            "infer_base",
+            "infer_lora_unmerged",
+            "infer_lora_merged"
+        ]
+    );
+    for case in cases {
+        let mut keys: Vec<_> = case.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "max_seconds",
+                "median_seconds",
+                "min_seconds",
+                "name",
+                "peak_rss_bytes",
+                "trainable_params"
+            ]
+        );
+        assert!(case["median_seconds"].as_f64().unwrap() > 0.0);
+        assert!(case["peak_rss_bytes"].as_u64().unwrap() > 0);
+    }
+    // LoRA q,v on one block of width 16: r·(16 + 16) for each of the two, plus the head.
+    assert_eq!(cases[1]["trainable_params"], 2 * 8 * 32 + 16 * 2 + 2);
+    assert_eq!(cases[1]["trainable_params"], cases[3]["trainable_params"]);
 }
