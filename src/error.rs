@@ -168,6 +168,14 @@ pub enum Error {
         /// What was wrong with it.
         message: String,
     },
+    /// An `adapter_config.json` holds an invalid value (rank 0, a dropout of 5, ...).
+    #[error("{}: {source}", path.display())]
+    AdapterConfig {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong with it ([`Error::ZeroRank`], [`Error::InvalidDropout`], ...).
+        source: Box<Error>,
+    },
     /// A model `config.json` describes an architecture this crate does not implement.
     #[error("{}: unsupported {found}; burn-lora loads BERT checkpoints (model_type `bert`)", path.display())]
     UnsupportedArchitecture {

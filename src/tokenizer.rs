@@ -123,9 +123,9 @@ impl BpeTokenizer {
     /// As [`BpeTokenizer::load`], less the I/O.
     pub fn from_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
+        let inner = parse_tokenizer(bytes).map_err(|message| Error::Tokenizer {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message,
         })?;
         Self::new(inner, path)
     }
@@ -198,6 +198,14 @@ impl BpeTokenizer {
     }
 }
 
+/// Parses a `tokenizer.json`. The bytes are first checked to be JSON: `tokenizers` 0.22
+/// panics instead of erroring on some malformed files (a broken `decoder` object, found by
+/// `fuzz/fuzz_targets/tokenizer_json.rs`), and valid JSON never reaches that panic.
+fn parse_tokenizer(bytes: &[u8]) -> Result<Tokenizer, String> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| e.to_string())?;
+    Tokenizer::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
 /// How a classifier's tokenizer turns one text into ids.
 pub trait TextEncoder {
     /// The ids of `text` as the classifier reads it, at most `max_len` of them, and whether
@@ -252,7 +260,7 @@ impl HfTokenizer {
             path: path.to_path_buf(),
             message,
         };
-        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| fail(e.to_string()))?;
+        let mut inner = parse_tokenizer(&bytes).map_err(fail)?;
         // Checkpoints often ship fixed padding and truncation (sentence-transformers: pad to
         // 128). Batching pads with a mask and `encode_for_classifier` truncates and counts,
         // so both are switched off here: a pad token must never be read as text.

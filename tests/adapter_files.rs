@@ -256,7 +256,12 @@ fn invalid_values_in_config_are_rejected() {
         config.replace("\"r\": 2", "\"r\": 0"),
     )
     .unwrap();
-    assert!(matches!(load_err(&dir), Error::ZeroRank));
+    let err = load_err(&dir);
+    assert!(
+        matches!(err, Error::AdapterConfig { ref source, .. } if matches!(**source, Error::ZeroRank)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("adapter_config.json: "), "{err}");
 }
 
 #[test]

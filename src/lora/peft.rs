@@ -152,7 +152,11 @@ impl PeftConfigJson {
             TargetModules::List(names) => config.with_target_modules(names),
             TargetModules::Regex(pattern) => config.with_target_regex(Some(pattern)),
         };
-        config.validate()?;
+        // Invalid values (rank 0, dropout 5) are errors that name the file too.
+        config.validate().map_err(|e| Error::AdapterConfig {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
         Ok(config)
     }
 }
