@@ -14,10 +14,9 @@ use std::process::ExitCode;
 
 use burn::tensor::Device;
 use burn_lora::data::{Example, SentimentDataset};
-use burn_lora::model::bert::BertHead;
 use burn_lora::model::{Classifier, Pooling};
 use burn_lora::tokenizer::TextEncoder;
-use burn_lora::train::sentiment::{BaseModel, Loaded, Trained, load_classifier};
+use burn_lora::train::sentiment::{BaseModel, Loaded, Trained, load_classifier, parse_pooling};
 use burn_lora::train::{encode_dataset, predict};
 use burn_lora::{Error, merge_lora};
 use clap::Parser;
@@ -59,21 +58,7 @@ fn run(args: Args) -> Result<(), Error> {
         }
     };
     let bert = args.base.starts_with("hf:");
-    let pooling = args
-        .pooling
-        .clone()
-        .unwrap_or_else(|| if bert { "mean" } else { "last" }.into());
-    let (pooling, head) = match (pooling.as_str(), bert) {
-        ("last", false) => (Pooling::LastToken, BertHead::Mean),
-        ("mean", _) => (Pooling::Mean, BertHead::Mean),
-        ("cls", true) => (Pooling::Mean, BertHead::Pooler),
-        (other, _) => {
-            return Err(Error::Usage(format!(
-                "--pooling must be {} for this base, got `{other}`",
-                if bert { "mean or cls" } else { "last or mean" }
-            )));
-        }
-    };
+    let (pooling, head) = parse_pooling(args.pooling.as_deref(), bert)?;
     let texts = match args.texts.is_empty() {
         false => args.texts.clone(),
         true => std::io::stdin()

@@ -12,10 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::Device;
-use burn_lora::model::Pooling;
-use burn_lora::model::bert::BertHead;
 use burn_lora::train::FinetuneMode;
-use burn_lora::train::sentiment::{BaseModel, SentimentOptions, run_sentiment};
+use burn_lora::train::sentiment::{BaseModel, SentimentOptions, parse_pooling, run_sentiment};
 use burn_lora::{Error, LoraConfig};
 use clap::Parser;
 
@@ -119,20 +117,7 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let bert = args.base.starts_with("hf:");
-    let pooling = args
-        .pooling
-        .unwrap_or_else(|| if bert { "mean" } else { "last" }.into());
-    let (pooling, head) = match (pooling.as_str(), bert) {
-        ("last", false) => (Pooling::LastToken, BertHead::Mean),
-        ("mean", _) => (Pooling::Mean, BertHead::Mean),
-        ("cls", true) => (Pooling::Mean, BertHead::Pooler),
-        (other, _) => {
-            return Err(usage(format!(
-                "--pooling must be {} for this base, got `{other}`",
-                if bert { "mean or cls" } else { "last or mean" }
-            )));
-        }
-    };
+    let (pooling, head) = parse_pooling(args.pooling.as_deref(), bert)?;
     if args.max_len == Some(0) {
         return Err(usage("--max-len must be at least 2".into()));
     }

@@ -6,71 +6,21 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor, TensorData};
-use burn_lora::LoraConfig;
-use burn_lora::model::Pooling;
+use burn::tensor::{Device, TensorData};
 use burn_lora::train::FinetuneMode;
-use burn_lora::train::sentiment::{
-    BaseModel, Loaded, SentimentOptions, Trained, load_classifier, run_sentiment,
-};
-use common::{scratch, tiny_base, write_tsv};
-
-fn options(dir: &Path, modes: Vec<FinetuneMode>) -> SentimentOptions {
-    tiny_base(dir);
-    write_tsv(&dir.join("train.tsv"), 4);
-    write_tsv(&dir.join("test.tsv"), 1);
-    SentimentOptions {
-        dataset: "tiny".into(),
-        train_file: dir.join("train.tsv"),
-        test_file: dir.join("test.tsv"),
-        eval_files: vec![],
-        base: BaseModel::Gpt(dir.to_path_buf()),
-        max_len: None,
-        tokenizer: dir.join("tokenizer.json"),
-        modes,
-        lr: Some(1e-2),
-        epochs: 4,
-        batch_size: 8,
-        seed: 1,
-        max_train: None,
-        out: dir.join("out"),
-        pooling: Pooling::LastToken,
-        overwrite: true,
-    }
-}
-
-fn lora() -> LoraConfig {
-    LoraConfig::new()
-        .with_rank(2)
-        .with_alpha(4.0)
-        .with_modules_to_save(vec!["head".into()])
-}
-
-/// Every float parameter's values.
-fn values<M: Module>(model: &M) -> Vec<(String, TensorData)> {
-    struct Collect(Vec<(String, TensorData)>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push((param.id.to_string(), param.val().into_data()));
-        }
-    }
-    let mut collect = Collect(Vec::new());
-    model.visit(&mut collect);
-    collect.0
-}
+use burn_lora::train::sentiment::{BaseModel, Loaded, Trained, load_classifier, run_sentiment};
+use common::{param_values, scratch, tiny_job, tiny_lora};
 
 #[test]
 fn the_same_seed_reproduces_every_figure_and_byte() {
     let dir = scratch("sentiment_job", "reproduce");
     let modes = vec![
         FinetuneMode::Full,
-        FinetuneMode::Lora(lora().with_dropout(0.1)),
+        FinetuneMode::Lora(tiny_lora().with_dropout(0.1)),
         FinetuneMode::HeadOnly,
     ];
-    let mut options = options(&dir, modes);
+    let mut options = tiny_job(&dir, modes);
     options.epochs = 2;
     let mut run = |seed: u64, out: &str| {
         options.seed = seed;
@@ -87,7 +37,7 @@ fn the_same_seed_reproduces_every_figure_and_byte() {
         else {
             panic!("a GPT base loads a GPT classifier")
         };
-        let full: Vec<TensorData> = values(&full).into_iter().map(|(_, v)| v).collect();
+        let full: Vec<TensorData> = param_values(&full).into_iter().map(|(_, v)| v).collect();
         (
             accuracies,
             read("loss.csv"),

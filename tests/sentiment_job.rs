@@ -3,60 +3,27 @@
 
 mod common;
 
-use common::{scratch, tiny_base, write_tsv};
+use common::{param_values, scratch, tiny_job, tiny_lora};
 use std::fs;
-use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::module::Module;
+use burn::tensor::Device;
 use burn_lora::data::SentimentDataset;
 use burn_lora::model::bert::BertHead;
 use burn_lora::model::{GptClassifier, Pooling};
-use burn_lora::train::sentiment::{BaseModel, SentimentOptions, run_sentiment};
+use burn_lora::train::sentiment::{BaseModel, run_sentiment};
 use burn_lora::train::{FinetuneMode, FinetuneOptions, encode_dataset, finetune};
 use burn_lora::{Error, LoraConfig, param_report};
-
-fn options(dir: &Path, modes: Vec<FinetuneMode>) -> SentimentOptions {
-    tiny_base(dir);
-    write_tsv(&dir.join("train.tsv"), 4);
-    write_tsv(&dir.join("test.tsv"), 1);
-    write_tsv(&dir.join("extra.tsv"), 1);
-    SentimentOptions {
-        dataset: "tiny".into(),
-        train_file: dir.join("train.tsv"),
-        test_file: dir.join("test.tsv"),
-        eval_files: vec![dir.join("extra.tsv")],
-        base: BaseModel::Gpt(dir.to_path_buf()),
-        max_len: None,
-        tokenizer: dir.join("tokenizer.json"),
-        modes,
-        lr: Some(1e-2),
-        epochs: 4,
-        batch_size: 8,
-        seed: 1,
-        max_train: None,
-        out: dir.join("out"),
-        pooling: Pooling::LastToken,
-        overwrite: true,
-    }
-}
-
-fn lora() -> LoraConfig {
-    LoraConfig::new()
-        .with_rank(2)
-        .with_alpha(4.0)
-        .with_modules_to_save(vec!["head".into()])
-}
 
 #[test]
 fn every_mode_runs_and_metrics_json_has_the_schema() {
     let dir = scratch("sentiment_job", "all_modes");
     let modes = vec![
         FinetuneMode::Full,
-        FinetuneMode::Lora(lora()),
+        FinetuneMode::Lora(tiny_lora()),
         FinetuneMode::HeadOnly,
     ];
-    let (metrics, table) = run_sentiment(&options(&dir, modes), &Device::default()).unwrap();
+    let (metrics, table) = run_sentiment(&tiny_job(&dir, modes), &Device::default()).unwrap();
     assert!(table.contains("baseline"), "{table}");
 
     let json: serde_json::Value =
@@ -119,27 +86,14 @@ fn every_mode_runs_and_metrics_json_has_the_schema() {
     assert!(dir.join("out/full_model.bpk").is_file());
 }
 
-/// Collects every float parameter's values, by id.
-fn values<M: Module>(model: &M) -> Vec<(String, TensorData)> {
-    struct Collect(Vec<(String, TensorData)>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push((param.id.to_string(), param.val().into_data()));
-        }
-    }
-    let mut collect = Collect(Vec::new());
-    model.visit(&mut collect);
-    collect.0
-}
-
 #[test]
 fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
     let dir = scratch("sentiment_job", "lora_base");
-    let options = options(&dir, vec![]);
+    let options = tiny_job(&dir, vec![]);
     let device = Device::default().autodiff();
     let (_, gpt) = burn_lora::model::Gpt::load(&dir, "model.bpk", &device).unwrap();
-    let base_before = values(&gpt.clone().valid());
-    let model = FinetuneMode::Lora(lora())
+    let base_before = param_values(&gpt.clone().valid());
+    let model = FinetuneMode::Lora(tiny_lora())
         .prepare(GptClassifier::new(gpt, 2, &device))
         .unwrap();
     let report = param_report(&model);
@@ -165,7 +119,7 @@ fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
     let (trained, history) =
         finetune(model, &encoded, &encoded, &finetune_options, "lora").unwrap();
     assert_eq!(history.step_loss.len(), 2 * 6);
-    let base_after = values(&trained.gpt.valid());
+    let base_after = param_values(&trained.gpt.valid());
     let factors = base_after.len() - base_before.len();
     assert_eq!(factors, 4, "two adapted layers, A and B each");
     for (id, before) in &base_before {
@@ -177,7 +131,7 @@ fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
 #[test]
 fn bad_data_files_are_errors_naming_the_line() {
     let dir = scratch("sentiment_job", "bad_data");
-    let mut options = options(&dir, vec![FinetuneMode::HeadOnly]);
+    let mut options = tiny_job(&dir, vec![FinetuneMode::HeadOnly]);
     fs::write(dir.join("bad.tsv"), "1\tfine\n0\tfine too\nmaybe\tunsure\n").unwrap();
     options.train_file = dir.join("bad.tsv");
     let err = run_sentiment(&options, &Device::default()).unwrap_err();
@@ -202,7 +156,7 @@ fn bad_data_files_are_errors_naming_the_line() {
 #[test]
 fn a_diverging_run_stops_and_names_the_step() {
     let dir = scratch("sentiment_job", "diverge");
-    let mut options = options(&dir, vec![FinetuneMode::Full]);
+    let mut options = tiny_job(&dir, vec![FinetuneMode::Full]);
     options.lr = Some(1e30);
     let err = run_sentiment(&options, &Device::default()).unwrap_err();
     assert!(err.to_string().contains("learning rate"), "{err}");
@@ -215,7 +169,7 @@ fn a_diverging_run_stops_and_names_the_step() {
 #[test]
 fn a_hugging_face_bert_base_trains_in_every_mode() {
     let dir = scratch("sentiment_job", "bert");
-    let mut options = options(&dir, vec![]);
+    let mut options = tiny_job(&dir, vec![]);
     let bert = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny");
     options.base = BaseModel::Bert {
         dir: bert,

@@ -106,6 +106,26 @@ impl BaseModel {
     }
 }
 
+/// Reads a `--pooling` flag: for our GPT `last` (the default) or `mean`; for a BERT base
+/// (`bert`) `mean` (the default) or `cls` (the `[CLS]` pooler). Returns the pooling of the
+/// batches and the BERT head.
+///
+/// # Errors
+///
+/// [`Error::Usage`] for a value the base does not take.
+pub fn parse_pooling(value: Option<&str>, bert: bool) -> Result<(Pooling, BertHead), Error> {
+    let value = value.unwrap_or(if bert { "mean" } else { "last" });
+    match (value, bert) {
+        ("last", false) => Ok((Pooling::LastToken, BertHead::Mean)),
+        ("mean", _) => Ok((Pooling::Mean, BertHead::Mean)),
+        ("cls", true) => Ok((Pooling::Mean, BertHead::Pooler)),
+        (other, _) => Err(Error::Usage(format!(
+            "--pooling must be {} for this base, got `{other}`",
+            if bert { "mean or cls" } else { "last or mean" }
+        ))),
+    }
+}
+
 /// The default learning rate of a mode: LoRA and head-only train few parameters from a
 /// small start and want about 10× the full fine-tuning rate.
 pub fn default_lr(mode: &FinetuneMode) -> f64 {

@@ -210,3 +210,54 @@ pub fn tiny_base_with(dir: &Path, d_model: usize) {
         .save(&dir.join("model.bpk"))
         .unwrap();
 }
+
+/// Options for the sentiment job on a tiny base and word-list data written into `dir`
+/// (`train.tsv`, `test.tsv`, `extra.tsv` as an `--eval-file`), output in `dir/out`.
+pub fn tiny_job(
+    dir: &Path,
+    modes: Vec<burn_lora::train::FinetuneMode>,
+) -> burn_lora::train::sentiment::SentimentOptions {
+    tiny_base(dir);
+    write_tsv(&dir.join("train.tsv"), 4);
+    write_tsv(&dir.join("test.tsv"), 1);
+    write_tsv(&dir.join("extra.tsv"), 1);
+    burn_lora::train::sentiment::SentimentOptions {
+        dataset: "tiny".into(),
+        train_file: dir.join("train.tsv"),
+        test_file: dir.join("test.tsv"),
+        eval_files: vec![dir.join("extra.tsv")],
+        base: burn_lora::train::sentiment::BaseModel::Gpt(dir.to_path_buf()),
+        max_len: None,
+        tokenizer: dir.join("tokenizer.json"),
+        modes,
+        lr: Some(1e-2),
+        epochs: 4,
+        batch_size: 8,
+        seed: 1,
+        max_train: None,
+        out: dir.join("out"),
+        pooling: burn_lora::model::Pooling::LastToken,
+        overwrite: true,
+    }
+}
+
+/// LoRA r=2, alpha=4 on the default targets, with the GPT classifier's head trained.
+pub fn tiny_lora() -> burn_lora::LoraConfig {
+    burn_lora::LoraConfig::new()
+        .with_rank(2)
+        .with_alpha(4.0)
+        .with_modules_to_save(vec!["head".into()])
+}
+
+/// Every float parameter's id and values, in visiting order.
+pub fn param_values<M: Module>(model: &M) -> Vec<(String, TensorData)> {
+    struct Collect(Vec<(String, TensorData)>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push((param.id.to_string(), param.val().into_data()));
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
+}
