@@ -198,12 +198,17 @@ impl BpeTokenizer {
     }
 }
 
-/// Parses a `tokenizer.json`. The bytes are first checked to be JSON: `tokenizers` 0.22
-/// panics instead of erroring on some malformed files (a broken `decoder` object, found by
-/// `fuzz/fuzz_targets/tokenizer_json.rs`), and valid JSON never reaches that panic.
+/// Parses a `tokenizer.json`. The bytes are first decoded as JSON, strings included:
+/// `tokenizers` 0.22 panics instead of erroring on some malformed files (a `decoder` object
+/// with a syntax error or an invalid `\u` escape, found by
+/// `fuzz/fuzz_targets/tokenizer_json.rs`), and a fully decoded JSON document never reaches
+/// that panic. Any other panic inside `tokenizers` is caught and reported as an error too.
 fn parse_tokenizer(bytes: &[u8]) -> Result<Tokenizer, String> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| e.to_string())?;
-    Tokenizer::from_bytes(bytes).map_err(|e| e.to_string())
+    serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())?;
+    match std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes)) {
+        Ok(parsed) => parsed.map_err(|e| e.to_string()),
+        Err(_) => Err("malformed (the tokenizers crate could not parse it)".into()),
+    }
 }
 
 /// How a classifier's tokenizer turns one text into ids.

@@ -33,6 +33,15 @@ fn a_broken_decoder_in_tokenizer_json_is_an_error_not_a_panic() {
     assert!(path.is_file());
 }
 
+/// The same panic through another door: a valid-looking `decoder` with an invalid `\u`
+/// escape (a lone surrogate), which a JSON check that skips strings let through.
+#[test]
+fn an_invalid_unicode_escape_in_tokenizer_json_is_an_error_not_a_panic() {
+    let (_, bytes) = input("tokenizer_json-unicode-escape-panic.json");
+    let err = BpeTokenizer::from_bytes(&bytes, "tokenizer.json").unwrap_err();
+    assert!(err.to_string().contains("tokenizer.json: "), "{err}");
+}
+
 /// An adapter_config.json with `"lora_dropout": 5` gave "invalid LoRA config: dropout ..."
 /// without naming the file; the message now starts with it.
 #[test]
