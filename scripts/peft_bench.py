@@ -55,6 +55,8 @@ def run_case(name, args):
         if name == "infer_lora_merged":
             model = model.merge_and_unload()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if name.startswith("infer"):
+        trainable = 0  # as burn-lora's bench reports inference cases
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq))
     labels = torch.randint(0, 2, (args.batch,))
     infer = name.startswith("infer")
@@ -107,10 +109,11 @@ def main():
         print(json.dumps(run_case(args.case, args)))
         return
     import torch, peft
-    forward = [a for a in sys.argv[1:] if not a.startswith("--out")]
-    if "--out" in forward:
-        i = forward.index("--out")
-        del forward[i : i + 2]
+    forward = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if k not in ("case", "out")
+    ]
     cases = []
     for name in CASES:
         out = subprocess.run(
