@@ -172,6 +172,18 @@ fn a_missing_tensor_is_named() {
 }
 
 #[test]
+fn half_a_pooler_is_a_missing_tensor() {
+    let dir = edited("half_pooler", |k| k != "pooler.dense.bias", |_| {});
+    let message = Bert::load(&dir, &Device::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("missing tensor `pooler.dense.bias`"),
+        "{message}"
+    );
+}
+
+#[test]
 fn a_shape_that_does_not_fit_the_config_is_named() {
     let dir = edited("shape", |_| true, |c| c["intermediate_size"] = 48.into());
     let message = Bert::load(&dir, &Device::default())

@@ -487,12 +487,14 @@ impl Bert {
         let mut notes = Vec::new();
         let missing: BTreeSet<&str> = result.missing.iter().map(|(k, _)| k.as_str()).collect();
         let pooler = ["pooler.dense.weight", "pooler.dense.bias"];
-        if pooler.iter().all(|k| missing.contains(k)) {
+        let no_pooler = pooler.iter().all(|k| missing.contains(k));
+        if no_pooler {
             notes.push(
                 "the checkpoint has no pooler weights; the pooler is freshly initialised (normal, std initializer_range), as Hugging Face does".into(),
             );
         }
-        if let Some(key) = missing.iter().find(|k| !pooler.contains(k)) {
+        // A pooler is absent as a whole or loads whole: half of one is a broken file.
+        if let Some(key) = missing.iter().find(|k| !no_pooler || !pooler.contains(k)) {
             return Err(checkpoint(format!(
                 "missing tensor `{key}` ({} missing in all)",
                 missing.len()
