@@ -638,12 +638,7 @@ impl BertClassifier {
         let hidden = self.bert.forward(tokens, padding);
         let pooled = match self.head {
             BertHead::Pooler => self.bert.pool(hidden),
-            BertHead::Mean => {
-                let [batch, _, width] = hidden.dims();
-                (hidden * pool.unsqueeze_dim(2))
-                    .sum_dim(1)
-                    .reshape([batch, width])
-            }
+            BertHead::Mean => crate::model::classifier::weighted_pool(hidden, pool),
         };
         self.classifier.forward(self.dropout.forward(pooled))
     }

@@ -108,11 +108,7 @@ impl GptClassifier {
         pool: Tensor<2>,
     ) -> Tensor<2> {
         let hidden = self.gpt.hidden(tokens, padding); // [batch, seq, d_model]
-        let [batch, _, d_model] = hidden.dims();
-        let pooled = (hidden * pool.unsqueeze_dim(2))
-            .sum_dim(1)
-            .reshape([batch, d_model]);
-        self.head.forward(pooled)
+        self.head.forward(weighted_pool(hidden, pool))
     }
 }
 
@@ -123,4 +119,13 @@ impl MapLinears for GptClassifier {
             ..self
         })
     }
+}
+
+/// The sum of `hidden` `[batch, seq, d]` over positions, weighted by `pool` `[batch, seq]`:
+/// `[batch, d]`. One-hot rows select a token; `1/len` rows average over the text.
+pub fn weighted_pool(hidden: Tensor<3>, pool: Tensor<2>) -> Tensor<2> {
+    let [batch, _, width] = hidden.dims();
+    (hidden * pool.unsqueeze_dim(2))
+        .sum_dim(1)
+        .reshape([batch, width])
 }

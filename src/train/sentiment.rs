@@ -289,9 +289,12 @@ fn run_modes<C: Classifier>(
         .collect();
     // Every mode's set-up (LoRA targets, rank) is checked before any training, so a bad
     // flag fails in seconds, not after the first mode.
+    // One model serves every check: building it may read a large checkpoint.
+    let probe = build(device)?;
     for mode in &modes {
-        mode.prepare(build(device)?)?;
+        mode.prepare(probe.clone())?;
     }
+    drop(probe);
     fs::create_dir_all(&options.out).map_err(|e| Error::io(&options.out, e))?;
 
     let mut runs = Vec::new();
