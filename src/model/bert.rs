@@ -19,7 +19,7 @@ use burn::nn::{
 };
 use burn::store::{ApplyError, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -269,6 +269,22 @@ impl burn::module::ModuleMapper for ZeroBias {
     }
 }
 
+/// Casts every float parameter to `float32`: a checkpoint stored in `float16` (ours is, to
+/// stay small) loads with its own dtype, and the model computes in `float32`.
+struct ToF32;
+
+impl burn::module::ModuleMapper for ToF32 {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        match param.val().dtype() {
+            DType::F32 => param,
+            _ => param.map(|t| t.cast(DType::F32)),
+        }
+    }
+}
+
 /// Word, position and token-type embeddings, summed, normalised, dropped out.
 #[derive(Module, Debug)]
 
@@ -508,7 +524,7 @@ impl Bert {
                 "tensor `{key}` matches nothing in a BERT encoder"
             )));
         }
-        Ok((config, model, notes))
+        Ok((config, model.map(&mut ToF32), notes))
     }
 }
 

@@ -9,7 +9,8 @@ mod schedule;
 pub mod sentiment;
 
 pub use finetune::{
-    Encoded, FinetuneMode, FinetuneOptions, History, accuracy, encode_dataset, finetune, predict,
+    Encoded, FinetuneMode, FinetuneOptions, History, accuracy, encode_dataset, finetune,
+    length_grouped_batches, predict,
 };
 pub use plot::svg_line_plot;
 pub use pretrain::{PretrainOptions, PretrainReport, pretrain, unigram_perplexity};
