@@ -8,6 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn_lora::lora::adaptable::AdaptableLinear;
 use burn_lora::model::bert::{Bert, BertClassifier, BertConfig, BertHead};
 use burn_lora::{Error, load_adapter, save_adapter};
 use common::{assert_close_within, read, scratch};
@@ -311,4 +312,79 @@ fn hf_tokenizer_ignores_the_files_padding_and_truncation() {
         .unwrap();
     assert!(truncated);
     assert_eq!(short, [ids[0], ids[1], ids[2], ids[6]]);
+}
+
+/// The tiny checkpoint with every float tensor stored as float16, as `fixtures/minilm` is.
+fn float16_copy() -> PathBuf {
+    let dir = scratch("bert", "float16");
+    let bytes = fs::read(fixture().join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let converted: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| match view.dtype() {
+            safetensors::Dtype::F32 => {
+                let halves: Vec<u8> = view
+                    .data()
+                    .chunks_exact(4)
+                    .flat_map(|b| {
+                        let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        half::f16::from_f32(x).to_le_bytes()
+                    })
+                    .collect();
+                (name, view.shape().to_vec(), safetensors::Dtype::F16, halves)
+            }
+            dtype => (name, view.shape().to_vec(), dtype, view.data().to_vec()),
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = converted
+        .iter()
+        .map(|(name, shape, dtype, data)| {
+            (
+                name.clone(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
+    dir
+}
+
+#[test]
+fn a_float16_checkpoint_computes_in_float32_and_every_weight_trains() {
+    let dir = float16_copy();
+    let device = Device::default();
+    let (_, bert, _) = Bert::load(&dir, &device).unwrap();
+    let word = bert.embeddings.word_embeddings.weight.val();
+    assert_eq!(word.dtype(), burn::tensor::DType::F32);
+    // float16 keeps about three significant digits.
+    let g = golden();
+    let (tokens, padding) = inputs(&g, &device);
+    assert_close_within(
+        "float16 hidden states",
+        bert.forward(tokens, padding).into_data(),
+        g.hidden.clone(),
+        2e-2,
+    );
+
+    // Full fine-tuning: the gradient reaches the embeddings and every layer's weights.
+    let device = Device::default().autodiff();
+    let (config, bert, _) = Bert::load(&dir, &device).unwrap();
+    let model = BertClassifier::new(bert, &config, 2, BertHead::Mean, &device);
+    let (tokens, padding) = inputs(&g, &device);
+    let grads = model.forward(tokens, padding).sum().backward();
+    let embeddings = &model.bert.embeddings;
+    assert!(embeddings.word_embeddings.weight.grad(&grads).is_some());
+    assert!(embeddings.layer_norm.gamma.grad(&grads).is_some());
+    for layer in &model.bert.encoder.layer {
+        let AdaptableLinear::Base(query) = &layer.attention.self_.query else {
+            panic!("a plain layer")
+        };
+        assert!(query.weight.grad(&grads).is_some(), "query weight gradient");
+    }
 }

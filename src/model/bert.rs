@@ -280,7 +280,12 @@ impl burn::module::ModuleMapper for ToF32 {
     ) -> burn::module::Param<Tensor<D>> {
         match param.val().dtype() {
             DType::F32 => param,
-            _ => param.map(|t| t.cast(DType::F32)),
+            // On an autodiff device the cast is a recorded op, and a parameter must be a
+            // leaf of the graph that still asks for gradients if the original did.
+            _ => param.map(|t| {
+                let grad = t.is_require_grad();
+                t.cast(DType::F32).detach().set_require_grad(grad)
+            }),
         }
     }
 }
