@@ -14,9 +14,12 @@ use std::process::ExitCode;
 
 use burn::tensor::Device;
 use burn_lora::data::{Example, SentimentDataset};
+use burn_lora::model::bert::BertHead;
 use burn_lora::model::{Classifier, Pooling};
 use burn_lora::tokenizer::TextEncoder;
-use burn_lora::train::sentiment::{BaseModel, Loaded, Trained, load_classifier, parse_pooling};
+use burn_lora::train::sentiment::{
+    BaseModel, DEFAULT_BASE, Loaded, Trained, load_classifier, parse_pooling,
+};
 use burn_lora::train::{encode_dataset, predict};
 use burn_lora::{Error, merge_lora};
 use clap::Parser;
@@ -26,8 +29,9 @@ use clap::Parser;
 struct Args {
     /// Texts to classify; without any, one text per line is read from stdin.
     texts: Vec<String>,
-    /// Base model directory, or `hf:DIR` for a Hugging Face BERT checkpoint.
-    #[arg(long, default_value = "fixtures/base")]
+    /// The base the adapter or checkpoint was trained on: a BERT checkpoint directory (the
+    /// default) or a directory made by the pretrain example; `hf:DIR` forces BERT.
+    #[arg(long, default_value = DEFAULT_BASE)]
     base: String,
     /// A LoRA run's PEFT-format adapter directory.
     #[arg(long, conflicts_with = "checkpoint")]
@@ -57,7 +61,7 @@ fn run(args: Args) -> Result<(), Error> {
             ));
         }
     };
-    let bert = args.base.starts_with("hf:");
+    let bert = BaseModel::parse(&args.base, BertHead::Mean).is_bert();
     let (pooling, head) = parse_pooling(args.pooling.as_deref(), bert)?;
     let texts = match args.texts.is_empty() {
         false => args.texts.clone(),

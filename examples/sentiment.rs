@@ -12,8 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::Device;
+use burn_lora::model::bert::BertHead;
 use burn_lora::train::FinetuneMode;
-use burn_lora::train::sentiment::{BaseModel, SentimentOptions, parse_pooling, run_sentiment};
+use burn_lora::train::sentiment::{
+    BaseModel, DEFAULT_BASE, SentimentOptions, default_epochs, parse_pooling, run_sentiment,
+};
 use burn_lora::{Error, LoraConfig};
 use clap::Parser;
 
@@ -44,10 +47,10 @@ struct Args {
     /// LoRA targets: comma-separated names, or `all-linear`.
     #[arg(long, default_value = "query,value")]
     targets: String,
-    /// Passes over the training data.
-    #[arg(long, default_value_t = 3)]
-    epochs: usize,
-    /// Learning rate for every mode (default: 3e-4 full, 3e-3 LoRA and head-only).
+    /// Passes over the training data (default: 1 for a BERT base, 3 for our GPT).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Learning rate for every mode (default: per mode and base, see `default_lr`).
     #[arg(long)]
     lr: Option<f64>,
     /// Examples per step.
@@ -56,9 +59,11 @@ struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Base model: a directory made by the pretrain example, `random` for an untrained
-    /// model of the same size, or `hf:DIR` for a Hugging Face BERT checkpoint.
-    #[arg(long, default_value = "fixtures/base")]
+    /// Base model: a Hugging Face BERT checkpoint directory (the default, a 3-layer
+    /// encoder derived from all-MiniLM-L6-v2), a directory made by the pretrain example
+    /// (`fixtures/base`), `random` / `random:DIR` for that architecture with random
+    /// weights, or `hf:DIR` to force BERT loading.
+    #[arg(long, default_value = DEFAULT_BASE)]
     base: String,
     /// Longest input in tokens (default: the GPT's context; 64 for a BERT base).
     #[arg(long)]
@@ -116,8 +121,9 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
             ))),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let bert = args.base.starts_with("hf:");
+    let bert = BaseModel::parse(&args.base, BertHead::Mean).is_bert();
     let (pooling, head) = parse_pooling(args.pooling.as_deref(), bert)?;
+    let base = BaseModel::parse(&args.base, head);
     if args.max_len == Some(0) {
         return Err(usage("--max-len must be at least 2".into()));
     }
@@ -126,12 +132,11 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
         train_file: args.data_file.unwrap_or_else(|| data.join("train.tsv")),
         test_file: args.test_file.unwrap_or_else(|| data.join("test.tsv")),
         eval_files: args.eval_file,
-        base: BaseModel::parse(&args.base, head),
+        epochs: args.epochs.unwrap_or_else(|| default_epochs(&base)),
+        base,
         max_len: args.max_len,
-        tokenizer: PathBuf::from("fixtures/base/tokenizer.json"),
         modes,
         lr: args.lr,
-        epochs: args.epochs,
         batch_size: args.batch_size,
         seed: args.seed,
         max_train: args.max_train,

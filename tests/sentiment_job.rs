@@ -202,3 +202,66 @@ fn a_hugging_face_bert_base_trains_in_every_mode() {
         serde_json::from_str(&fs::read_to_string(dir.join("out/details.json")).unwrap()).unwrap();
     assert_eq!(details["bert_head"], "mean");
 }
+
+#[test]
+fn a_base_directory_is_recognised_by_its_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (minilm, gpt) = (root.join("fixtures/minilm"), root.join("fixtures/base"));
+    let parse = |v: &std::path::Path| BaseModel::parse(v.to_str().unwrap(), BertHead::Mean);
+    let bert = BaseModel::Bert {
+        dir: minilm.clone(),
+        head: BertHead::Mean,
+    };
+    assert_eq!(parse(&minilm), bert);
+    assert_eq!(parse(&gpt), BaseModel::Gpt(gpt.clone()));
+    let forced = BaseModel::parse(&format!("hf:{}", gpt.display()), BertHead::Pooler);
+    assert!(matches!(
+        forced,
+        BaseModel::Bert {
+            head: BertHead::Pooler,
+            ..
+        }
+    ));
+    let random = BaseModel::parse(&format!("random:{}", gpt.display()), BertHead::Mean);
+    assert_eq!(random, BaseModel::Random(Box::new(BaseModel::Gpt(gpt))));
+    assert!(!random.is_bert());
+    // `random` alone is the default base's architecture.
+    let default = BaseModel::parse("random", BertHead::Mean);
+    let BaseModel::Random(inner) = &default else {
+        panic!("{default:?}")
+    };
+    assert!(inner.is_bert() && default.describe().starts_with("random:hf:"));
+}
+
+#[test]
+fn a_random_bert_has_the_architecture_of_its_base_and_not_its_weights() {
+    let bert = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny");
+    let run = |random: bool| {
+        let dir = scratch(
+            "sentiment_job",
+            if random { "random_bert" } else { "bert_full" },
+        );
+        let mut options = tiny_job(&dir, vec![FinetuneMode::Full]);
+        let base = BaseModel::Bert {
+            dir: bert.clone(),
+            head: BertHead::Mean,
+        };
+        options.base = match random {
+            true => BaseModel::Random(Box::new(base)),
+            false => base,
+        };
+        options.pooling = Pooling::Mean;
+        let (metrics, _) = run_sentiment(&options, &Device::default()).unwrap();
+        let loss = fs::read_to_string(dir.join("out/loss.csv")).unwrap();
+        (metrics, loss)
+    };
+    let (pretrained, pretrained_loss) = run(false);
+    let (random, random_loss) = run(true);
+    assert!(random.base.starts_with("random:hf:"), "{}", random.base);
+    assert_eq!(
+        random.runs[0].trainable_params,
+        pretrained.runs[0].trainable_params
+    );
+    // Same seed, same data: only the weights differ, so the losses do.
+    assert_ne!(random_loss, pretrained_loss);
+}

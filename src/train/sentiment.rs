@@ -40,8 +40,6 @@ pub struct SentimentOptions {
     pub eval_files: Vec<PathBuf>,
     /// The base model.
     pub base: BaseModel,
-    /// Tokenizer used with a random base (the base's own otherwise).
-    pub tokenizer: PathBuf,
     /// Longest input in tokens (default: the GPT's context; 64 for a BERT base).
     pub max_len: Option<usize>,
     /// The modes to run, in order.
@@ -64,13 +62,15 @@ pub struct SentimentOptions {
     pub overwrite: bool,
 }
 
+/// The default base of the sentiment job and `predict`: a three-layer encoder derived from
+/// all-MiniLM-L6-v2 by `scripts/derive_base.py` (see `fixtures/minilm/README.md`).
+pub const DEFAULT_BASE: &str = "fixtures/minilm";
+
 /// The model that is fine-tuned.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BaseModel {
     /// A base pre-trained by this crate (`config.json`, `model.bpk`, `tokenizer.json`).
     Gpt(PathBuf),
-    /// The same GPT architecture with random weights: what pre-training is worth.
-    Random,
     /// A Hugging Face BERT checkpoint directory (`config.json`, `model.safetensors`,
     /// `tokenizer.json`), with the head to put on it.
     Bert {
@@ -79,20 +79,49 @@ pub enum BaseModel {
         /// `[CLS]` pooler or mean pooling.
         head: BertHead,
     },
+    /// Another base's architecture and tokenizer with random weights: what pre-training
+    /// is worth.
+    Random(Box<BaseModel>),
 }
 
 impl BaseModel {
-    /// Parses a `--base` value: `random`, `hf:DIR` (a Hugging Face BERT), or a directory.
+    /// Parses a `--base` value: a directory (a Hugging Face BERT checkpoint when it holds
+    /// `model.safetensors`, else a base made by the pretrain example), `hf:DIR` (always
+    /// BERT), `random` (the [`DEFAULT_BASE`]'s architecture with random weights) or
+    /// `random:DIR` (that base's architecture with random weights).
     pub fn parse(value: &str, head: BertHead) -> Self {
-        match value {
-            "random" => BaseModel::Random,
-            _ => match value.strip_prefix("hf:") {
-                Some(dir) => BaseModel::Bert {
-                    dir: PathBuf::from(dir),
-                    head,
-                },
-                None => BaseModel::Gpt(PathBuf::from(value)),
-            },
+        if value == "random" {
+            return BaseModel::Random(Box::new(Self::parse(DEFAULT_BASE, head)));
+        }
+        if let Some(base) = value.strip_prefix("random:") {
+            return BaseModel::Random(Box::new(Self::parse(base, head)));
+        }
+        let bert = |dir: &str| BaseModel::Bert {
+            dir: PathBuf::from(dir),
+            head,
+        };
+        match value.strip_prefix("hf:") {
+            Some(dir) => bert(dir),
+            None if Path::new(value).join("model.safetensors").is_file() => bert(value),
+            None => BaseModel::Gpt(PathBuf::from(value)),
+        }
+    }
+
+    /// Whether the model is a BERT encoder (random or not).
+    pub fn is_bert(&self) -> bool {
+        match self {
+            BaseModel::Gpt(_) => false,
+            BaseModel::Bert { .. } => true,
+            BaseModel::Random(base) => base.is_bert(),
+        }
+    }
+
+    /// The head of a BERT base; `None` for a GPT.
+    pub fn bert_head(&self) -> Option<BertHead> {
+        match self {
+            BaseModel::Gpt(_) => None,
+            BaseModel::Bert { head, .. } => Some(*head),
+            BaseModel::Random(base) => base.bert_head(),
         }
     }
 
@@ -100,8 +129,8 @@ impl BaseModel {
     pub fn describe(&self) -> String {
         match self {
             BaseModel::Gpt(dir) => dir.display().to_string(),
-            BaseModel::Random => "random".into(),
             BaseModel::Bert { dir, .. } => format!("hf:{}", dir.display()),
+            BaseModel::Random(base) => format!("random:{}", base.describe()),
         }
     }
 }
@@ -126,13 +155,27 @@ pub fn parse_pooling(value: Option<&str>, bert: bool) -> Result<(Pooling, BertHe
     }
 }
 
-/// The default learning rate of a mode: LoRA and head-only train few parameters from a
-/// small start and want about 10× the full fine-tuning rate.
-pub fn default_lr(mode: &FinetuneMode) -> f64 {
-    match mode {
-        FinetuneMode::Full => 3e-4,
-        FinetuneMode::Lora(_) => 3e-3,
-        FinetuneMode::HeadOnly => 3e-3,
+/// The default learning rate of a mode on a base. LoRA and head-only train few parameters
+/// from a small start and want about 10× the full fine-tuning rate. A pre-trained BERT
+/// wants smaller steps than our small GPT; the BERT rates were chosen on the validation
+/// split (README, "How the defaults were chosen").
+pub fn default_lr(mode: &FinetuneMode, base: &BaseModel) -> f64 {
+    match (mode, base.is_bert()) {
+        (FinetuneMode::Full, false) => 3e-4,
+        (FinetuneMode::Lora(_), false) => 3e-3,
+        (FinetuneMode::HeadOnly, false) => 3e-3,
+        (FinetuneMode::Full, true) => 1e-4,
+        (FinetuneMode::Lora(_), true) => 1e-3,
+        (FinetuneMode::HeadOnly, true) => 2e-3,
+    }
+}
+
+/// The default number of epochs on a base: one pass for a BERT (pre-trained features
+/// adapt quickly, and it keeps the three-mode job within ten minutes), three for our GPT.
+pub fn default_epochs(base: &BaseModel) -> usize {
+    match base.is_bert() {
+        true => 1,
+        false => 3,
     }
 }
 
@@ -199,7 +242,11 @@ pub fn run_sentiment(
         .map(SentimentDataset::load)
         .collect::<Result<_, _>>()?;
     let data = Data { train, test, evals };
-    match &options.base {
+    let (base, random) = match &options.base {
+        BaseModel::Random(base) => (base.as_ref(), true),
+        base => (base, false),
+    };
+    match base {
         BaseModel::Bert { dir, head } => {
             let tokenizer = HfTokenizer::load(dir.join("tokenizer.json"), "[PAD]")?;
             let config = BertConfig::load(&dir.join("config.json"))?;
@@ -208,6 +255,10 @@ pub fn run_sentiment(
                 .unwrap_or(64)
                 .min(config.max_position_embeddings);
             let build = |device: &Device| -> Result<BertClassifier, Error> {
+                if random {
+                    let bert = config.init(device);
+                    return Ok(BertClassifier::new(bert, &config, 2, *head, device));
+                }
                 let (config, bert, notes) = Bert::load(dir, device)?;
                 for note in notes {
                     println!("note: {}: {note}", dir.display());
@@ -216,21 +267,24 @@ pub fn run_sentiment(
             };
             run_modes(options, &data, &tokenizer, max_len, build, device)
         }
-        BaseModel::Gpt(_) | BaseModel::Random => {
-            let (config, tokenizer) = load_base_config(options)?;
+        BaseModel::Gpt(dir) => {
+            let (config, tokenizer) = load_gpt_config(dir)?;
             let max_len = options
                 .max_len
                 .unwrap_or(config.max_seq_len)
                 .min(config.max_seq_len);
             let build = |device: &Device| -> Result<GptClassifier, Error> {
-                Ok(GptClassifier::new(
-                    load_base(options, &config, device)?,
-                    2,
-                    device,
-                ))
+                let gpt = match random {
+                    true => config.init(device),
+                    false => Gpt::load(dir, "model.bpk", device)?.1,
+                };
+                Ok(GptClassifier::new(gpt, 2, device))
             };
             run_modes(options, &data, &tokenizer, max_len, build, device)
         }
+        BaseModel::Random(_) => Err(Error::Usage(
+            "`random:` takes a base directory, not another `random`".into(),
+        )),
     }
 }
 
@@ -309,7 +363,9 @@ fn run_modes<C: Classifier>(
         let finetune_options = FinetuneOptions {
             epochs: options.epochs,
             batch_size: options.batch_size,
-            lr: options.lr.unwrap_or_else(|| default_lr(mode)),
+            lr: options
+                .lr
+                .unwrap_or_else(|| default_lr(mode, &options.base)),
             weight_decay: 0.01,
             warmup_ratio: 0.06,
             seed: options.seed,
@@ -391,10 +447,7 @@ fn run_modes<C: Classifier>(
         "truncated_texts": truncated,
         "pooling": format!("{:?}", options.pooling),
         "max_len": max_len,
-        "bert_head": match &options.base {
-            BaseModel::Bert { head, .. } => serde_json::to_value(head).unwrap_or_default(),
-            _ => serde_json::Value::Null,
-        },
+        "bert_head": options.base.bert_head(),
         "epochs": options.epochs,
         "batch_size": options.batch_size,
         "seed": options.seed,
@@ -408,28 +461,18 @@ fn run_modes<C: Classifier>(
     Ok((metrics.clone(), table(&metrics, baseline)))
 }
 
-fn load_base_config(options: &SentimentOptions) -> Result<(GptConfig, BpeTokenizer), Error> {
-    match &options.base {
-        BaseModel::Gpt(dir) => {
-            if !dir.is_dir() {
-                return Err(Error::Checkpoint {
-                    path: dir.clone(),
-                    message: "is not a base-model directory".into(),
-                });
-            }
-            let config = crate::model::load_config(&dir.join("config.json"))?;
-            let tokenizer = BpeTokenizer::load(dir.join("tokenizer.json"))?;
-            check_vocab(&tokenizer, &config, dir)?;
-            Ok((config, tokenizer))
-        }
-        _ => {
-            let tokenizer = BpeTokenizer::load(&options.tokenizer)?;
-            Ok((
-                GptConfig::new(tokenizer.vocab_size()).with_max_seq_len(64),
-                tokenizer,
-            ))
-        }
+/// A GPT base's config and tokenizer, checked against each other.
+fn load_gpt_config(dir: &Path) -> Result<(GptConfig, BpeTokenizer), Error> {
+    if !dir.is_dir() {
+        return Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: "is not a base-model directory".into(),
+        });
     }
+    let config = crate::model::load_config(&dir.join("config.json"))?;
+    let tokenizer = BpeTokenizer::load(dir.join("tokenizer.json"))?;
+    check_vocab(&tokenizer, &config, dir)?;
+    Ok((config, tokenizer))
 }
 
 /// A tokenizer with more ids than the model has embeddings would index past the table.
@@ -444,17 +487,6 @@ fn check_vocab(tokenizer: &BpeTokenizer, config: &GptConfig, dir: &Path) -> Resu
                 config.vocab_size
             ),
         }),
-    }
-}
-
-fn load_base(
-    options: &SentimentOptions,
-    config: &GptConfig,
-    device: &Device,
-) -> Result<Gpt, Error> {
-    match &options.base {
-        BaseModel::Gpt(dir) => Ok(Gpt::load(dir, "model.bpk", device)?.1),
-        _ => Ok(config.init(device)),
     }
 }
 
@@ -725,7 +757,7 @@ pub fn load_classifier(
             let model = on_top(GptClassifier::new(gpt, 2, device), trained)?;
             Ok(Loaded::Gpt(model, tokenizer, config.max_seq_len))
         }
-        BaseModel::Random => Err(Error::Usage(
+        BaseModel::Random(_) => Err(Error::Usage(
             "a trained classifier needs the base it was trained on, not `random`".into(),
         )),
         BaseModel::Bert { dir, head } => {

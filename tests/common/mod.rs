@@ -228,7 +228,6 @@ pub fn tiny_job(
         eval_files: vec![dir.join("extra.tsv")],
         base: burn_lora::train::sentiment::BaseModel::Gpt(dir.to_path_buf()),
         max_len: None,
-        tokenizer: dir.join("tokenizer.json"),
         modes,
         lr: Some(1e-2),
         epochs: 4,
