@@ -15,7 +15,7 @@ use burn::tensor::Device;
 use burn_lora::model::bert::BertHead;
 use burn_lora::train::FinetuneMode;
 use burn_lora::train::sentiment::{
-    BaseModel, DEFAULT_BASE, SentimentOptions, default_epochs, parse_pooling, run_sentiment,
+    BaseModel, DEFAULT_BASE, JobDefaults, SentimentOptions, parse_pooling, run_sentiment,
 };
 use burn_lora::{Error, LoraConfig};
 use clap::Parser;
@@ -41,16 +41,17 @@ struct Args {
     /// LoRA alpha.
     #[arg(long, default_value_t = 16.0, allow_negative_numbers = true)]
     alpha: f64,
-    /// LoRA dropout.
-    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
-    dropout: f64,
-    /// LoRA targets: comma-separated names, or `all-linear`.
-    #[arg(long, default_value = "query,value")]
-    targets: String,
+    /// LoRA dropout (default: 0.1 for a BERT base, 0.05 for our GPT).
+    #[arg(long, allow_negative_numbers = true)]
+    dropout: Option<f64>,
+    /// LoRA targets: comma-separated names, or `all-linear` (default: `all-linear` for a
+    /// BERT base, `query,value` for our GPT).
+    #[arg(long)]
+    targets: Option<String>,
     /// Passes over the training data (default: 1 for a BERT base, 3 for our GPT).
     #[arg(long)]
     epochs: Option<usize>,
-    /// Learning rate for every mode (default: per mode and base, see `default_lr`).
+    /// Learning rate for every mode (default: per mode and base, see `JobDefaults`).
     #[arg(long)]
     lr: Option<f64>,
     /// Examples per step.
@@ -98,16 +99,19 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
         )));
     }
     let data = PathBuf::from("fixtures/data").join(&args.dataset);
+    let bert = BaseModel::parse(&args.base, BertHead::Mean).is_bert();
+    let (pooling, head) = parse_pooling(args.pooling.as_deref(), bert)?;
+    let base = BaseModel::parse(&args.base, head);
+    let defaults = JobDefaults::for_base(&base);
+    let targets = match &args.targets {
+        Some(targets) => targets.split(',').map(|s| s.trim().to_string()).collect(),
+        None => defaults.lora_targets.clone(),
+    };
     let lora = LoraConfig::new()
         .with_rank(args.rank)
         .with_alpha(args.alpha)
-        .with_dropout(args.dropout)
-        .with_target_modules(
-            args.targets
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .collect(),
-        );
+        .with_dropout(args.dropout.unwrap_or(defaults.lora_dropout))
+        .with_target_modules(targets);
     lora.validate()?;
     let modes = args
         .modes
@@ -121,9 +125,6 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
             ))),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let bert = BaseModel::parse(&args.base, BertHead::Mean).is_bert();
-    let (pooling, head) = parse_pooling(args.pooling.as_deref(), bert)?;
-    let base = BaseModel::parse(&args.base, head);
     if args.max_len == Some(0) {
         return Err(usage("--max-len must be at least 2".into()));
     }
@@ -132,7 +133,7 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
         train_file: args.data_file.unwrap_or_else(|| data.join("train.tsv")),
         test_file: args.test_file.unwrap_or_else(|| data.join("test.tsv")),
         eval_files: args.eval_file,
-        epochs: args.epochs.unwrap_or_else(|| default_epochs(&base)),
+        epochs: args.epochs.unwrap_or(defaults.epochs),
         base,
         max_len: args.max_len,
         modes,

@@ -11,6 +11,7 @@ use burn::tensor::{Distribution, Tensor};
 
 use crate::Error;
 use crate::lora::config::{LoraConfig, LoraInit, scaling};
+use crate::model::dropout;
 
 /// A linear layer with a LoRA adapter inside it.
 ///
@@ -121,7 +122,7 @@ impl LoraLinear {
         }
         // Scaling the rank-r intermediate rather than the output touches r values per token
         // instead of d_out; the product is the same.
-        let down = linear(self.lora_dropout.forward(x), self.lora_a.val(), None); // [..., r]
+        let down = linear(dropout(&self.lora_dropout, x), self.lora_a.val(), None); // [..., r]
         let up = linear(down.mul_scalar(self.scaling()), self.lora_b.val(), None); // [..., d_out]
         base + up
     }

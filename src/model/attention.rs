@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::Error;
 use crate::lora::adaptable::{AdaptableLinear, LinearFn, MapLinears, join_path};
+use crate::model::dropout;
 
 /// Self-attention in which each position attends only to itself, earlier positions, and
 /// non-padding tokens; `query`, `key`, `value` and `out` are separate projections, as in
@@ -60,7 +61,7 @@ impl CausalSelfAttention {
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x));
         let scores = q.matmul(k.transpose()).div_scalar((head_dim as f64).sqrt()); // [batch, heads, seq, seq]
-        let weights = self.dropout.forward(softmax(scores + bias, 3));
+        let weights = dropout(&self.dropout, softmax(scores + bias, 3));
         let y = weights
             .matmul(v)
             .swap_dims(1, 2)

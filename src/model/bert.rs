@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::lora::adaptable::{AdaptableLinear, LinearFn, MapLinears, join_path};
+use crate::model::dropout;
 
 /// Architectures whose weights hold a `BertModel` this module can load.
 pub const BERT_ARCHITECTURES: [&str; 4] = [
@@ -388,7 +389,7 @@ pub struct Bert {
 impl BertAddNorm {
     fn forward(&self, h: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         self.layer_norm
-            .forward(self.dropout.forward(self.dense.forward(h)) + residual)
+            .forward(dropout(&self.dropout, self.dense.forward(h)) + residual)
     }
 }
 
@@ -404,7 +405,7 @@ impl BertSelfAttention {
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x));
         let scores = q.matmul(k.transpose()).div_scalar((head_dim as f64).sqrt());
-        let weights = self.dropout.forward(softmax(scores + bias, 3));
+        let weights = dropout(&self.dropout, softmax(scores + bias, 3));
         weights
             .matmul(v)
             .swap_dims(1, 2)
@@ -436,7 +437,7 @@ impl Bert {
         let x = e.word_embeddings.forward(tokens)
             + e.position_embeddings.forward(positions)
             + e.token_type_embeddings.forward(types);
-        let mut x = e.dropout.forward(e.layer_norm.forward(x));
+        let mut x = dropout(&e.dropout, e.layer_norm.forward(x));
         let bias = padding.float().reshape([batch, 1, 1, seq]).mul_scalar(-1e9);
         for layer in &self.encoder.layer {
             x = layer.forward(x, bias.clone());
@@ -661,7 +662,7 @@ impl BertClassifier {
             BertHead::Pooler => self.bert.pool(hidden),
             BertHead::Mean => crate::model::classifier::weighted_pool(hidden, pool),
         };
-        self.classifier.forward(self.dropout.forward(pooled))
+        self.classifier.forward(dropout(&self.dropout, pooled))
     }
 }
 

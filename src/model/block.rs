@@ -6,6 +6,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::Error;
 use crate::lora::adaptable::{LinearFn, MapLinears, join_path};
+use crate::model::dropout;
 use crate::model::{CausalSelfAttention, Mlp};
 
 /// `x + attn(norm1(x))`, then `x + mlp(norm2(x))`: the pre-norm block of GPT-2.
@@ -42,9 +43,10 @@ impl Block {
     /// - output: `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
         let x = x.clone()
-            + self
-                .dropout
-                .forward(self.attn.forward(self.norm1.forward(x), bias));
+            + dropout(
+                &self.dropout,
+                self.attn.forward(self.norm1.forward(x), bias),
+            );
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 }

@@ -15,6 +15,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 use crate::Error;
 use crate::lora::adaptable::{LinearFn, MapLinears, join_path};
 use crate::model::Block;
+use crate::model::dropout;
 
 /// The size of a [`Gpt`].
 #[derive(Config, Debug)]
@@ -153,7 +154,7 @@ impl Gpt {
         let x = self
             .blocks
             .iter()
-            .fold(self.dropout.forward(x), |x, block| {
+            .fold(dropout(&self.dropout, x), |x, block| {
                 block.forward(x, bias.clone())
             });
         self.norm.forward(x)

@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::Error;
 use crate::lora::adaptable::{AdaptableLinear, LinearFn, MapLinears, join_path};
+use crate::model::dropout;
 
 /// `fc_out(gelu(fc_in(x)))`, then dropout.
 #[derive(Module, Debug)]
@@ -35,7 +36,7 @@ impl Mlp {
     /// - output: `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = gelu(self.fc_in.forward(x)); // [batch, seq, d_ff]
-        self.dropout.forward(self.fc_out.forward(h))
+        dropout(&self.dropout, self.fc_out.forward(h))
     }
 }
 
