@@ -66,6 +66,10 @@ pub struct SentimentOptions {
 /// all-MiniLM-L6-v2 by `scripts/derive_base.py` (see `fixtures/minilm/README.md`).
 pub const DEFAULT_BASE: &str = "fixtures/minilm";
 
+/// The default longest input, in tokens, for a BERT base: every English fixture text but 6
+/// fits, and attention's cost grows with the square of the length.
+pub const BERT_MAX_LEN: usize = 64;
+
 /// The model that is fine-tuned.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BaseModel {
@@ -282,7 +286,7 @@ pub fn run_sentiment(
             let config = BertConfig::load(&dir.join("config.json"))?;
             let max_len = options
                 .max_len
-                .unwrap_or(64)
+                .unwrap_or(BERT_MAX_LEN)
                 .min(config.max_position_embeddings);
             let build = |device: &Device| -> Result<BertClassifier, Error> {
                 if random {
@@ -752,7 +756,8 @@ pub enum Trained {
     Checkpoint(PathBuf),
 }
 
-/// A fine-tuned classifier ready to predict, with its tokenizer and input length.
+/// A fine-tuned classifier ready to predict, with its tokenizer and the default input length
+/// (the GPT's context, or [`BERT_MAX_LEN`], as in training).
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // made once per process, then matched and consumed
 pub enum Loaded {
@@ -794,7 +799,7 @@ pub fn load_classifier(
             let tokenizer = HfTokenizer::load(dir.join("tokenizer.json"), "[PAD]")?;
             let (config, bert, _) = Bert::load(dir, device)?;
             let model = BertClassifier::new(bert, &config, 2, *head, device);
-            let max_len = config.max_position_embeddings;
+            let max_len = BERT_MAX_LEN.min(config.max_position_embeddings);
             Ok(Loaded::Bert(on_top(model, trained)?, tokenizer, max_len))
         }
     }
