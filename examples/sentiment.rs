@@ -1,11 +1,12 @@
-//! The main job: fine-tune the shipped pre-trained base on sentiment three ways (full
-//! fine-tuning, LoRA, head-only) and compare what each costs and achieves.
+//! The main job: fine-tune a pre-trained base (by default `fixtures/minilm`) on sentiment
+//! three ways (full fine-tuning, LoRA, head-only) and compare what each costs and achieves.
 //!
 //! ```sh
 //! cargo run --release --example sentiment
 //! cargo run --release --example sentiment -- --dataset zh --modes lora --rank 16
+//! cargo run --release --example sentiment -- --base fixtures/base   # our own pre-trained GPT
 //! cargo run --release --example sentiment -- --base random      # what pre-training is worth
-//! cargo run --release --example sentiment -- --base hf:PATH/all-MiniLM-L6-v2 --modes lora --epochs 1 --lr 5e-4
+//! cargo run --release --example sentiment -- --base hf:PATH/all-MiniLM-L6-v2 --modes lora --targets query,value --lr 5e-4
 //! ```
 
 use std::path::PathBuf;
