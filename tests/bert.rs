@@ -270,12 +270,7 @@ fn a_checkpoint_without_pooler_says_so_and_keys_may_carry_the_bert_prefix() {
         .into_iter()
         .map(|(k, v)| (format!("bert.{k}"), v))
         .collect();
-    fs::write(
-        dir.join("model.safetensors"),
-        safetensors::serialize(renamed, None).unwrap(),
-    )
-    .unwrap();
-    fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
+    write_with_fixture_config(&dir, renamed);
     let (_, bert, notes) = Bert::load(&dir, &device).unwrap();
     assert!(notes.is_empty());
     let (tokens, padding) = inputs(&g, &device);
@@ -314,6 +309,13 @@ fn hf_tokenizer_ignores_the_files_padding_and_truncation() {
     assert_eq!(short, [ids[0], ids[1], ids[2], ids[6]]);
 }
 
+/// Writes `tensors` as `dir/model.safetensors` beside a copy of the tiny fixture's config.
+fn write_with_fixture_config(dir: &Path, tensors: Vec<(String, TensorView)>) {
+    let file = safetensors::serialize(tensors, None).unwrap();
+    fs::write(dir.join("model.safetensors"), file).unwrap();
+    fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
+}
+
 /// The tiny checkpoint with every float tensor stored as float16, as `fixtures/minilm` is.
 fn float16_copy() -> PathBuf {
     let dir = scratch("bert", "float16");
@@ -346,12 +348,7 @@ fn float16_copy() -> PathBuf {
             )
         })
         .collect();
-    fs::write(
-        dir.join("model.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
-    )
-    .unwrap();
-    fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
+    write_with_fixture_config(&dir, views);
     dir
 }
 
