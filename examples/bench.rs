@@ -18,6 +18,7 @@ use std::process::{Command, ExitCode};
 use burn::tensor::Device;
 use burn_lora::bench::{Case, CaseResult, Sizes, run_case};
 
+use burn_lora::train::default_replicas;
 use burn_lora::train::sentiment::peak_rss;
 use clap::Parser;
 
@@ -41,6 +42,10 @@ struct Args {
     /// LoRA rank (alpha = 2 · rank).
     #[arg(long, default_value_t = 8)]
     rank: usize,
+    /// Training threads, each running forward and backward on its part of the batch
+    /// (default: one per core; 1 for a single thread).
+    #[arg(long, default_value_t = default_replicas())]
+    replicas: usize,
     /// Instead of the cases: how trainable parameters, step time and adapter bytes grow
     /// with r in {1..64} and with d_model in {128..1024} (LoRA q,v vs full).
     #[arg(long)]
@@ -70,6 +75,7 @@ impl Args {
             batch: self.batch,
             seq: self.seq,
             rank: self.rank,
+            replicas: self.replicas,
         }
     }
 
@@ -83,6 +89,7 @@ impl Args {
             ("--batch", self.batch),
             ("--seq", self.seq),
             ("--rank", self.rank),
+            ("--replicas", self.replicas),
             ("--steps", self.steps),
             ("--warmup", self.warmup),
         ];

@@ -14,10 +14,10 @@ use std::process::ExitCode;
 
 use burn::tensor::Device;
 use burn_lora::model::bert::BertHead;
-use burn_lora::train::FinetuneMode;
 use burn_lora::train::sentiment::{
     BaseModel, DEFAULT_BASE, JobDefaults, SentimentOptions, parse_pooling, run_sentiment,
 };
+use burn_lora::train::{FinetuneMode, default_replicas};
 use burn_lora::{Error, LoraConfig};
 use clap::Parser;
 
@@ -61,6 +61,10 @@ struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Training threads, each running forward and backward on a part of every batch
+    /// (default: one per core).
+    #[arg(long)]
+    replicas: Option<usize>,
     /// Base model: a Hugging Face BERT checkpoint directory (the default, a 3-layer
     /// encoder derived from all-MiniLM-L6-v2), a directory made by the pretrain example
     /// (`fixtures/base`), `random` / `random:DIR` for that architecture with random
@@ -145,6 +149,7 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
         out: args.out,
         pooling,
         overwrite: args.overwrite,
+        replicas: args.replicas.unwrap_or_else(default_replicas),
     })
 }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::module::{Lora, Module, ParamGroup};
 use burn::nn::loss::CrossEntropyLoss;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 
@@ -14,6 +14,7 @@ use crate::lora::adaptable::{apply_lora, merge_lora};
 use crate::lora::config::LoraConfig;
 use crate::lora::report::param_report;
 use crate::model::{GptClassifier, GptConfig};
+use crate::train::parallel::{PartOutput, parallel_grads};
 
 /// What one case measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,6 +85,9 @@ pub struct Sizes {
     pub seq: usize,
     /// LoRA rank (alpha = 2 · rank).
     pub rank: usize,
+    /// Training threads, each on its part of the batch, gradients summed (see
+    /// [`FinetuneOptions::replicas`](crate::train::FinetuneOptions::replicas)).
+    pub replicas: usize,
 }
 
 /// One case's timings.
@@ -179,16 +183,40 @@ pub fn run_case(
     let loss_fn = CrossEntropyLoss::new(None, &device);
     let mut optim = AdamWConfig::new().init();
     let mut model = model;
+    // The batch's rows, cut into one part per replica.
+    let rows = sizes.batch.div_ceil(sizes.replicas.max(1));
+    let parts: Vec<_> = (0..sizes.batch)
+        .step_by(rows)
+        .map(|start| {
+            let range = start..(start + rows).min(sizes.batch);
+            (
+                tokens.clone().slice(range.clone()),
+                padding.clone().slice(range.clone()),
+                pool.clone().slice(range.clone()),
+                labels.clone().slice(range),
+            )
+        })
+        .collect();
+    let share: Vec<f64> = parts
+        .iter()
+        .map(|part| part.3.dims()[0] as f64 / sizes.batch as f64)
+        .collect();
     let mut times = Vec::new();
     for i in 0..warmup + steps {
         let start = Instant::now();
-        let logits = model.forward(tokens.clone(), padding.clone(), pool.clone());
         if train {
-            let loss = loss_fn.forward(logits, labels.clone());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let (grads, _, _) = parallel_grads(&model, parts.len(), |replica, p| {
+                let (tokens, padding, pool, labels) = parts[p].clone();
+                let logits = replica.forward(tokens, padding, pool);
+                PartOutput {
+                    loss: loss_fn.forward(logits, labels).mul_scalar(share[p]),
+                    extra: (),
+                }
+            });
             model = optim.step(1e-4, model, grads);
             let _ = model.head.weight.val().into_data(); // wait for the update to finish
         } else {
+            let logits = model.forward(tokens.clone(), padding.clone(), pool.clone());
             let _ = logits.into_data();
         }
         if i >= warmup {

@@ -115,6 +115,7 @@ fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
         seed: 0,
         pooling: Pooling::LastToken,
         pad_id: tokenizer.pad_id(),
+        replicas: 2,
     };
     let (trained, history) =
         finetune(model, &encoded, &encoded, &finetune_options, "lora").unwrap();

@@ -7,11 +7,32 @@
 //! in that sampling. [`dropout`] takes two numbers from Burn's generator (so `device.seed`
 //! still decides every mask) to seed a `StdRng`, fills 32-bit words in bulk, and multiplies
 //! by the scaled mask: the same distribution, the same rule for when it applies.
+//!
+//! A training thread can instead take its seeds from a stream of its own
+//! ([`with_dropout_seed`]): data-parallel training runs parts of a batch on several threads,
+//! and the order in which threads would reach the shared generator is not reproducible.
+
+use std::cell::RefCell;
 
 use burn::nn::Dropout;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+thread_local! {
+    /// This thread's seed stream, while [`with_dropout_seed`] runs.
+    static SEED_STREAM: RefCell<Option<StdRng>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's dropout masks seeded from `seed` alone (not from the device's
+/// generator): the same `seed` and the same sequence of [`dropout`] calls give the same
+/// masks on any thread, whatever other threads do meanwhile.
+pub fn with_dropout_seed<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    let previous = SEED_STREAM.replace(Some(StdRng::seed_from_u64(seed)));
+    let out = f();
+    SEED_STREAM.set(previous);
+    out
+}
 
 /// Applies `module`'s dropout to `x` exactly when `Dropout::forward` would: in training (on
 /// an autodiff device, in a layer that takes part in the backward pass) with a non-zero
@@ -25,14 +46,17 @@ pub fn dropout<const D: usize>(module: &Dropout, x: Tensor<D>) -> Tensor<D> {
     let keep = 1.0 - module.prob;
     // 2^32 · keep, compared with uniform 32-bit words: P(word < threshold) = keep.
     let threshold = (keep * 4_294_967_296.0).round().min(u32::MAX as f64) as u32;
-    let draws = Tensor::<1>::random([2], Distribution::Uniform(0.0, 1.0), &device)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
-    let seed = draws
-        .iter()
-        .fold(0u64, |acc, d| (acc << 32) | u64::from(d.to_bits()));
+    let seed = SEED_STREAM
+        .with_borrow_mut(|stream| stream.as_mut().map(|rng| rng.next_u64()))
+        .unwrap_or_else(|| {
+            Tensor::<1>::random([2], Distribution::Uniform(0.0, 1.0), &device)
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default()
+                .iter()
+                .fold(0u64, |acc, d| (acc << 32) | u64::from(d.to_bits()))
+        });
     let mut rng = StdRng::seed_from_u64(seed);
     let shape = x.shape();
     let n = shape.num_elements();

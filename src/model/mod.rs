@@ -16,7 +16,7 @@ mod mlp;
 pub use attention::CausalSelfAttention;
 pub use block::Block;
 pub use classifier::{Classifier, GptClassifier, Pooling};
-pub use dropout::dropout;
+pub use dropout::{dropout, with_dropout_seed};
 pub use generate::{Sampling, continuation_nll, generate, top_next};
 pub use gpt::{Gpt, GptConfig, MAX_PARAMS, attention_bias, load_config, parse_config};
 pub(crate) use gpt::{load_module, save_module};

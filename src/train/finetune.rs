@@ -17,7 +17,8 @@ use crate::lora::adaptable::{apply_lora, set_lora_trainable};
 use crate::lora::config::LoraConfig;
 use crate::model::{Classifier, Pooling};
 use crate::tokenizer::TextEncoder;
-use crate::train::{lr_at, optimizer_step, progress};
+use crate::train::parallel::{PartOutput, parallel_grads};
+use crate::train::{check_finite, lr_at, progress};
 
 /// What fine-tuning trains.
 #[derive(Debug, Clone)]
@@ -112,6 +113,16 @@ pub struct FinetuneOptions {
     pub pooling: Pooling,
     /// The `<pad>` id.
     pub pad_id: u32,
+    /// Threads that each run forward and backward on a part of every batch, with summed
+    /// gradients (data parallelism on one machine; see [`default_replicas`]). The result
+    /// is the same function of the seed for any thread timing, but not the same numbers
+    /// for different counts: parts are padded separately and draw their own dropout masks.
+    pub replicas: usize,
+}
+
+/// One replica per available core (2 on the machine the README's figures come from).
+pub fn default_replicas() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// What happened during training.
@@ -152,6 +163,7 @@ pub fn finetune<C: Classifier>(
         .with_weight_decay(options.weight_decay as f32)
         .init();
     let loss_fn = CrossEntropyLoss::new(None, &device);
+    let replicas = options.replicas.max(1);
     let mut history = History::default();
     let bar = progress(total as u64, label);
     let start = Instant::now();
@@ -161,20 +173,31 @@ pub fn finetune<C: Classifier>(
             let step_start = Instant::now();
             let step = history.step_loss.len();
             let lr = lr_at(step, total, warmup, options.lr, 0.0);
-            let seqs: Vec<&[u32]> = chunk.iter().map(|&i| train.tokens[i].as_slice()).collect();
-            let labels: Vec<usize> = chunk.iter().map(|&i| train.labels[i]).collect();
-            let batch = class_batch(&seqs, &labels, options.pad_id, options.pooling, &device);
-            let logits = model.classify(batch.tokens, batch.padding, batch.pool);
-            let predicted = logits.clone().argmax(1).reshape([chunk.len()]);
-            correct += predicted
-                .equal(batch.labels.clone())
-                .int()
-                .sum()
-                .into_scalar::<i64>() as usize;
+            // The batch is cut into `replicas` parts, one thread each (see `parallel`);
+            // each part's mean loss is weighted by its share, so they sum to the batch mean.
+            let parts: Vec<&[usize]> = chunk.chunks(chunk.len().div_ceil(replicas)).collect();
+            let (grads, value, part_correct) = parallel_grads(&model, parts.len(), |replica, p| {
+                let part = parts[p];
+                let seqs: Vec<&[u32]> = part.iter().map(|&i| train.tokens[i].as_slice()).collect();
+                let labels: Vec<usize> = part.iter().map(|&i| train.labels[i]).collect();
+                let batch = class_batch(&seqs, &labels, options.pad_id, options.pooling, &device);
+                let logits = replica.classify(batch.tokens, batch.padding, batch.pool);
+                let predicted = logits.clone().argmax(1).reshape([part.len()]);
+                let correct = predicted
+                    .equal(batch.labels.clone())
+                    .int()
+                    .sum()
+                    .into_scalar::<i64>() as usize;
+                let share = part.len() as f64 / chunk.len() as f64;
+                PartOutput {
+                    loss: loss_fn.forward(logits, batch.labels).mul_scalar(share),
+                    extra: correct,
+                }
+            });
+            correct += part_correct.iter().sum::<usize>();
             seen += chunk.len();
-            let loss = loss_fn.forward(logits, batch.labels);
-            let value;
-            (model, value) = optimizer_step(model, &mut optim, loss, step, lr, &bar)?;
+            check_finite(value, step, lr, &bar)?;
+            model = optim.step(lr, model, grads);
             history.step_loss.push(value);
             history
                 .step_seconds

@@ -3,14 +3,15 @@
 
 pub mod baseline;
 mod finetune;
+pub(crate) mod parallel;
 mod plot;
 mod pretrain;
 mod schedule;
 pub mod sentiment;
 
 pub use finetune::{
-    Encoded, FinetuneMode, FinetuneOptions, History, accuracy, encode_dataset, finetune,
-    length_grouped_batches, predict,
+    Encoded, FinetuneMode, FinetuneOptions, History, accuracy, default_replicas, encode_dataset,
+    finetune, length_grouped_batches, predict,
 };
 pub use plot::svg_line_plot;
 pub use pretrain::{PretrainOptions, PretrainReport, pretrain, unigram_perplexity};
@@ -35,16 +36,27 @@ pub(crate) fn optimizer_step<M: Module>(
     bar: &ProgressBar,
 ) -> Result<(M, f64), Error> {
     let value = loss.clone().into_scalar::<f64>();
-    if !value.is_finite() {
-        bar.abandon();
-        return Err(Error::NonFiniteLoss {
-            step: step + 1,
-            loss: value,
-            lr,
-        });
-    }
+    check_finite(value, step, lr, bar)?;
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     Ok((optim.step(lr, model, grads), value))
+}
+
+/// [`Error::NonFiniteLoss`] when `loss` is NaN or infinite (`step` counts from 0).
+pub(crate) fn check_finite(
+    loss: f64,
+    step: usize,
+    lr: f64,
+    bar: &ProgressBar,
+) -> Result<(), Error> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    bar.abandon();
+    Err(Error::NonFiniteLoss {
+        step: step + 1,
+        loss,
+        lr,
+    })
 }
 
 /// A progress bar for `len` steps, drawn on stderr when it is a terminal.

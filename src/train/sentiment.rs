@@ -60,6 +60,8 @@ pub struct SentimentOptions {
     pub pooling: Pooling,
     /// Replace the files of an existing, non-empty `out` (refused otherwise).
     pub overwrite: bool,
+    /// Training threads, each on a part of every batch (see [`FinetuneOptions::replicas`]).
+    pub replicas: usize,
 }
 
 /// The default base of the sentiment job and `predict`: a three-layer encoder derived from
@@ -405,6 +407,7 @@ fn run_modes<C: Classifier>(
             seed: options.seed,
             pooling: options.pooling,
             pad_id: tokenizer.padding_id(),
+            replicas: options.replicas,
         };
         println!(
             "\n== {} ({} trainable of {} parameters, lr {:e}) ==",

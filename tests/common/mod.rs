@@ -237,6 +237,7 @@ pub fn tiny_job(
         out: dir.join("out"),
         pooling: burn_lora::model::Pooling::LastToken,
         overwrite: true,
+        replicas: 2,
     }
 }
 
