@@ -4,9 +4,10 @@ hour). Same data, same validation split (every tenth training line), batch 32, A
 weight decay 0.01, 6% linear warm-up then cosine decay, max length 64, mean-pooling head with
 dropout 0.1, LoRA r=8 alpha=16 dropout 0.1. The test split is never read.
 
-Each argument is LAYERS:MODE:LR:EPOCHS[:TARGETS], e.g. `0,1,2:lora:2e-3:1:all`, where LAYERS
-are the all-MiniLM-L6-v2 layers kept (fixtures/minilm keeps 0,1,2), MODE is full, lora or
-head, and TARGETS is `all` (every linear) or a comma list (default query,value).
+Each argument is LAYERS:MODE:LR:EPOCHS[:TARGETS[:RANK]], e.g. `0,1,2:lora:2e-3:1:all`, where
+LAYERS are the all-MiniLM-L6-v2 layers kept (fixtures/minilm keeps 0,1,2), MODE is full, lora
+or head, TARGETS is `all` (every linear) or a comma list (default query,value), and RANK the
+LoRA rank (default 8, alpha = 2 * rank).
 One JSON line per setting. Not run in CI:
 
     /tmp/pyenv/bin/pip install torch transformers peft
@@ -69,11 +70,12 @@ def main(src, specs):
         layers = [int(x) for x in fields[0].split(",")]
         mode, lr, epochs = fields[1], float(fields[2]), int(fields[3])
         targets = ALL if fields[4:] == ["all"] else tuple(fields[4].split(",")) if len(fields) > 4 else ("query", "value")
+        rank = int(fields[5]) if len(fields) > 5 else 8
         torch.manual_seed(0)
         rng = random.Random(0)
         model = Classifier(src, layers)
         if mode == "lora":
-            config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=list(targets), modules_to_save=["classifier"])
+            config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.1, target_modules=list(targets), modules_to_save=["classifier"])
             model = get_peft_model(model, config)
         elif mode == "head":
             for name, p in model.named_parameters():
@@ -99,7 +101,7 @@ def main(src, specs):
         with torch.no_grad():
             for ids, mask, y in batches(val, 64, None):
                 correct += (model(ids, mask).argmax(1) == y).sum().item()
-        print(json.dumps({"layers": layers, "mode": mode, "lr": lr, "epochs": epochs, "targets": list(targets),
+        print(json.dumps({"layers": layers, "mode": mode, "lr": lr, "epochs": epochs, "targets": list(targets), "rank": rank,
                           "val": round(correct / len(val), 4), "train_s": round(seconds, 1),
                           "trainable": sum(p.numel() for p in params)}), flush=True)
 

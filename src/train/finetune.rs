@@ -136,8 +136,17 @@ pub struct History {
     pub epoch_train_accuracy: Vec<f64>,
     /// Validation accuracy after each epoch.
     pub epoch_val_accuracy: Vec<f64>,
-    /// Total training wall time.
+    /// Total training wall time (steps plus the validation passes).
     pub train_seconds: f64,
+    /// Training examples processed (every epoch's).
+    pub examples: usize,
+}
+
+impl History {
+    /// Training examples per second of step time (validation passes not counted).
+    pub fn examples_per_second(&self) -> f64 {
+        self.examples as f64 / self.step_seconds.iter().sum::<f64>().max(f64::MIN_POSITIVE)
+    }
 }
 
 /// Trains `model` (already [prepared](FinetuneMode::prepare), on an autodiff device) on
@@ -196,6 +205,7 @@ pub fn finetune<C: Classifier>(
             });
             correct += part_correct.iter().sum::<usize>();
             seen += chunk.len();
+            history.examples += chunk.len();
             check_finite(value, step, lr, &bar)?;
             model = optim.step(lr, model, grads);
             history.step_loss.push(value);

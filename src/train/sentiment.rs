@@ -417,6 +417,12 @@ fn run_modes<C: Classifier>(
             finetune_options.lr
         );
         let (model, history) = finetune(model, &fit, &val, &finetune_options, mode.name())?;
+        println!(
+            "  {}: {:.1} training examples/s ({} replicas)",
+            mode.name(),
+            history.examples_per_second(),
+            finetune_options.replicas.max(1)
+        );
         let model = model.valid();
         let score = |enc: &Encoded| {
             accuracy(
@@ -488,6 +494,7 @@ fn run_modes<C: Classifier>(
         "epochs": options.epochs,
         "batch_size": options.batch_size,
         "seed": options.seed,
+        "replicas": options.replicas,
         "modes": details,
     });
     write_atomic(
@@ -646,6 +653,7 @@ fn mode_details(
         "adam_state_bytes": report.adam_state_bytes,
         "epoch_train_accuracy": history.epoch_train_accuracy,
         "epoch_validation_accuracy": history.epoch_val_accuracy,
+        "train_examples_per_second": history.examples_per_second(),
         "merge_check": merge,
     })
 }
