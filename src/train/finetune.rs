@@ -273,7 +273,9 @@ pub fn length_grouped_batches(
 }
 
 /// Class probabilities `[p_negative, p_positive]` for each sequence, in input order.
-/// Sequences are batched by length, so little time goes to padding.
+/// Sequences are batched by length, so little time goes to padding, and the batches are
+/// dealt out to one thread per core ([`default_replicas`]); the answers do not depend on
+/// the thread count.
 pub fn predict<C: Classifier>(
     model: &C,
     tokens: &[Vec<u32>],
@@ -283,19 +285,41 @@ pub fn predict<C: Classifier>(
     let device: Device = model.head_layer().weight.device();
     let mut order: Vec<usize> = (0..tokens.len()).collect();
     order.sort_by_key(|&i| tokens[i].len());
-    let mut probs = vec![[0.0; 2]; tokens.len()];
-    for chunk in order.chunks(64) {
-        let seqs: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
-        let batch = class_batch(&seqs, &vec![0; chunk.len()], pad_id, pooling, &device);
-        let p = softmax(model.classify(batch.tokens, batch.padding, batch.pool), 1);
-        let values = p
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
-        for (row, &i) in chunk.iter().enumerate() {
-            probs[i] = [values[2 * row], values[2 * row + 1]];
+    let chunks: Vec<&[usize]> = order.chunks(64).collect();
+    let threads = default_replicas().min(chunks.len()).max(1);
+    // Thread t takes chunks t, t + threads, ...: each gets short and long batches alike.
+    let run = |t: usize, model: C| {
+        let mut out = Vec::new();
+        for chunk in chunks.iter().skip(t).step_by(threads) {
+            let seqs: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
+            let batch = class_batch(&seqs, &vec![0; chunk.len()], pad_id, pooling, &device);
+            let p = softmax(model.classify(batch.tokens, batch.padding, batch.pool), 1);
+            let values = p
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default();
+            for (row, &i) in chunk.iter().enumerate() {
+                out.push((i, [values[2 * row], values[2 * row + 1]]));
+            }
         }
+        out
+    };
+    let parts: Vec<Vec<(usize, [f32; 2])>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (run, model) = (&run, model.clone());
+                scope.spawn(move || run(t, model))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a prediction thread panicked"))
+            .collect()
+    });
+    let mut probs = vec![[0.0; 2]; tokens.len()];
+    for (i, p) in parts.into_iter().flatten() {
+        probs[i] = p;
     }
     probs
 }
