@@ -17,7 +17,7 @@ use crate::lora::adaptable::{apply_lora, set_lora_trainable};
 use crate::lora::config::LoraConfig;
 use crate::model::{Classifier, Pooling};
 use crate::tokenizer::TextEncoder;
-use crate::train::parallel::{PartOutput, parallel_grads};
+use crate::train::parallel::{PartOutput, on_threads, parallel_grads};
 use crate::train::{check_finite, lr_at, progress};
 
 /// What fine-tuning trains.
@@ -305,18 +305,7 @@ pub fn predict<C: Classifier>(
         }
         out
     };
-    let parts: Vec<Vec<(usize, [f32; 2])>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (run, model) = (&run, model.clone());
-                scope.spawn(move || run(t, model))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a prediction thread panicked"))
-            .collect()
-    });
+    let parts = on_threads(vec![model.clone(); threads], run);
     let mut probs = vec![[0.0; 2]; tokens.len()];
     for (i, p) in parts.into_iter().flatten() {
         probs[i] = p;

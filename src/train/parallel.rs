@@ -80,19 +80,12 @@ where
     };
     let results: Vec<(GradientsParams, f64, T)> = match parts {
         1 => vec![run(0, model.clone())],
-        _ => std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..parts)
-                .map(|part| {
-                    let replica = model.clone().map(&mut FreshLeaves);
-                    let run = &run;
-                    scope.spawn(move || run(part, replica))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a training thread panicked"))
-                .collect()
-        }),
+        _ => on_threads(
+            (0..parts)
+                .map(|_| model.clone().map(&mut FreshLeaves))
+                .collect(),
+            run,
+        ),
     };
     let mut sum = GradientsAccumulator::<M>::new();
     let mut loss = 0.0;
@@ -103,6 +96,27 @@ where
         extras.push(extra);
     }
     (sum.grads(), loss, extras)
+}
+
+/// Runs `f(i, input)` for each of `inputs` on a thread of its own; the results in order.
+pub(crate) fn on_threads<I: Send, R: Send>(
+    inputs: Vec<I>,
+    f: impl Fn(usize, I) -> R + Sync,
+) -> Vec<R> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let f = &f;
+                scope.spawn(move || f(i, input))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a worker thread panicked"))
+            .collect()
+    })
 }
 
 /// The device of the first float parameter.
