@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 
 use burn::nn::Dropout;
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -34,6 +34,25 @@ pub fn with_dropout_seed<R>(seed: u64, f: impl FnOnce() -> R) -> R {
     out
 }
 
+/// `n` 64-bit seeds, each from two draws of `device`'s generator, so that `device.seed`
+/// decides them.
+pub(crate) fn device_seeds(device: &Device, n: usize) -> Vec<u64> {
+    let draws = Tensor::<1>::random([2 * n], Distribution::Uniform(0.0, 1.0), device)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    let mut seeds: Vec<u64> = draws
+        .chunks(2)
+        .map(|pair| {
+            pair.iter()
+                .fold(0u64, |acc, d| (acc << 32) | u64::from(d.to_bits()))
+        })
+        .collect();
+    seeds.resize(n, 0);
+    seeds
+}
+
 /// Applies `module`'s dropout to `x` exactly when `Dropout::forward` would: in training (on
 /// an autodiff device, in a layer that takes part in the backward pass) with a non-zero
 /// probability. Each element is kept with probability `1 - prob` and scaled by
@@ -48,15 +67,7 @@ pub fn dropout<const D: usize>(module: &Dropout, x: Tensor<D>) -> Tensor<D> {
     let threshold = (keep * 4_294_967_296.0).round().min(u32::MAX as f64) as u32;
     let seed = SEED_STREAM
         .with_borrow_mut(|stream| stream.as_mut().map(|rng| rng.next_u64()))
-        .unwrap_or_else(|| {
-            Tensor::<1>::random([2], Distribution::Uniform(0.0, 1.0), &device)
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .unwrap_or_default()
-                .iter()
-                .fold(0u64, |acc, d| (acc << 32) | u64::from(d.to_bits()))
-        });
+        .unwrap_or_else(|| device_seeds(&device, 1)[0]);
     let mut rng = StdRng::seed_from_u64(seed);
     let shape = x.shape();
     let n = shape.num_elements();

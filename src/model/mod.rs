@@ -8,7 +8,7 @@ mod attention;
 pub mod bert;
 mod block;
 mod classifier;
-mod dropout;
+pub(crate) mod dropout;
 mod generate;
 mod gpt;
 mod mlp;

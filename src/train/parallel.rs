@@ -18,8 +18,9 @@
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 
+use crate::model::dropout::device_seeds;
 use crate::model::with_dropout_seed;
 
 /// Gives every trainable parameter a fresh autodiff leaf: same value, same id.
@@ -58,18 +59,7 @@ where
     let device = first_device(model);
     // Seeds are drawn here, in order, from the device's generator, so that `device.seed`
     // still decides every mask whatever order the threads run in.
-    let seeds: Vec<u64> =
-        Tensor::<1>::random([2 * parts], Distribution::Uniform(0.0, 1.0), &device)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default()
-            .chunks(2)
-            .map(|pair| {
-                pair.iter()
-                    .fold(0u64, |acc, d| (acc << 32) | u64::from(d.to_bits()))
-            })
-            .collect();
+    let seeds = device_seeds(&device, parts);
     let run = |part: usize, replica: M| {
         with_dropout_seed(seeds[part], || {
             let out = forward(&replica, part);
