@@ -170,6 +170,7 @@ pub fn finetune<C: Classifier>(
     let warmup = (options.warmup_ratio * total as f64).round() as usize;
     let mut optim = AdamWConfig::new()
         .with_weight_decay(options.weight_decay as f32)
+        .with_epsilon(ADAM_EPSILON)
         .init();
     let loss_fn = CrossEntropyLoss::new(None, &device);
     let replicas = options.replicas.max(1);
@@ -248,6 +249,11 @@ pub fn finetune<C: Classifier>(
 
 /// How many batches' worth of examples are sorted by length together.
 const GROUP_BATCHES: usize = 50;
+
+/// AdamW's epsilon: PyTorch's default (Burn's is 1e-5). LoRA's gradients start small (B is
+/// zero, so A's gradient is zero and B's is scaled by A's small values), and an epsilon of
+/// 1e-5 damps exactly those first updates.
+pub const ADAM_EPSILON: f32 = 1e-8;
 
 /// One epoch's batches of example indices: shuffled, then cut into groups of
 /// 50 batches (`GROUP_BATCHES`), each group sorted by length and cut into batches, and the
