@@ -18,13 +18,13 @@ use burn::nn::{
     Linear, LinearConfig,
 };
 use burn::store::{ApplyError, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::lora::adaptable::{AdaptableLinear, LinearFn, MapLinears, join_path};
-use crate::model::dropout;
+use crate::model::{dropout, gelu};
 
 /// Architectures whose weights hold a `BertModel` this module can load.
 pub const BERT_ARCHITECTURES: [&str; 4] = [

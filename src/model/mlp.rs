@@ -2,12 +2,11 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use crate::Error;
 use crate::lora::adaptable::{AdaptableLinear, LinearFn, MapLinears, join_path};
-use crate::model::dropout;
+use crate::model::{dropout, gelu};
 
 /// `fc_out(gelu(fc_in(x)))`, then dropout.
 #[derive(Module, Debug)]
