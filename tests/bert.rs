@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use burn_lora::lora::adaptable::AdaptableLinear;
+use burn_lora::lora::adaptable::{AdaptableLinear, MapLinears};
 use burn_lora::model::bert::{Bert, BertClassifier, BertConfig, BertHead};
 use burn_lora::{Error, load_adapter, save_adapter};
 use common::{assert_close_within, read, scratch};
@@ -384,4 +384,37 @@ fn a_float16_checkpoint_computes_in_float32_and_every_weight_trains() {
         };
         assert!(query.weight.grad(&grads).is_some(), "query weight gradient");
     }
+}
+
+/// `all-linear` adapts the pooler only where it runs: with the pooler head, not with the
+/// mean head, whose counted trainable parameters would otherwise include an adapter that
+/// never gets a gradient.
+#[test]
+fn all_linear_adapts_the_pooler_only_for_the_pooler_head() {
+    let device = Device::default();
+    let (config, bert, _) = Bert::load(&fixture(), &device).unwrap();
+    let lora = burn_lora::LoraConfig::new()
+        .with_rank(2)
+        .with_target_modules(vec!["all-linear".into()]);
+    let adapted = |head| {
+        let model = BertClassifier::new(bert.clone(), &config, 2, head, &device);
+        let model = burn_lora::apply_lora(model, &lora).unwrap();
+        let mut paths = Vec::new();
+        model
+            .map_linears("", &mut |path, layer| {
+                if matches!(layer, AdaptableLinear::Lora(_)) {
+                    paths.push(path.to_string());
+                }
+                Ok(layer)
+            })
+            .unwrap();
+        paths
+    };
+    let pooler = adapted(BertHead::Pooler);
+    let mean = adapted(BertHead::Mean);
+    // 2 layers × (query, key, value, attention output, intermediate, output).
+    assert_eq!(mean.len(), 12, "{mean:?}");
+    assert!(mean.iter().all(|p| p.starts_with("bert.encoder.layer.")), "{mean:?}");
+    assert_eq!(pooler.len(), 13, "{pooler:?}");
+    assert_eq!(pooler.last().unwrap(), "bert.pooler.dense");
 }

@@ -571,8 +571,10 @@ impl MapLinears for BertLayer {
     }
 }
 
-impl MapLinears for Bert {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
+impl Bert {
+    /// [`MapLinears::map_linears`] over the encoder's linears only, leaving the pooler as it
+    /// is: what [`BertClassifier`] with the mean head uses, which never runs the pooler.
+    pub fn map_encoder_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
         let layers = join_path(path, "encoder.layer");
         let layer = self
             .encoder
@@ -583,13 +585,22 @@ impl MapLinears for Bert {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             encoder: BertEncoder { layer },
+            ..self
+        })
+    }
+}
+
+impl MapLinears for Bert {
+    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
+        let bert = self.map_encoder_linears(path, f)?;
+        Ok(Self {
             pooler: BertPooler {
-                dense: self
+                dense: bert
                     .pooler
                     .dense
                     .map_linears(&join_path(path, "pooler.dense"), f)?,
             },
-            ..self
+            ..bert
         })
     }
 }
@@ -666,11 +677,16 @@ impl BertClassifier {
     }
 }
 
+/// With the mean head the pooler never runs, so its `dense` is not a LoRA target (an
+/// adapter there would count trainable parameters that never get a gradient); `all-linear`
+/// then adapts the six linears of each encoder layer, as PEFT's runs name them.
 impl MapLinears for BertClassifier {
     fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        Ok(Self {
-            bert: self.bert.map_linears(&join_path(path, "bert"), f)?,
-            ..self
-        })
+        let path = join_path(path, "bert");
+        let bert = match self.head {
+            BertHead::Pooler => self.bert.map_linears(&path, f)?,
+            BertHead::Mean => self.bert.map_encoder_linears(&path, f)?,
+        };
+        Ok(Self { bert, ..self })
     }
 }
