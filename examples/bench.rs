@@ -62,6 +62,10 @@ struct Args {
     /// Run only this case and print it as JSON (used for the per-case processes).
     #[arg(long)]
     case: Option<String>,
+    /// Keep the C allocator's defaults instead of `memory::retain_freed_memory` (to
+    /// measure what that setting is worth).
+    #[arg(long)]
+    malloc_defaults: bool,
 }
 
 impl Args {
@@ -93,10 +97,14 @@ impl Args {
             ("--steps", self.steps),
             ("--warmup", self.warmup),
         ];
-        pairs
+        let mut flags: Vec<String> = pairs
             .iter()
             .flat_map(|(k, v)| [k.to_string(), v.to_string()])
-            .collect()
+            .collect();
+        if self.malloc_defaults {
+            flags.push("--malloc-defaults".into());
+        }
+        flags
     }
 }
 
@@ -275,6 +283,9 @@ fn scaling(args: &Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if !args.malloc_defaults {
+        burn_lora::memory::retain_freed_memory();
+    }
     let result = match &args.case {
         Some(name) => child(&args, name),
         None if args.scaling => scaling(&args),

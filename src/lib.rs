@@ -56,6 +56,7 @@ pub mod bench;
 pub mod data;
 mod error;
 pub mod lora;
+pub mod memory;
 pub mod model;
 pub mod tokenizer;
 pub mod train;

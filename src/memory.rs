@@ -1,0 +1,40 @@
+//! Process-wide allocator settings for the example binaries.
+
+/// Lets the C allocator keep freed memory for reuse instead of handing every large buffer
+/// back to the kernel.
+///
+/// A training step allocates and frees many activation-sized buffers (megabytes each). With
+/// glibc's defaults most of them are fresh `mmap`s, so the step pays a page fault for every
+/// 4 KiB it touches; `perf` put 8–10 % of a step in the kernel's page-fault path. This sets
+/// glibc's `M_MMAP_THRESHOLD` to 32 MiB (its maximum), so buffers below it come from the
+/// heap, and raises `M_TRIM_THRESHOLD` and `M_TOP_PAD` so the heap is not shrunk after
+/// every step. Peak memory stays the same (measured by `examples/bench.rs`); the step gets
+/// faster (README, Backends).
+///
+/// Call it once, first thing in `main`: it changes the whole process. It does nothing on
+/// other C libraries and platforms. Returns whether the settings were applied.
+pub fn retain_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const MIB: libc::c_int = 1 << 20;
+        // SAFETY: mallopt only adjusts allocator parameters; it is safe to call at any time.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * MIB) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * MIB) == 1
+                && libc::mallopt(libc::M_TOP_PAD, 64 * MIB) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn glibc_accepts_the_settings() {
+        assert!(super::retain_freed_memory());
+    }
+}
