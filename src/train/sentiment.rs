@@ -752,8 +752,11 @@ pub fn peak_rss() -> Option<u64> {
 }
 
 /// Resets the peak RSS to the current RSS (Linux: writing `5` to `/proc/self/clear_refs`),
-/// so that [`peak_rss`] measures each mode on its own within one process.
+/// so that [`peak_rss`] measures each mode on its own within one process. Memory the
+/// allocator holds for reuse (see [`retain_freed_memory`](crate::memory::retain_freed_memory))
+/// is handed back first, so the previous mode's buffers do not count toward the next.
 pub fn reset_peak_rss() {
+    crate::memory::release_free_memory();
     let _ = fs::write("/proc/self/clear_refs", "5");
 }
 
