@@ -414,7 +414,10 @@ fn all_linear_adapts_the_pooler_only_for_the_pooler_head() {
     let mean = adapted(BertHead::Mean);
     // 2 layers × (query, key, value, attention output, intermediate, output).
     assert_eq!(mean.len(), 12, "{mean:?}");
-    assert!(mean.iter().all(|p| p.starts_with("bert.encoder.layer.")), "{mean:?}");
+    assert!(
+        mean.iter().all(|p| p.starts_with("bert.encoder.layer.")),
+        "{mean:?}"
+    );
     assert_eq!(pooler.len(), 13, "{pooler:?}");
     assert_eq!(pooler.last().unwrap(), "bert.pooler.dense");
 }

@@ -81,10 +81,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         Err(_) => return burn::tensor::activation::gelu(x),
     };
     if !device.is_autodiff() {
-        let y: Vec<f32> = values
-            .iter()
-            .map(|&v| v * normal_cdf_pdf(v).0)
-            .collect();
+        let y: Vec<f32> = values.iter().map(|&v| v * normal_cdf_pdf(v).0).collect();
         return Tensor::from_data(TensorData::new(y, shape), &device);
     }
     let mut slope = vec![0.0; values.len()];
@@ -106,13 +103,19 @@ mod tests {
     use super::*;
 
     fn values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
-        x.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+        x.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
     }
 
     fn assert_close(ours: Vec<f32>, burns: Vec<f32>, what: &str) {
         assert_eq!(ours.len(), burns.len());
         for (i, (a, b)) in ours.iter().zip(&burns).enumerate() {
-            assert!((a - b).abs() <= 1e-6 + 1e-6 * b.abs(), "{what} {i}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-6 + 1e-6 * b.abs(),
+                "{what} {i}: {a} vs {b}"
+            );
         }
     }
 
@@ -120,8 +123,8 @@ mod tests {
     fn matches_burns_exact_gelu_in_value_and_gradient() {
         let device = Device::default().autodiff();
         device.seed(5);
-        let x = Tensor::<2>::random([64, 97], Distribution::Normal(0.0, 3.0), &device)
-            .require_grad();
+        let x =
+            Tensor::<2>::random([64, 97], Distribution::Normal(0.0, 3.0), &device).require_grad();
         let ours = gelu(x.clone());
         let burns = burn::tensor::activation::gelu(x.clone());
         assert_close(values(ours.clone()), values(burns.clone()), "value");
@@ -130,7 +133,10 @@ mod tests {
         let ours_grads = (ours * weights.clone()).sum().backward();
         let burns_grads = (burns * weights).sum().backward();
         let ours_grad = values(x.grad(&ours_grads).unwrap());
-        assert!(ours_grad.iter().any(|g| g.abs() > 0.5), "gradients are not all tiny");
+        assert!(
+            ours_grad.iter().any(|g| g.abs() > 0.5),
+            "gradients are not all tiny"
+        );
         assert_close(ours_grad, values(x.grad(&burns_grads).unwrap()), "gradient");
     }
 
@@ -142,7 +148,10 @@ mod tests {
             if x < -87.0 {
                 assert!(ours <= 1.7e-38, "{x}: {ours}");
             } else {
-                assert!((ours - std).abs() <= 2.0 * f32::EPSILON * std, "{x}: {ours} vs {std}");
+                assert!(
+                    (ours - std).abs() <= 2.0 * f32::EPSILON * std,
+                    "{x}: {ours} vs {std}"
+                );
             }
         }
     }
@@ -150,10 +159,8 @@ mod tests {
     #[test]
     fn matches_burns_exact_gelu_without_autodiff() {
         let device = Device::default();
-        let x = Tensor::<1>::from_floats(
-            [-9.0, -3.0, -1.0, -0.1, 0.0, 0.1, 1.0, 3.0, 9.0],
-            &device,
-        );
+        let x =
+            Tensor::<1>::from_floats([-9.0, -3.0, -1.0, -0.1, 0.0, 0.1, 1.0, 3.0, 9.0], &device);
         assert_close(
             values(gelu(x.clone())),
             values(burn::tensor::activation::gelu(x)),
