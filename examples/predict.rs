@@ -131,7 +131,7 @@ fn classify<C: Classifier>(
 }
 
 fn main() -> ExitCode {
-    burn_lora::memory::retain_freed_memory(); // faster steps, same peak memory
+    burn_lora::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

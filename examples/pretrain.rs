@@ -60,7 +60,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    burn_lora::memory::retain_freed_memory(); // faster steps, same peak memory
+    burn_lora::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
     let args = Args::parse();
     if args.batch_size == 0 || args.seq_len == 0 {
         eprintln!("error: --batch-size and --seq-len must be at least 1");

@@ -154,7 +154,7 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
 }
 
 fn main() -> ExitCode {
-    burn_lora::memory::retain_freed_memory(); // faster steps, same peak memory
+    burn_lora::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
     let result = options(Args::parse()).and_then(|options| {
         let (metrics, table) = run_sentiment(&options, &Device::default())?;
         println!(
