@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release --example bench
 //! cargo run --release --example bench -- --d-model 256 --layers 6 --out runs/bench.json
+//! cargo run --release --example bench -- --floor     # also the q,v-biases-only floor
 //! cargo run --release --example bench -- --scaling   # trainable, step time, adapter bytes vs r and d_model
 //! ```
 //!
@@ -62,6 +63,11 @@ struct Args {
     /// Run only this case and print it as JSON (used for the per-case processes).
     #[arg(long)]
     case: Option<String>,
+    /// Also time `floor_qv`: only the query and value biases trainable, the least a q,v
+    /// adapter's step can cost here (the backward pass reaches every block, no weight
+    /// gradient, no branch). Printed after the table, not written to `--out`.
+    #[arg(long)]
+    floor: bool,
     /// Keep the C allocator's defaults instead of `memory::retain_freed_memory` (to
     /// measure what that setting is worth).
     #[arg(long)]
@@ -212,6 +218,24 @@ fn parent(args: &Args) -> Result<(), String> {
     println!(
         "\nratio: training cases against full fine-tuning, inference cases against infer_base"
     );
+    if args.floor {
+        let (floor, _) = in_process(args, Case::FloorQv)?;
+        let median = |name: &str| {
+            rows.iter()
+                .find(|(r, _)| r.case == name)
+                .map_or(f64::NAN, |(r, _)| r.median_s)
+        };
+        let (lora, builtin) = (median("lora_qv"), median("burn_apply_lora_qv"));
+        println!(
+            "\nfloor_qv (q,v biases only) median {:.1} ms: lora_qv {:.2}x of it, \
+             burn_apply_lora_qv {:.2}x; so lora_qv / burn_apply_lora_qv can be no lower \
+             than {:.2} with a free branch",
+            floor.median_s * 1e3,
+            lora / floor.median_s,
+            builtin / floor.median_s,
+            floor.median_s / builtin
+        );
+    }
     if let Some(out) = &args.out {
         let json = serde_json::json!({"backend": backend(), "cases": cases});
         std::fs::write(

@@ -27,6 +27,11 @@ pub enum Case {
     LoraAll,
     /// Training step, Burn's `Module::apply_lora` on the query and value weights.
     BurnApplyLoraQv,
+    /// Training step that trains only the query and value biases (and the head): the
+    /// backward pass reaches every block's query and value, as any q,v adapter's must, but
+    /// computes no weight gradient and has no adapter branch. Its time is the floor for a
+    /// q,v adapter on this model and backend. Not in [`Case::ALL`]; `bench --floor` adds it.
+    FloorQv,
     /// Forward pass of the base model.
     InferBase,
     /// Forward pass with LoRA adapters on query and value, unmerged.
@@ -54,6 +59,7 @@ impl Case {
             Case::LoraQv => "lora_qv",
             Case::LoraAll => "lora_all_linear",
             Case::BurnApplyLoraQv => "burn_apply_lora_qv",
+            Case::FloorQv => "floor_qv",
             Case::InferBase => "infer_base",
             Case::InferLoraUnmerged => "infer_lora_unmerged",
             Case::InferLoraMerged => "infer_lora_merged",
@@ -62,7 +68,10 @@ impl Case {
 
     /// The case called `name`.
     pub fn from_name(name: &str) -> Option<Case> {
-        Case::ALL.into_iter().find(|c| c.name() == name)
+        Case::ALL
+            .into_iter()
+            .chain([Case::FloorQv])
+            .find(|c| c.name() == name)
     }
 }
 
@@ -145,14 +154,16 @@ pub fn run_case(
             .with_target_modules(targets.iter().map(|t| t.to_string()).collect())
             .with_modules_to_save(vec!["head".into()])
     };
+    let group = |re: &str| ParamGroup::from_regex(re).map_err(|e| Error::Usage(format!("{e:?}")));
     let model = match case {
         Case::Full | Case::InferBase => model,
+        Case::FloorQv => model
+            .no_grad()
+            .set_require_grad_group(group(r"\.(query|value)\.Base\.bias$|^head\.")?, true),
         Case::LoraQv | Case::InferLoraUnmerged => apply_lora(model, &lora(&["query", "value"]))?,
         Case::InferLoraMerged => merge_lora(apply_lora(model, &lora(&["query", "value"]))?)?,
         Case::LoraAll => apply_lora(model, &lora(&["all-linear"]))?,
         Case::BurnApplyLoraQv => {
-            let group =
-                |re: &str| ParamGroup::from_regex(re).map_err(|e| Error::Usage(format!("{e:?}")));
             model
                 .apply_lora(
                     Lora::new(sizes.rank, 2.0 * sizes.rank as f64)
@@ -250,4 +261,40 @@ pub fn run_case(
         trainable,
         adapter_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Sizes {
+        Sizes {
+            vocab: 64,
+            d_model: 16,
+            layers: 2,
+            heads: 2,
+            d_ff: 32,
+            batch: 4,
+            seq: 8,
+            rank: 2,
+            replicas: 2,
+        }
+    }
+
+    #[test]
+    fn each_training_case_trains_what_it_names() {
+        let sizes = tiny();
+        let trainable = |case| {
+            run_case(case, &sizes, 0, 1, &Device::default())
+                .unwrap()
+                .trainable
+        };
+        let head = 16 * 2 + 2;
+        // Query and value biases of both blocks.
+        assert_eq!(trainable(Case::FloorQv), 2 * 2 * 16 + head);
+        // A [16, 2] and B [2, 16] on query and value of both blocks.
+        let adapters = 2 * 2 * (16 * 2 + 2 * 16);
+        assert_eq!(trainable(Case::LoraQv), adapters + head);
+        assert_eq!(trainable(Case::BurnApplyLoraQv), adapters + head);
+    }
 }
