@@ -163,14 +163,12 @@ pub fn run_case(
         Case::LoraQv | Case::InferLoraUnmerged => apply_lora(model, &lora(&["query", "value"]))?,
         Case::InferLoraMerged => merge_lora(apply_lora(model, &lora(&["query", "value"]))?)?,
         Case::LoraAll => apply_lora(model, &lora(&["all-linear"]))?,
-        Case::BurnApplyLoraQv => {
-            model
-                .apply_lora(
-                    Lora::new(sizes.rank, 2.0 * sizes.rank as f64)
-                        .set_param_group(group(r"\.(query|value)\.Base\.weight$")?),
-                )
-                .set_require_grad_group(group(r"^head\.")?, true)
-        }
+        Case::BurnApplyLoraQv => model
+            .apply_lora(
+                Lora::new(sizes.rank, 2.0 * sizes.rank as f64)
+                    .set_param_group(group(r"\.(query|value)\.Base\.weight$")?),
+            )
+            .set_require_grad_group(group(r"^head\.")?, true),
     };
     let trainable = if train {
         param_report(&model).trainable
