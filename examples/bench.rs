@@ -180,11 +180,13 @@ fn parent(args: &Args) -> Result<(), String> {
         eprintln!("{:<20} median {:.1} ms", case.name(), row.0.median_s * 1e3);
         rows.push(row);
     }
-    let full = rows[0].0.median_s;
-    let base = rows
-        .iter()
-        .find(|(r, _)| r.case == "infer_base")
-        .map_or(1.0, |(r, _)| r.median_s);
+    let median = |name: &str| {
+        rows.iter()
+            .find(|(r, _)| r.case == name)
+            .map_or(f64::NAN, |(r, _)| r.median_s)
+    };
+    let full = median("full");
+    let base = median("infer_base");
     println!(
         "\n{:<20} {:>10} {:>10} {:>10} {:>9} {:>10} {:>11}",
         "case", "median ms", "min ms", "max ms", "ratio", "peak MB", "trainable"
@@ -220,11 +222,6 @@ fn parent(args: &Args) -> Result<(), String> {
     );
     if args.floor {
         let (floor, _) = in_process(args, Case::FloorQv)?;
-        let median = |name: &str| {
-            rows.iter()
-                .find(|(r, _)| r.case == name)
-                .map_or(f64::NAN, |(r, _)| r.median_s)
-        };
         let (lora, builtin) = (median("lora_qv"), median("burn_apply_lora_qv"));
         println!(
             "\nfloor_qv (q,v biases only) median {:.1} ms: lora_qv {:.2}x of it, \
