@@ -81,7 +81,8 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         Ok(values) => values,
         Err(_) => return burn::tensor::activation::gelu(x),
     };
-    if !device.is_autodiff() {
+    // Untracked (no autodiff, or a frozen part of the model): no graph, so no slope needed.
+    if !x.is_tracked() {
         let y: Vec<f32> = values.iter().map(|&v| v * normal_cdf_pdf(v).0).collect();
         return Tensor::from_data(TensorData::new(y, shape), &device);
     }
@@ -155,6 +156,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn untracked_input_on_an_autodiff_device_gives_the_same_values() {
+        let device = Device::default().autodiff();
+        let x =
+            Tensor::<1>::from_floats([-9.0, -3.0, -1.0, -0.1, 0.0, 0.1, 1.0, 3.0, 9.0], &device);
+        assert!(!x.is_tracked());
+        assert_close(
+            values(gelu(x.clone())),
+            values(gelu(x.clone().require_grad())),
+            "value",
+        );
+        assert_close(
+            values(gelu(x.clone())),
+            values(burn::tensor::activation::gelu(x)),
+            "value",
+        );
     }
 
     #[test]
