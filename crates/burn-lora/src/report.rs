@@ -7,7 +7,8 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use serde::Serialize;
 
-use crate::lora::path::PathStack;
+use crate::apply::is_factor;
+use crate::path::PathStack;
 
 /// Bytes of optimizer state Adam keeps per trainable parameter: two f32 moments.
 pub const ADAM_BYTES_PER_PARAM: usize = 2 * 4;
@@ -95,14 +96,15 @@ impl ModuleVisitor for Counter {
         self.path.enter(name, container_type);
     }
 
-    fn exit_module(&mut self, name: &str, container_type: &str) {
-        self.path.exit(name, container_type);
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let (module, name) = self.path.split_last();
+        let (_, name) = self.path.split_last();
+        let module = self.path.owning_module();
         let count = param.lazy_shape().num_elements();
-        if matches!(name.as_str(), "lora_a" | "lora_b") {
+        if is_factor(&name) {
             self.lora_factors += count;
         }
         if !self.rows.contains_key(&module) {

@@ -47,8 +47,9 @@ pub struct LoraConfig {
     #[config(default = "LoraInit::KaimingUniform")]
     pub init: LoraInit,
     /// Module names to adapt (PEFT: `target_modules` as a list). A name matches a linear
-    /// whose path equals it or ends with `.` and the name; `"all-linear"` matches every
-    /// adaptable linear. Default `["query", "value"]`, as in the LoRA paper.
+    /// whose module path (Burn's own, e.g. `layers.0.mha.query`) equals it or ends with `.`
+    /// and the name; `"all-linear"` matches every `burn::nn::Linear` except
+    /// `modules_to_save`. Default `["query", "value"]`, as in the LoRA paper.
     #[config(default = "vec![String::from(\"query\"), String::from(\"value\")]")]
     pub target_modules: Vec<String>,
     /// A regular expression that must match a linear's whole path (PEFT: `target_modules`
@@ -60,6 +61,10 @@ pub struct LoraConfig {
     /// `target_modules`. Default empty.
     #[config(default = "Vec::new()")]
     pub modules_to_save: Vec<String>,
+    /// Linears never adapted even when a target matches them, matched like
+    /// `target_modules` (PEFT: `exclude_modules`). Default empty.
+    #[config(default = "Vec::new()")]
+    pub exclude_modules: Vec<String>,
 }
 
 impl LoraConfig {
@@ -111,6 +116,12 @@ impl LoraConfig {
             None => Ok(TargetMatcher::Names(self.target_modules.clone())),
         }
     }
+
+    /// Whether the linear at `path` is excluded, by `exclude_modules` or by being (inside)
+    /// a module to save.
+    pub(crate) fn excludes(&self, path: &str) -> bool {
+        within_any(path, &self.exclude_modules) || within_any(path, &self.modules_to_save)
+    }
 }
 
 /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA: the one formula for the branch's scale.
@@ -129,6 +140,16 @@ pub fn name_matches(path: &str, name: &str) -> bool {
         || path
             .strip_suffix(name)
             .is_some_and(|prefix| prefix.ends_with('.'))
+}
+
+/// Whether a module at `module_path` is one of `names` or lies inside one, each name
+/// matched as PEFT matches module names (whole path or dotted suffix).
+pub(crate) fn within_any(module_path: &str, names: &[String]) -> bool {
+    let parts: Vec<&str> = module_path.split('.').collect();
+    (1..=parts.len()).any(|n| {
+        let prefix = parts[..n].join(".");
+        names.iter().any(|name| name_matches(&prefix, name))
+    })
 }
 
 /// The compiled form of a config's target selection.
@@ -152,7 +173,7 @@ impl TargetMatcher {
     }
 }
 
-/// The target name that selects every adaptable linear, as in PEFT.
+/// The target name that selects every linear except the modules to save, as in PEFT.
 pub const ALL_LINEAR: &str = "all-linear";
 
 #[cfg(test)]
@@ -168,6 +189,15 @@ mod tests {
         assert!(!config.use_rslora);
         assert_eq!(config.init, LoraInit::KaimingUniform);
         assert_eq!(config.target_modules, vec!["query", "value"]);
+        assert!(config.exclude_modules.is_empty());
+    }
+
+    #[test]
+    fn within_any_matches_the_module_or_an_ancestor() {
+        let names = vec!["pooler".to_string()];
+        assert!(within_any("bert.pooler.dense", &names));
+        assert!(within_any("pooler", &names));
+        assert!(!within_any("bert.encoder.layer.0.output.dense", &names));
     }
 
     #[test]

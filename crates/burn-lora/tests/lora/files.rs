@@ -1,15 +1,18 @@
 //! PEFT-format adapter files: round trips and every bad file.
 
-mod common;
+
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::tensor::{Device, Distribution, Tensor};
-use burn_lora::lora::peft::{CONFIG_FILE, WEIGHTS_FILE};
-use burn_lora::{AdaptableLinear, Error, LoraConfig, apply_lora, load_adapter, save_adapter};
-use common::{Tiny, scratch};
+use burn_lora::{
+    CONFIG_FILE, Error, LoraConfig, WEIGHTS_FILE, apply_lora, load_adapter, param_report,
+    save_adapter,
+};
+
+use crate::common::{Tiny, perturb, scratch};
 
 const D: usize = 8;
 
@@ -27,13 +30,7 @@ fn base(device: &Device) -> Tiny {
 
 /// `base` adapted, with non-zero factors and a changed head, as after training.
 fn trained(base: &Tiny, device: &Device) -> Tiny {
-    let mut model = apply_lora(base.clone(), &config()).unwrap();
-    for layer in [&mut model.attn.query, &mut model.attn.value] {
-        if let AdaptableLinear::Lora(lora) = layer {
-            let b = Tensor::random(lora.lora_b.dims(), Distribution::Normal(0.0, 0.5), device);
-            lora.lora_b = Param::from_tensor(b);
-        }
-    }
+    let mut model = perturb(apply_lora(base.clone(), &config()).unwrap(), false, device);
     let head = Tensor::random([D, 2], Distribution::Normal(0.0, 1.0), device);
     model.head.weight = Param::from_tensor(head);
     model
@@ -41,7 +38,7 @@ fn trained(base: &Tiny, device: &Device) -> Tiny {
 
 fn saved(name: &str, device: &Device) -> PathBuf {
     let dir = scratch("adapter_files", name);
-    save_adapter(&trained(&base(device), device), &config(), &dir).unwrap();
+    save_adapter(&trained(&base(device), device), &dir).unwrap();
     dir
 }
 
@@ -55,13 +52,19 @@ fn adapter_round_trips_through_disk() {
     let base = base(&device);
     let trained = trained(&base, &device);
     let dir = scratch("adapter_files", "round_trip");
-    save_adapter(&trained, &config(), &dir).unwrap();
-    let loaded = load_adapter(&base, &dir).unwrap();
+    save_adapter(&trained, &dir).unwrap();
+    let loaded = load_adapter(base.clone(), &dir).unwrap();
     let x = x(&device);
     assert_eq!(
         loaded.forward(x.clone()).into_data(),
-        trained.forward(x).into_data()
+        trained.forward(x.clone()).into_data()
     );
+    // The loaded factors and head are trainable, so training can continue.
+    assert_eq!(param_report(&loaded).trainable, param_report(&trained).trainable);
+    // Save then load on the factored build of the same base: the same outputs.
+    let fast = load_adapter(base.fast(), &dir).unwrap();
+    let diff = (fast.forward(x.clone()) - trained.forward(x)).abs().max();
+    assert!(diff.into_scalar::<f32>() < 1e-5);
 }
 
 #[test]
@@ -105,7 +108,7 @@ fn load_err(dir: &Path) -> Error {
     let model = base(&device);
     let x = x(&device);
     let before = model.forward(x.clone()).into_data();
-    let err = load_adapter(&model, dir).expect_err("a bad adapter must not load");
+    let err = load_adapter(model.clone(), dir).expect_err("a bad adapter must not load");
     assert_eq!(model.forward(x).into_data(), before, "model was modified");
     err
 }
@@ -268,14 +271,37 @@ fn invalid_values_in_config_are_rejected() {
 fn non_finite_adapter_is_never_saved() {
     let device = Device::default();
     let mut model = trained(&base(&device), &device);
-    if let AdaptableLinear::Lora(lora) = &mut model.attn.value {
-        lora.lora_a = Param::from_tensor(lora.lora_a.val().mul_scalar(f32::INFINITY));
-    }
+    model.head.bias = Some(Param::from_tensor(Tensor::from_floats([f32::INFINITY, 0.0], &device)));
     let dir = scratch("adapter_files", "non_finite");
-    let err = save_adapter(&model, &config(), &dir).unwrap_err();
+    let err = save_adapter(&model, &dir).unwrap_err();
     assert!(
-        matches!(err, Error::NonFinite { ref layer } if layer.contains("attn.value")),
+        matches!(err, Error::NonFinite { ref layer } if layer.contains("head.bias")),
         "{err}"
     );
     assert!(!dir.join(WEIGHTS_FILE).exists());
+}
+
+#[test]
+fn refused_peft_options_are_named() {
+    for (from, to, what) in [
+        ("\"use_dora\": false", "\"use_dora\": true", "use_dora"),
+        ("\"init_lora_weights\": true", "\"init_lora_weights\": \"pissa\"", "pissa"),
+        ("\"init_lora_weights\": true", "\"init_lora_weights\": \"olora\"", "olora"),
+        ("\"init_lora_weights\": true", "\"init_lora_weights\": \"loftq\"", "loftq"),
+    ] {
+        let dir = saved(&format!("refused_{what}"), &Device::default());
+        let config = fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+        assert!(config.contains(from), "{config}");
+        fs::write(dir.join(CONFIG_FILE), config.replace(from, to)).unwrap();
+        let err = load_err(&dir);
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+    }
+}
+
+#[test]
+fn a_model_without_adapters_has_nothing_to_save() {
+    let dir = scratch("adapter_files", "no_adapter");
+    let err = save_adapter(&base(&Device::default()), &dir).unwrap_err();
+    assert!(matches!(err, Error::NoAdapter), "{err}");
 }

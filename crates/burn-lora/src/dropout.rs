@@ -1,16 +1,18 @@
-//! Dropout with a fast mask.
+//! Dropout with a fast mask on CPU devices, and Burn's own on every other device.
 //!
-//! Burn's `Dropout::forward` draws its mask with `random_like(Bernoulli)`, one ChaCha sample
-//! and one distribution call per element. A LoRA step on every linear of the default base
-//! draws about 12 million of them (the hidden dropouts plus one LoRA dropout per adapted
-//! layer), and a profile (`perf record` on the sentiment job) put about a fifth of the step
-//! in that sampling. [`dropout`] takes two numbers from Burn's generator (so `device.seed`
-//! still decides every mask) to seed a `StdRng`, fills 32-bit words in bulk, and multiplies
-//! by the scaled mask: the same distribution, the same rule for when it applies.
+//! Burn's `Dropout::forward` draws its mask with `random_like(Bernoulli)`. On a CPU backend
+//! that is one ChaCha sample and one distribution call per element: a LoRA step on every
+//! linear of a small BERT draws about 12 million of them, and a profile put about a fifth of
+//! the step there. On a CPU device (Burn's `flex` and `ndarray` backends, where the host is
+//! the device) [`dropout`] instead takes two numbers from Burn's generator (so
+//! `device.seed` still decides every mask) to seed a `StdRng`, fills 32-bit words in bulk,
+//! and multiplies by the scaled mask: the same distribution, the same rule for when it
+//! applies. On any other device (a GPU) it is Burn's `Dropout::forward`, whose mask is made
+//! on the device: no host round trip.
 //!
-//! A training thread can instead take its seeds from a stream of its own
-//! ([`with_dropout_seed`]): data-parallel training runs parts of a batch on several threads,
-//! and the order in which threads would reach the shared generator is not reproducible.
+//! A training thread can take its seeds from a stream of its own ([`with_dropout_seed`]):
+//! data-parallel training runs parts of a batch on several threads, and the order in which
+//! threads would reach the shared generator is not reproducible.
 
 use std::cell::RefCell;
 
@@ -36,7 +38,7 @@ pub fn with_dropout_seed<R>(seed: u64, f: impl FnOnce() -> R) -> R {
 
 /// `n` 64-bit seeds, each from two draws of `device`'s generator, so that `device.seed`
 /// decides them.
-pub(crate) fn device_seeds(device: &Device, n: usize) -> Vec<u64> {
+pub fn device_seeds(device: &Device, n: usize) -> Vec<u64> {
     let draws = Tensor::<1>::random([2 * n], Distribution::Uniform(0.0, 1.0), device)
         .into_data()
         .convert::<f32>()
@@ -53,15 +55,27 @@ pub(crate) fn device_seeds(device: &Device, n: usize) -> Vec<u64> {
     seeds
 }
 
+/// Whether `device` is one of Burn's CPU backends (`flex`, `ndarray`), where a mask built on
+/// the host costs no transfer. The backend features are the application's choice, not this
+/// library's, so the device is recognised by its name.
+pub fn is_cpu_device(device: &Device) -> bool {
+    let name = format!("{device:?}");
+    name.contains("Flex") || name.contains("NdArray")
+}
+
 /// Applies `module`'s dropout to `x` exactly when `Dropout::forward` would: in training (on
 /// an autodiff device, in a layer that takes part in the backward pass) with a non-zero
 /// probability. Each element is kept with probability `1 - prob` and scaled by
-/// `1 / (1 - prob)`, else zeroed.
+/// `1 / (1 - prob)`, else zeroed. The mask is built on the host on a CPU device and by
+/// `Dropout::forward` on the device anywhere else.
 pub fn dropout<const D: usize>(module: &Dropout, x: Tensor<D>) -> Tensor<D> {
     if !module.training.is_enabled() || !x.device().is_autodiff() || module.prob == 0.0 {
         return x;
     }
     let device = x.device();
+    if !is_cpu_device(&device) {
+        return module.forward(x);
+    }
     let keep = 1.0 - module.prob;
     // 2^32 · keep, compared with uniform 32-bit words: P(word < threshold) = keep.
     let threshold = (keep * 4_294_967_296.0).round().min(u32::MAX as f64) as u32;

@@ -3,17 +3,27 @@
 //! `h = x·W + b + s·dropout(x)·A·B`, with `W` `[d_in, d_out]` and `b` frozen, `A` `[d_in, r]`,
 //! `B` `[r, d_out]`, and `s = alpha / r` (or `alpha / sqrt(r)` with rsLoRA). `B` starts at zero,
 //! so at initialisation the layer computes exactly what the base layer computes.
+//!
+//! This is the one-layer API: a layer of its own type, with `A` and `B` as fields. To adapt
+//! linears inside a whole model without changing its types, use
+//! [`apply_lora`](crate::apply_lora), which attaches an [`Adapter`](crate::Adapter) to each
+//! target's weight instead.
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::module::linear;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 
 use crate::Error;
-use crate::lora::config::{LoraConfig, LoraInit, scaling};
-use crate::model::dropout;
+use crate::adapter::{init_factors, lora_branch};
+use crate::config::{LoraConfig, scaling};
+use crate::dropout::dropout;
 
 /// A linear layer with a LoRA adapter inside it.
+///
+/// Read and set the factors through the public fields: `lora_a` is `A` `[d_in, r]` and
+/// `lora_b` is `B` `[r, d_out]` (Burn's `[d_in, d_out]` layout; PEFT stores their
+/// transposes), e.g. `layer.lora_b = Param::from_tensor(b)`.
 ///
 /// `weight` and `bias` have the names and layout of [`burn::nn::Linear`], so a record saved
 /// from a model built with plain `Linear` loads into the same model built with `LoraLinear`
@@ -62,21 +72,13 @@ impl LoraLinear {
         let [d_in, d_out] = linear.weight.dims();
         config.validate_for_layer(d_in, d_out, path)?;
         let device = linear.weight.device();
-        let rank = config.rank;
-        let distribution = match config.init {
-            // kaiming_uniform(a = sqrt(5)) has bound gain·sqrt(3 / fan_in) with
-            // gain = sqrt(2 / (1 + 5)), which is 1 / sqrt(fan_in).
-            LoraInit::KaimingUniform => {
-                let bound = 1.0 / (d_in as f64).sqrt();
-                Distribution::Uniform(-bound, bound)
-            }
-            LoraInit::Gaussian => Distribution::Normal(0.0, 1.0 / rank as f64),
-        };
+        let dtype = linear.weight.val().dtype();
+        let (lora_a, lora_b) = init_factors([d_in, d_out], dtype, &device, config);
         Ok(Self {
             weight: linear.weight.set_require_grad(false),
             bias: linear.bias.map(|bias| bias.set_require_grad(false)),
-            lora_a: Param::from_tensor(Tensor::random([d_in, rank], distribution, &device)),
-            lora_b: Param::from_tensor(Tensor::zeros([rank, d_out], &device)),
+            lora_a: Param::from_tensor(lora_a),
+            lora_b: Param::from_tensor(lora_b),
             lora_dropout: DropoutConfig::new(config.dropout).init(),
             alpha: config.alpha,
             use_rslora: config.use_rslora,
@@ -120,11 +122,8 @@ impl LoraLinear {
         if !self.adapter_enabled {
             return base;
         }
-        // Scaling the rank-r intermediate rather than the output touches r values per token
-        // instead of d_out; the product is the same.
-        let down = linear(dropout(&self.lora_dropout, x), self.lora_a.val(), None); // [..., r]
-        let up = linear(down.mul_scalar(self.scaling()), self.lora_b.val(), None); // [..., d_out]
-        base + up
+        let x = dropout(&self.lora_dropout, x);
+        base + lora_branch(x, self.lora_a.val(), self.lora_b.val(), self.scaling())
     }
 
     /// The factor the branch is multiplied by: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
@@ -197,12 +196,12 @@ impl LoraLinear {
     }
 }
 
-/// Whether every value of `tensor` is finite.
+/// Whether every value of `tensor` is finite, checked on the tensor's device (one boolean
+/// comes back to the host).
 pub(crate) fn all_finite<const D: usize>(tensor: &Tensor<D>) -> bool {
-    tensor
-        .to_data()
-        .iter::<f32>()
-        .all(|value| value.is_finite())
+    let bad = tensor.clone().is_nan().any().into_scalar::<bool>()
+        || tensor.clone().is_inf().any().into_scalar::<bool>();
+    !bad
 }
 
 /// Errors with [`Error::ShapeMismatch`] unless `found == expected`.
@@ -225,7 +224,7 @@ mod tests {
 
     #[test]
     fn forward_adds_scaled_low_rank_branch() {
-        let device = Device::default();
+        let device = Device::flex();
         let linear = LinearConfig::new(2, 2)
             .with_initializer(burn::nn::Initializer::Zeros)
             .init(&device);

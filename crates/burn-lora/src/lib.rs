@@ -1,0 +1,77 @@
+//! # burn-lora
+//!
+//! LoRA (low-rank adaptation) for [Burn](https://burn.dev) 0.22, on any model and any
+//! backend, with Hugging Face PEFT's names, files and numbers.
+//!
+//! A LoRA adapter keeps a pre-trained linear weight `W` `[d_in, d_out]` frozen and learns a
+//! low-rank update inside it: `h = x·W + b + s·dropout(x)·A·B`, with `A` `[d_in, r]`, `B`
+//! `[r, d_out]`, `s = alpha / r`, and `B = 0` at the start, so training starts from the base
+//! model exactly. (A frozen model with a new classifier on top is *head-only* training, not
+//! LoRA.)
+//!
+//! ## Any model, no code changes
+//!
+//! [`apply_lora`] works on any [`burn::module::Module`]. It finds every `burn::nn::Linear` by
+//! Burn's own traversal, matches targets against Burn's module paths with PEFT's rules, and
+//! attaches an [`Adapter`] to each target's weight through Burn's reparameterization hook,
+//! so the model's types do not change. A stock `Linear` then computes `W + s·A·B` densely;
+//! swap the import to [`nn::Linear`] for the factored form (see [`nn`] for what each costs).
+//!
+//! ```
+//! use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use burn_lora::{LoraConfig, apply_lora, merge_lora, param_report};
+//!
+//! let device = Device::default();
+//! let encoder: TransformerEncoder = TransformerEncoderConfig::new(16, 32, 2, 2).init(&device);
+//! let x = Tensor::<3>::random([2, 5, 16], Distribution::Default, &device);
+//! let before = encoder.forward(TransformerEncoderInput::new(x.clone()));
+//!
+//! let config = LoraConfig::new().with_rank(4).with_alpha(8.0); // query and value, as PEFT
+//! let encoder = apply_lora(encoder, &config).unwrap();
+//! // Two layers, q and v each: 2 · 2 · r · (16 + 16) = 512 trainable parameters.
+//! assert_eq!(param_report(&encoder).trainable, 512);
+//! // B starts at zero: the adapted model computes what the base computed.
+//! let after = encoder.forward(TransformerEncoderInput::new(x.clone()));
+//! after.into_data().assert_approx_eq::<f32>(&before.into_data(), burn::tensor::Tolerance::default());
+//!
+//! let plain = merge_lora(encoder).unwrap(); // no adapters left, same outputs
+//! assert_eq!(param_report(&plain).trainable, 0);
+//! ```
+//!
+//! Then [`save_adapter`] writes PEFT's `adapter_config.json` and
+//! `adapter_model.safetensors`, read from the model itself, and [`load_adapter`] attaches
+//! and loads them onto a fresh base. [`LoraLinear`] is the same idea for one layer, as a type
+//! of its own.
+//!
+//! The library selects no backend and never calls `Device::default()`: it computes on
+//! whatever device the model's tensors live on, in their dtype.
+#![warn(missing_docs)]
+
+mod adapter;
+mod apply;
+mod config;
+pub mod dropout;
+mod error;
+pub mod io;
+mod lora_linear;
+pub mod nn;
+mod path;
+mod peft;
+mod report;
+
+pub use adapter::{Adapter, AdapterSite, LoraFactors, adapters};
+pub use apply::{
+    apply_lora, linear_paths, merge_adapters, merge_lora, set_adapters_enabled,
+    set_lora_trainable, unmerge_adapters,
+};
+pub use config::{ALL_LINEAR, LoraConfig, LoraInit, name_matches};
+pub use error::Error;
+pub use lora_linear::LoraLinear;
+pub use path::join_path;
+pub use peft::{
+    CONFIG_FILE, KEY_PREFIX, PeftOptions, WEIGHTS_FILE, load_adapter, load_adapter_weights,
+    load_adapter_weights_with, load_adapter_with, parse_adapter_config, read_adapter_config,
+    save_adapter, save_adapter_with,
+};
+pub use report::{ADAM_BYTES_PER_PARAM, ParamReport, ParamRow, group, param_report};

@@ -1,0 +1,166 @@
+//! PEFT's `adapter_config.json`: the keys burn-lora reads and writes, and the options it
+//! refuses by name.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::config::{LoraConfig, LoraInit};
+
+/// PEFT's `target_modules` (and `exclude_modules`): a list of names, or one full-match
+/// regex.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Names {
+    List(Vec<String>),
+    Regex(String),
+}
+
+/// The keys of PEFT's `adapter_config.json` that burn-lora reads and writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PeftConfigJson {
+    pub peft_type: String,
+    #[serde(default)]
+    pub task_type: Option<String>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    pub target_modules: Names,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default = "bias_none")]
+    pub bias: String,
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub init_lora_weights: serde_json::Value,
+    #[serde(default)]
+    pub inference_mode: bool,
+    #[serde(default)]
+    pub rank_pattern: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub alpha_pattern: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub layers_to_transform: Option<serde_json::Value>,
+    #[serde(default)]
+    pub exclude_modules: Option<Names>,
+}
+
+fn bias_none() -> String {
+    "none".to_string()
+}
+
+/// Init methods that change the base weights: an adapter trained with one only reproduces
+/// its model on the base it modified, which is not the base a user loads it onto.
+const BASE_CHANGING_INITS: [&str; 5] = ["pissa", "olora", "loftq", "eva", "corda"];
+
+impl PeftConfigJson {
+    /// The JSON for adapters with these settings, targets and modules to save.
+    pub(crate) fn new(
+        settings: &LoraConfig,
+        target_modules: Vec<String>,
+        modules_to_save: Vec<String>,
+        task_type: Option<String>,
+        base_model_name_or_path: Option<String>,
+    ) -> Self {
+        let init = match settings.init {
+            LoraInit::KaimingUniform => serde_json::Value::Bool(true),
+            LoraInit::Gaussian => serde_json::Value::String("gaussian".into()),
+        };
+        Self {
+            peft_type: "LORA".into(),
+            task_type,
+            base_model_name_or_path,
+            r: settings.rank,
+            lora_alpha: settings.alpha,
+            lora_dropout: settings.dropout,
+            target_modules: Names::List(target_modules),
+            use_rslora: settings.use_rslora,
+            bias: bias_none(),
+            modules_to_save: (!modules_to_save.is_empty()).then_some(modules_to_save),
+            fan_in_fan_out: false,
+            use_dora: false,
+            init_lora_weights: init,
+            inference_mode: true,
+            rank_pattern: Default::default(),
+            alpha_pattern: Default::default(),
+            layers_to_transform: None,
+            exclude_modules: None,
+        }
+    }
+
+    /// The [`LoraConfig`] this file describes, its names in PEFT's namespace.
+    pub(crate) fn into_config(self, path: &Path) -> Result<LoraConfig, Error> {
+        let unsupported = |what: String| Error::Unsupported {
+            path: path.to_path_buf(),
+            what,
+        };
+        if self.peft_type != "LORA" {
+            return Err(Error::WrongPeftType {
+                path: path.to_path_buf(),
+                found: self.peft_type,
+            });
+        }
+        if self.bias != "none" {
+            return Err(unsupported(format!("bias = \"{}\"", self.bias)));
+        }
+        if self.use_dora {
+            return Err(unsupported("use_dora = true".into()));
+        }
+        if self.fan_in_fan_out {
+            return Err(unsupported("fan_in_fan_out = true".into()));
+        }
+        if !self.rank_pattern.is_empty() || !self.alpha_pattern.is_empty() {
+            return Err(unsupported("a per-layer rank_pattern or alpha_pattern".into()));
+        }
+        if self.layers_to_transform.is_some() {
+            return Err(unsupported("layers_to_transform".into()));
+        }
+        let init = match &self.init_lora_weights {
+            serde_json::Value::String(s) if s == "gaussian" => LoraInit::Gaussian,
+            serde_json::Value::String(s)
+                if BASE_CHANGING_INITS.iter().any(|m| s.starts_with(m)) =>
+            {
+                return Err(unsupported(format!(
+                    "init_lora_weights = \"{s}\" (it changes the base weights, so the adapter does not fit an unmodified base)"
+                )));
+            }
+            _ => LoraInit::KaimingUniform,
+        };
+        let exclude_modules = match self.exclude_modules {
+            None => Vec::new(),
+            Some(Names::List(names)) => names,
+            Some(Names::Regex(pattern)) => {
+                return Err(unsupported(format!(
+                    "exclude_modules as a regex (`{pattern}`)"
+                )));
+            }
+        };
+        let config = LoraConfig::new()
+            .with_rank(self.r)
+            .with_alpha(self.lora_alpha)
+            .with_dropout(self.lora_dropout)
+            .with_use_rslora(self.use_rslora)
+            .with_init(init)
+            .with_modules_to_save(self.modules_to_save.unwrap_or_default())
+            .with_exclude_modules(exclude_modules);
+        let config = match self.target_modules {
+            Names::List(names) => config.with_target_modules(names),
+            Names::Regex(pattern) => config.with_target_regex(Some(pattern)),
+        };
+        // Invalid values (rank 0, dropout 5) are errors that name the file too.
+        config.validate().map_err(|e| Error::AdapterConfig {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,8 @@
+//! The library's tests, one binary: one layer (`linear`), whole models (`model`), adapter
+//! files (`files`) and parity with PEFT's golden files (`parity`).
+
+mod common;
+mod files;
+mod linear;
+mod model;
+mod parity;

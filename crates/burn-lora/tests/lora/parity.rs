@@ -1,0 +1,288 @@
+//! Parity with Hugging Face PEFT on golden files from `scripts/peft_golden.py`.
+
+
+
+use std::fs;
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::nn::Linear;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn_lora::{
+    Adapter, LoraConfig, LoraLinear, apply_lora, load_adapter, merge_lora, save_adapter,
+};
+use safetensors::SafeTensors;
+
+use crate::common::{Tiny, assert_close, perturb, read, tensor};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// One layer behind the three ways to compute it: the one-layer `LoraLinear`, a stock
+/// `burn::nn::Linear` carrying an `Adapter` (dense path), and `burn_lora::nn::Linear`
+/// carrying one (factored path).
+enum Layer {
+    One(LoraLinear),
+    Dense(Linear),
+    Fast(burn_lora::nn::Linear),
+}
+
+impl Layer {
+    fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Layer::One(layer) => layer.forward(x),
+            Layer::Dense(layer) => layer.forward(x),
+            Layer::Fast(layer) => layer.forward(x),
+        }
+    }
+
+    fn factors(&self) -> (Tensor<2>, Tensor<2>) {
+        let adapter = |weight: &Param<Tensor<2>>| {
+            let adapter = weight.reparameterization::<Adapter>().unwrap();
+            (adapter.lora_a().val(), adapter.lora_b().val())
+        };
+        match self {
+            Layer::One(layer) => (layer.lora_a.val(), layer.lora_b.val()),
+            Layer::Dense(layer) => adapter(&layer.weight),
+            Layer::Fast(layer) => adapter(&layer.weight),
+        }
+    }
+
+    fn scaling(&self) -> f64 {
+        match self {
+            Layer::One(layer) => layer.scaling(),
+            Layer::Dense(layer) => layer.weight.reparameterization::<Adapter>().unwrap().scaling(),
+            Layer::Fast(layer) => layer.adapter().unwrap().scaling(),
+        }
+    }
+
+    fn merged_weight(self) -> Tensor<2> {
+        match self {
+            Layer::One(layer) => layer.merge().weight.val(),
+            Layer::Dense(layer) => merge_lora(layer).unwrap().weight.val(),
+            Layer::Fast(layer) => merge_lora(layer).unwrap().weight.val(),
+        }
+    }
+}
+
+/// Sets every adapter's `A` and `B` (Burn layout) to the given values.
+struct SetFactors {
+    names: Vec<String>,
+    a: Tensor<2>,
+    b: Tensor<2>,
+}
+
+impl ModuleMapper for SetFactors {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.names.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.names.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let value = match self.names.last().map(String::as_str) {
+            Some("lora_a") => self.a.clone(),
+            Some("lora_b") => self.b.clone(),
+            _ => return param,
+        };
+        param.map(|t| {
+            let grad = t.is_require_grad();
+            value.reshape(t.shape()).detach().set_require_grad(grad)
+        })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    r: usize,
+    alpha: f64,
+    use_rslora: bool,
+    bias: bool,
+    scaling: f64,
+}
+
+fn cases(st: &SafeTensors) -> Vec<Case> {
+    let (_, metadata) = SafeTensors::read_metadata(&fs::read(golden_layers()).unwrap()).unwrap();
+    let _ = st;
+    let json = metadata.metadata().as_ref().unwrap()["cases"].clone();
+    serde_json::from_str(&json).unwrap()
+}
+
+fn golden_layers() -> String {
+    format!("{FIXTURES}/peft_layers.safetensors")
+}
+
+/// The PEFT layer of case `i`, rebuilt each of the three ways (PyTorch `[out, in]`
+/// transposed).
+fn layers(st: &SafeTensors, i: usize, case: &Case, device: &Device) -> Vec<(&'static str, Layer)> {
+    let key = |name: &str| format!("case{i}.{name}");
+    let linear = Linear {
+        weight: Param::from_tensor(tensor::<2>(st, &key("weight"), device).transpose()),
+        bias: case
+            .bias
+            .then(|| Param::from_tensor(tensor::<1>(st, &key("bias"), device))),
+    };
+    let config = LoraConfig::new()
+        .with_rank(case.r)
+        .with_alpha(case.alpha)
+        .with_use_rslora(case.use_rslora);
+    let a = tensor::<2>(st, &key("lora_A"), device).transpose();
+    let b = tensor::<2>(st, &key("lora_B"), device).transpose();
+    let mut one = LoraLinear::from_linear(linear.clone(), &config).unwrap();
+    one.lora_a = Param::from_tensor(a.clone());
+    one.lora_b = Param::from_tensor(b.clone());
+    let every = config.with_target_regex(Some(".*".into()));
+    let dense = apply_lora(linear, &every).unwrap().map(&mut SetFactors {
+        names: Vec::new(),
+        a,
+        b,
+    });
+    let fast = burn_lora::nn::Linear::from(dense.clone());
+    vec![
+        ("LoraLinear", Layer::One(one)),
+        ("dense", Layer::Dense(dense)),
+        ("factored", Layer::Fast(fast)),
+    ]
+}
+
+/// Runs `f` with the case's input as a tensor of its own rank (2 or 3).
+fn forward_backward(
+    st: &SafeTensors,
+    i: usize,
+    layer: &Layer,
+    device: &Device,
+) -> (TensorData, TensorData, TensorData, TensorData) {
+    let x_data = read(st, &format!("case{i}.x"));
+    let w_data = read(st, &format!("case{i}.loss_weight"));
+    macro_rules! run {
+        ($d:literal) => {{
+            let x = Tensor::<$d>::from_data(x_data, device).require_grad();
+            let out = layer.forward(x.clone());
+            let loss = (out.clone() * Tensor::<$d>::from_data(w_data, device)).sum();
+            let grads = loss.backward();
+            let (a, b) = layer.factors();
+            (
+                out.inner().into_data(),
+                x.grad(&grads).unwrap().into_data(),
+                a.grad(&grads).unwrap().transpose().into_data(),
+                b.grad(&grads).unwrap().transpose().into_data(),
+            )
+        }};
+    }
+    match x_data.shape().len() {
+        2 => run!(2),
+        3 => run!(3),
+        n => panic!("golden input of rank {n}"),
+    }
+}
+
+#[test]
+fn layers_match_peft_outputs_gradients_and_merges() {
+    let device = Device::default().autodiff();
+    let bytes = fs::read(golden_layers()).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let cases = cases(&st);
+    assert_eq!(cases.len(), 5);
+    for (i, case) in cases.iter().enumerate() {
+        for (path, layer) in layers(&st, i, case, &device) {
+            let what = |name: &str| format!("case {i}, {path}: {name}");
+            assert!(
+                (layer.scaling() - case.scaling).abs() < 1e-12,
+                "{}",
+                what("scaling")
+            );
+            let (out, grad_x, grad_a, grad_b) = forward_backward(&st, i, &layer, &device);
+            let want = |name: &str| read(&st, &format!("case{i}.{name}"));
+            assert_close(&what("output"), out, want("out"));
+            assert_close(&what("dL/dx"), grad_x, want("grad_x"));
+            assert_close(&what("dL/dA"), grad_a, want("grad_A"));
+            assert_close(&what("dL/dB"), grad_b, want("grad_B"));
+            let merged = layer.merged_weight().transpose().inner().into_data();
+            assert_close(&what("merged weight"), merged, want("merged_weight"));
+        }
+    }
+}
+
+#[test]
+fn peft_saved_adapter_loads_and_reproduces_peft_outputs() {
+    let device = Device::default();
+    let dir = Path::new(FIXTURES).join("peft_tiny");
+    let base = Tiny::from_torch(&dir.join("base.safetensors"), &device);
+    let bytes = fs::read(dir.join("io.safetensors")).unwrap();
+    let io = SafeTensors::deserialize(&bytes).unwrap();
+    let x = tensor::<2>(&io, "x", &device);
+    let dense = load_adapter(base.clone(), dir.join("adapter")).unwrap();
+    assert_close("dense logits", dense.forward(x.clone()).into_data(), read(&io, "out"));
+    let fast = load_adapter(base.fast(), dir.join("adapter")).unwrap();
+    assert_close("factored logits", fast.forward(x).into_data(), read(&io, "out"));
+}
+
+/// Writes an adapter for PEFT to read (`scripts/peft_golden.py check <dir>`), with the base
+/// it adapts and the logits burn-lora computes, into `target/tmp/peft-export`.
+#[test]
+fn export_adapter_for_peft_check() {
+    let device = Device::default();
+    let fixtures = Path::new(FIXTURES).join("peft_tiny");
+    let base = Tiny::from_torch(&fixtures.join("base.safetensors"), &device);
+    let config = LoraConfig::new()
+        .with_rank(2)
+        .with_alpha(6.0)
+        .with_modules_to_save(vec!["head".into()]);
+    device.seed(21);
+    let mut model = perturb(apply_lora(base, &config).unwrap(), false, &device);
+    let head = Tensor::random([8, 2], Distribution::Normal(0.0, 1.0), &device);
+    model.head.weight = Param::from_tensor(head);
+
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("peft-export");
+    let _ = fs::remove_dir_all(&out_dir);
+    save_adapter(&model, out_dir.join("adapter")).unwrap();
+    fs::copy(
+        fixtures.join("base.safetensors"),
+        out_dir.join("base.safetensors"),
+    )
+    .unwrap();
+    let x = Tensor::<2>::random([4, 8], Distribution::Normal(0.0, 1.0), &device);
+    let out = model.forward(x.clone());
+    let to_bytes = |t: Tensor<2>| -> (Vec<usize>, Vec<u8>) {
+        let data = t.into_data();
+        let bytes = data
+            .try_to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        (data.shape().to_vec(), bytes)
+    };
+    let (x_shape, x_bytes) = to_bytes(x);
+    let (out_shape, out_bytes) = to_bytes(out.clone());
+    let view = |shape, bytes| {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, bytes).unwrap()
+    };
+    let io = vec![
+        ("x", view(x_shape, &x_bytes)),
+        ("out", view(out_shape, &out_bytes)),
+    ];
+    fs::write(
+        out_dir.join("io.safetensors"),
+        safetensors::serialize(io, None).unwrap(),
+    )
+    .unwrap();
+
+    // The export reloads here too, so a broken file fails this test before Python sees it.
+    let reloaded = load_adapter(
+        Tiny::from_torch(&fixtures.join("base.safetensors"), &device),
+        out_dir.join("adapter"),
+    )
+    .unwrap();
+    let x = Tensor::<2>::from_data(
+        read(
+            &SafeTensors::deserialize(&fs::read(out_dir.join("io.safetensors")).unwrap()).unwrap(),
+            "x",
+        ),
+        &device,
+    );
+    assert_close(
+        "reloaded export",
+        reloaded.forward(x).into_data(),
+        out.into_data(),
+    );
+}
