@@ -46,7 +46,7 @@ fn train_step(forward: impl Fn(Tensor<2>) -> Tensor<2>, x: &Tensor<2>) {
 
 fn bench(c: &mut Criterion) {
     // The allocator setting every example uses (buffers reused rather than freshly mapped).
-    burn_lora::memory::retain_freed_memory();
+    burn_lora_demo::memory::retain_freed_memory();
     let device = Device::default();
     let train = device.clone().autodiff();
     let mut group = c.benchmark_group("linear");

@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use burn::tensor::Device;
-use burn_lora::bench::{Case, CaseResult, Sizes, run_case};
+use burn_lora_demo::bench::{Case, CaseResult, Sizes, run_case};
 
-use burn_lora::train::default_replicas;
-use burn_lora::train::sentiment::peak_rss;
+use burn_lora_demo::train::default_replicas;
+use burn_lora_demo::train::sentiment::peak_rss;
 use clap::Parser;
 
 /// Step timings of a GPT-shaped classifier, one case per process.
@@ -305,7 +305,7 @@ fn scaling(args: &Args) -> Result<(), String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     if !args.malloc_defaults {
-        burn_lora::memory::retain_freed_memory();
+        burn_lora_demo::memory::retain_freed_memory();
     }
     let result = match &args.case {
         Some(name) => child(&args, name),

@@ -15,10 +15,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::Device;
-use burn_lora::Error;
-use burn_lora::data::SentimentDataset;
-use burn_lora::model::{Gpt, Sampling, continuation_nll, generate, top_next};
-use burn_lora::tokenizer::BpeTokenizer;
+use burn_lora_demo::Error;
+use burn_lora_demo::data::SentimentDataset;
+use burn_lora_demo::model::{Gpt, Sampling, continuation_nll, generate, top_next};
+use burn_lora_demo::tokenizer::BpeTokenizer;
 use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::StdRng;

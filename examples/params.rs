@@ -6,25 +6,23 @@
 //! cargo run --release --example params -- --rank 16 --targets all-linear
 //! ```
 //!
-//! It is also the pattern for adding LoRA to your own model: declare the layers that may
-//! be adapted as `AdaptableLinear` and say where they are with `MapLinears`.
+//! The model is plain Burn layers; `apply_lora` needs no code in it (see
+//! `examples/custom_model.rs` for training, saving and merging such a model).
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::Device;
-use burn_lora::{
-    AdaptableLinear, Error, LinearFn, LoraConfig, MapLinears, apply_lora, join_path, param_report,
-};
+use burn_lora::{LoraConfig, apply_lora, param_report};
 
 /// One encoder block's weights: attention projections, an MLP, two norms.
 #[derive(Module, Debug)]
 struct Block {
-    query: AdaptableLinear,
-    key: AdaptableLinear,
-    value: AdaptableLinear,
-    out: AdaptableLinear,
-    fc_in: AdaptableLinear,
-    fc_out: AdaptableLinear,
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    out: Linear,
+    fc_in: Linear,
+    fc_out: Linear,
     norm1: LayerNorm,
     norm2: LayerNorm,
 }
@@ -39,7 +37,7 @@ struct Encoder {
 
 impl Block {
     fn new(d_model: usize, d_ff: usize, device: &Device) -> Self {
-        let linear = |d_in, d_out| AdaptableLinear::new(d_in, d_out, device);
+        let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
         Block {
             query: linear(d_model, d_model),
             key: linear(d_model, d_model),
@@ -50,30 +48,6 @@ impl Block {
             norm1: LayerNormConfig::new(d_model).init(device),
             norm2: LayerNormConfig::new(d_model).init(device),
         }
-    }
-}
-
-impl MapLinears for Block {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        let mut map = |layer: AdaptableLinear, name| layer.map_linears(&join_path(path, name), f);
-        Ok(Block {
-            query: map(self.query, "query")?,
-            key: map(self.key, "key")?,
-            value: map(self.value, "value")?,
-            out: map(self.out, "out")?,
-            fc_in: map(self.fc_in, "fc_in")?,
-            fc_out: map(self.fc_out, "fc_out")?,
-            ..self
-        })
-    }
-}
-
-impl MapLinears for Encoder {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        Ok(Encoder {
-            blocks: self.blocks.map_linears(&join_path(path, "blocks"), f)?,
-            ..self
-        })
     }
 }
 

@@ -13,15 +13,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::Device;
-use burn_lora::data::{Example, SentimentDataset};
-use burn_lora::model::bert::BertHead;
-use burn_lora::model::{Classifier, Pooling};
-use burn_lora::tokenizer::TextEncoder;
-use burn_lora::train::sentiment::{
+use burn_lora::merge_lora;
+use burn_lora_demo::Error;
+use burn_lora_demo::data::{Example, SentimentDataset};
+use burn_lora_demo::model::bert::BertHead;
+use burn_lora_demo::model::{Classifier, Pooling};
+use burn_lora_demo::tokenizer::TextEncoder;
+use burn_lora_demo::train::sentiment::{
     BaseModel, DEFAULT_BASE, Loaded, Trained, load_classifier, parse_pooling,
 };
-use burn_lora::train::{encode_dataset, predict};
-use burn_lora::{Error, merge_lora};
+use burn_lora_demo::train::{encode_dataset, predict};
 use clap::Parser;
 
 /// Sentiment of each text: label (0 negative, 1 positive) and probabilities.
@@ -131,7 +132,7 @@ fn classify<C: Classifier>(
 }
 
 fn main() -> ExitCode {
-    burn_lora::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
+    burn_lora_demo::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::Device;
-use burn_lora::train::{PretrainOptions, pretrain};
+use burn_lora_demo::train::{PretrainOptions, pretrain};
 use clap::Parser;
 
 /// Self-supervised pre-training of a small GPT on the unlabelled text of the training splits.
@@ -60,7 +60,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    burn_lora::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
+    burn_lora_demo::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
     let args = Args::parse();
     if args.batch_size == 0 || args.seq_len == 0 {
         eprintln!("error: --batch-size and --seq-len must be at least 1");

@@ -13,12 +13,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::Device;
-use burn_lora::model::bert::BertHead;
-use burn_lora::train::sentiment::{
+use burn_lora::LoraConfig;
+use burn_lora_demo::Error;
+use burn_lora_demo::model::bert::BertHead;
+use burn_lora_demo::train::sentiment::{
     BaseModel, DEFAULT_BASE, JobDefaults, SentimentOptions, parse_pooling, run_sentiment,
 };
-use burn_lora::train::{FinetuneMode, default_replicas};
-use burn_lora::{Error, LoraConfig};
+use burn_lora_demo::train::{FinetuneMode, default_replicas};
 use clap::Parser;
 
 /// Full fine-tuning vs LoRA vs head-only on real sentiment data.
@@ -154,7 +155,7 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
 }
 
 fn main() -> ExitCode {
-    burn_lora::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
+    burn_lora_demo::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
     let result = options(Args::parse()).and_then(|options| {
         let (metrics, table) = run_sentiment(&options, &Device::default())?;
         println!(

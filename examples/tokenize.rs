@@ -7,9 +7,9 @@
 
 use std::process::ExitCode;
 
-use burn_lora::tokenizer::BpeTokenizer;
+use burn_lora_demo::tokenizer::BpeTokenizer;
 
-fn show(tokenizer: &BpeTokenizer, text: &str) -> Result<(), burn_lora::Error> {
+fn show(tokenizer: &BpeTokenizer, text: &str) -> Result<(), burn_lora_demo::Error> {
     let ids = tokenizer.encode(text)?;
     println!(
         "\n{text:?}: {} characters, {} bytes, {} tokens",

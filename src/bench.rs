@@ -10,10 +10,9 @@ use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::Error;
-use crate::lora::adaptable::{apply_lora, merge_lora};
-use crate::lora::config::LoraConfig;
-use crate::lora::report::param_report;
-use crate::model::{GptClassifier, GptConfig};
+use burn_lora::{LoraConfig, apply_lora, merge_lora, param_report};
+
+use crate::model::{Classifier, GptClassifier, GptConfig};
 use crate::train::parallel::{PartOutput, parallel_grads};
 
 /// What one case measures.
@@ -147,8 +146,10 @@ pub fn run_case(
     };
     device.seed(0);
     let model = GptClassifier::new(config.init(&device), 2, &device);
+    let excludes = model.lora_excludes();
     let lora = |targets: &[&str]| {
         LoraConfig::new()
+            .with_exclude_modules(excludes.clone())
             .with_rank(sizes.rank)
             .with_alpha(2.0 * sizes.rank as f64)
             .with_target_modules(targets.iter().map(|t| t.to_string()).collect())
@@ -159,14 +160,14 @@ pub fn run_case(
         Case::Full | Case::InferBase => model,
         Case::FloorQv => model
             .no_grad()
-            .set_require_grad_group(group(r"\.(query|value)\.Base\.bias$|^head\.")?, true),
+            .set_require_grad_group(group(r"\.(query|value)\.bias$|^head\.")?, true),
         Case::LoraQv | Case::InferLoraUnmerged => apply_lora(model, &lora(&["query", "value"]))?,
         Case::InferLoraMerged => merge_lora(apply_lora(model, &lora(&["query", "value"]))?)?,
         Case::LoraAll => apply_lora(model, &lora(&["all-linear"]))?,
         Case::BurnApplyLoraQv => model
             .apply_lora(
                 Lora::new(sizes.rank, 2.0 * sizes.rank as f64)
-                    .set_param_group(group(r"\.(query|value)\.Base\.weight$")?),
+                    .set_param_group(group(r"\.(query|value)\.weight$")?),
             )
             .set_require_grad_group(group(r"^head\.")?, true),
     };
@@ -235,12 +236,8 @@ pub fn run_case(
     times.sort_by(f64::total_cmp);
     let adapter_bytes = match case {
         Case::LoraQv | Case::LoraAll => {
-            let targets: &[&str] = match case {
-                Case::LoraQv => &["query", "value"],
-                _ => &["all-linear"],
-            };
             let dir = std::env::temp_dir().join(format!("burn-lora-bench-{}", std::process::id()));
-            crate::lora::peft::save_adapter(&model, &lora(targets), &dir)?;
+            burn_lora::save_adapter(&model, &dir)?;
             let bytes = std::fs::read_dir(&dir)
                 .map_err(|e| Error::io(&dir, e))?
                 .filter_map(|entry| entry.ok()?.metadata().ok())

@@ -1,64 +1,17 @@
-//! The crate's one error type.
+//! The demonstration's error type: its own files (datasets, tokenizers, checkpoints,
+//! configs), its command lines and its training, plus every [`burn_lora::Error`].
 //!
-//! Every fallible function returns [`Error`]. Each variant names the file, key, field
-//! or shape that was wrong, so a user's bad input never panics the program.
+//! Each variant names the file, line, field or shape that was wrong, so a user's bad input
+//! never panics the program.
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong in burn-lora.
+/// Everything that can go wrong in the demonstration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The LoRA rank was zero.
-    #[error("invalid LoRA config: rank (PEFT `r`) must be at least 1, got 0")]
-    ZeroRank,
-    /// The LoRA rank exceeds what the layer can hold.
-    #[error(
-        "invalid LoRA config: rank {rank} is larger than min(d_in, d_out) = min({d_in}, {d_out}) for layer `{layer}`"
-    )]
-    RankTooLarge {
-        /// The requested rank.
-        rank: usize,
-        /// The layer's input width.
-        d_in: usize,
-        /// The layer's output width.
-        d_out: usize,
-        /// The layer's module path (empty for a stand-alone layer).
-        layer: String,
-    },
-    /// `alpha` was not a finite positive number.
-    #[error("invalid LoRA config: alpha (PEFT `lora_alpha`) must be finite and > 0, got {0}")]
-    InvalidAlpha(f64),
-    /// Dropout outside `[0, 1)`.
-    #[error("invalid LoRA config: dropout (PEFT `lora_dropout`) must be in [0, 1), got {0}")]
-    InvalidDropout(f64),
-    /// A regex target could not be compiled.
-    #[error("invalid LoRA config: target regex `{pattern}` does not compile: {message}")]
-    InvalidTargetRegex {
-        /// The pattern as given.
-        pattern: String,
-        /// The regex compiler's message.
-        message: String,
-    },
-    /// A requested target module name matched no adaptable linear in the model.
-    #[error("target module `{name}` matches no linear layer; available: {}", available.join(", "))]
-    UnknownTarget {
-        /// The name that matched nothing.
-        name: String,
-        /// Every adaptable linear path in the model.
-        available: Vec<String>,
-    },
-    /// A module to save matched no module in the model.
-    #[error("module to save `{name}` matches no parameter in the model")]
-    UnknownModuleToSave {
-        /// The name that matched nothing.
-        name: String,
-    },
-    /// An adapter factor or merged weight held NaN or infinity.
-    #[error("refusing to merge layer `{layer}`: its LoRA factors contain NaN or infinite values")]
-    NonFinite {
-        /// The layer's module path (empty for a stand-alone layer).
-        layer: String,
-    },
+    /// A LoRA error: a config, a model's targets, an adapter's files.
+    #[error(transparent)]
+    Lora(#[from] burn_lora::Error),
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -67,14 +20,6 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A safetensors file could not be parsed (corrupt or truncated) or written.
-    #[error("{}: not a valid safetensors file: {message}", path.display())]
-    Safetensors {
-        /// The file.
-        path: PathBuf,
-        /// What the parser said.
-        message: String,
-    },
     /// A JSON file could not be parsed, or lacks a required key.
     #[error("{}: {message}", path.display())]
     Json {
@@ -82,65 +27,6 @@ pub enum Error {
         path: PathBuf,
         /// What was wrong.
         message: String,
-    },
-    /// The adapter config describes another kind of adapter.
-    #[error("{}: peft_type is `{found}`, but burn-lora reads only `LORA` adapters", path.display())]
-    WrongPeftType {
-        /// The `adapter_config.json` file.
-        path: PathBuf,
-        /// The `peft_type` it declares.
-        found: String,
-    },
-    /// A tensor the model needs is absent from the adapter file.
-    #[error("{}: missing tensor `{key}`", path.display())]
-    MissingKey {
-        /// The safetensors file.
-        path: PathBuf,
-        /// The missing key.
-        key: String,
-    },
-    /// The adapter file holds a tensor that no part of the model takes.
-    #[error("{}: tensor `{key}` matches nothing in the model (adapter trained for another base?)", path.display())]
-    UnexpectedKey {
-        /// The safetensors file.
-        path: PathBuf,
-        /// The key nothing took.
-        key: String,
-    },
-    /// A tensor had the wrong shape.
-    #[error("shape mismatch for `{key}`: expected {expected:?}, found {found:?}")]
-    ShapeMismatch {
-        /// The tensor's key or module path.
-        key: String,
-        /// The shape the model needs.
-        expected: Vec<usize>,
-        /// The shape that was given.
-        found: Vec<usize>,
-    },
-    /// An adapter file's tensor does not fit the model it is loaded into.
-    #[error(
-        "{}: `{key}` has shape {found:?}, but this base with the adapter's config needs {expected:?}; the adapter was trained for another base, or its rank differs from adapter_config.json's `r`",
-        path.display()
-    )]
-    AdapterShape {
-        /// The weights file.
-        path: PathBuf,
-        /// The tensor's key.
-        key: String,
-        /// The shape the base and config need (PyTorch layout).
-        expected: Vec<usize>,
-        /// The shape in the file.
-        found: Vec<usize>,
-    },
-    /// A tensor was stored in a dtype burn-lora does not read.
-    #[error("{}: tensor `{key}` has dtype {dtype}, expected F32", path.display())]
-    UnsupportedDtype {
-        /// The safetensors file.
-        path: PathBuf,
-        /// The tensor's key.
-        key: String,
-        /// The dtype found.
-        dtype: String,
     },
     /// A tokenizer could not be trained, read or written.
     #[error("tokenizer {}: {message}", path.display())]
@@ -167,14 +53,6 @@ pub enum Error {
         path: PathBuf,
         /// What was wrong with it.
         message: String,
-    },
-    /// An `adapter_config.json` holds an invalid value (rank 0, a dropout of 5, ...).
-    #[error("{}: {source}", path.display())]
-    AdapterConfig {
-        /// The config file.
-        path: PathBuf,
-        /// What is wrong with it ([`Error::ZeroRank`], [`Error::InvalidDropout`], ...).
-        source: Box<Error>,
     },
     /// A model `config.json` describes an architecture this crate does not implement.
     #[error("{}: unsupported {found}; burn-lora loads BERT checkpoints (model_type `bert`)", path.display())]

@@ -1,7 +1,7 @@
-//! # burn-lora
+//! # burn-lora-demo
 //!
-//! LoRA (low-rank adaptation) for [Burn](https://burn.dev), and a runnable walk through how
-//! LLM fine-tuning works, from tokens to a fine-tuned classifier.
+//! A runnable walk through how LLM fine-tuning works, from tokens to a fine-tuned
+//! classifier, built on the [`burn_lora`] library (LoRA for any Burn model).
 //!
 //! A LoRA layer keeps a pre-trained linear layer frozen and adds a trainable low-rank branch
 //! inside it: `h = x·W + b + (alpha/r)·dropout(x)·A·B`, with `A` `[d_in, r]`, `B`
@@ -22,7 +22,7 @@
 //! | token / byte-level BPE | [`tokenizer::BpeTokenizer`], `--example tokenize` |
 //! | in-context learning, chain of thought | need billions of parameters; not shown. [`model::continuation_nll`] measures the ingredient a small model has: using its context |
 //! | Transformer | [`model::Gpt`], [`model::Block`], [`model::CausalSelfAttention`] |
-//! | LoRA | [`LoraLinear`], [`apply_lora`], [`save_adapter`], `--example params` |
+//! | LoRA | [`burn_lora::apply_lora`], [`burn_lora::nn::Linear`], [`burn_lora::save_adapter`], `--example custom_model`, `--example params` |
 //!
 //! LoRA is not "new layers on top of a frozen model": that is head-only training
 //! ([`train::FinetuneMode::HeadOnly`]). LoRA adds `(alpha/r)·x·A·B` inside existing
@@ -55,7 +55,7 @@
 pub mod bench;
 pub mod data;
 mod error;
-pub mod lora;
+pub mod io;
 pub mod memory;
 pub mod model;
 pub mod tokenizer;
@@ -67,13 +67,3 @@ pub use error::Error;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-pub use lora::adaptable::{
-    AdaptableLinear, LinearFn, MapLinears, apply_lora, join_path, linear_paths, merge_lora,
-    set_adapters_enabled, set_lora_trainable,
-};
-pub use lora::config::{LoraConfig, LoraInit};
-pub use lora::linear::LoraLinear;
-pub use lora::peft::{
-    load_adapter, load_adapter_weights, parse_adapter_config, read_adapter_config, save_adapter,
-};
-pub use lora::report::{ParamReport, ParamRow, param_report};

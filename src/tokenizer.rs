@@ -7,7 +7,7 @@
 //! may stay as several byte tokens.
 //!
 //! ```
-//! use burn_lora::tokenizer::{train_tokenizer, SPECIAL_TOKENS};
+//! use burn_lora_demo::tokenizer::{train_tokenizer, SPECIAL_TOKENS};
 //!
 //! let corpus = ["the movie was good", "the movie was bad", "好电影"].map(String::from);
 //! let tokenizer = train_tokenizer(&corpus, 300, &SPECIAL_TOKENS).unwrap();
@@ -141,7 +141,7 @@ impl BpeTokenizer {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        crate::lora::peft::write_atomic(path, json.as_bytes())
+        crate::io::write_atomic(path, json.as_bytes())
     }
 
     /// The token ids of `text`, without special tokens.

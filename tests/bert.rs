@@ -8,9 +8,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use burn_lora::lora::adaptable::{AdaptableLinear, MapLinears};
-use burn_lora::model::bert::{Bert, BertClassifier, BertConfig, BertHead};
-use burn_lora::{Error, load_adapter, save_adapter};
+use burn_lora::{adapters, load_adapter_with, save_adapter_with};
+use burn_lora_demo::Error;
+use burn_lora_demo::model::Classifier;
+use burn_lora_demo::model::bert::{Bert, BertClassifier, BertConfig, BertHead};
+use burn_lora_demo::train::FinetuneMode;
 use common::{assert_close_within, read, scratch};
 
 /// transformers' float32 results are matched to 1e-4.
@@ -110,7 +112,9 @@ fn classifier(device: &Device) -> BertClassifier {
 #[test]
 fn peft_seq_cls_adapter_gives_peft_logits_and_round_trips() {
     let device = Device::default();
-    let model = load_adapter(&classifier(&device), fixture().join("peft_adapter")).unwrap();
+    let names = BertClassifier::peft_options();
+    let model =
+        load_adapter_with(classifier(&device), fixture().join("peft_adapter"), &names).unwrap();
     let g = golden();
     let (tokens, padding) = inputs(&g, &device);
     let logits = model.forward(tokens.clone(), padding.clone());
@@ -121,8 +125,11 @@ fn peft_seq_cls_adapter_gives_peft_logits_and_round_trips() {
     let config = burn_lora::read_adapter_config(fixture().join("peft_adapter")).unwrap();
     assert_eq!(config.rank, 4);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bert-export");
-    save_adapter(&model, &config, &dir).unwrap();
-    let again = load_adapter(&classifier(&device), &dir).unwrap();
+    save_adapter_with(&model, &dir, &names).unwrap();
+    let saved = burn_lora::read_adapter_config(&dir).unwrap();
+    assert_eq!(saved.target_modules, ["query", "value"]);
+    assert_eq!(saved.modules_to_save, ["classifier"]);
+    let again = load_adapter_with(classifier(&device), &dir, &names).unwrap();
     let logits_again = again.forward(tokens, padding);
     assert_close("reloaded", logits_again.into_data(), g.logits);
     let values: Vec<f32> = logits.into_data().try_to_vec().unwrap();
@@ -283,7 +290,7 @@ fn a_checkpoint_without_pooler_says_so_and_keys_may_carry_the_bert_prefix() {
 
 #[test]
 fn hf_tokenizer_ignores_the_files_padding_and_truncation() {
-    use burn_lora::tokenizer::{HfTokenizer, TextEncoder};
+    use burn_lora_demo::tokenizer::{HfTokenizer, TextEncoder};
     let mut json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(fixture().join("tokenizer.json")).unwrap())
             .unwrap();
@@ -379,9 +386,8 @@ fn a_float16_checkpoint_computes_in_float32_and_every_weight_trains() {
     assert!(embeddings.word_embeddings.weight.grad(&grads).is_some());
     assert!(embeddings.layer_norm.gamma.grad(&grads).is_some());
     for layer in &model.bert.encoder.layer {
-        let AdaptableLinear::Base(query) = &layer.attention.self_.query else {
-            panic!("a plain layer")
-        };
+        let query = &layer.attention.self_.query;
+        assert!(query.adapter().is_none(), "a plain layer");
         assert!(query.weight.grad(&grads).is_some(), "query weight gradient");
     }
 }
@@ -395,19 +401,12 @@ fn all_linear_adapts_the_pooler_only_for_the_pooler_head() {
     let (config, bert, _) = Bert::load(&fixture(), &device).unwrap();
     let lora = burn_lora::LoraConfig::new()
         .with_rank(2)
-        .with_target_modules(vec!["all-linear".into()]);
+        .with_target_modules(vec!["all-linear".into()])
+        .with_modules_to_save(vec!["classifier".into()]);
     let adapted = |head| {
         let model = BertClassifier::new(bert.clone(), &config, 2, head, &device);
-        let model = burn_lora::apply_lora(model, &lora).unwrap();
-        let mut paths = Vec::new();
-        model
-            .map_linears("", &mut |path, layer| {
-                if matches!(layer, AdaptableLinear::Lora(_)) {
-                    paths.push(path.to_string());
-                }
-                Ok(layer)
-            })
-            .unwrap();
+        let model = FinetuneMode::Lora(lora.clone()).prepare(model).unwrap();
+        let paths: Vec<String> = adapters(&model).into_iter().map(|(s, _)| s.path).collect();
         paths
     };
     let pooler = adapted(BertHead::Pooler);
@@ -418,6 +417,7 @@ fn all_linear_adapts_the_pooler_only_for_the_pooler_head() {
         mean.iter().all(|p| p.starts_with("bert.encoder.layer.")),
         "{mean:?}"
     );
+    assert_eq!(mean[0], "bert.encoder.layer.0.attention.self_.query");
     assert_eq!(pooler.len(), 13, "{pooler:?}");
     assert_eq!(pooler.last().unwrap(), "bert.pooler.dense");
 }

@@ -4,7 +4,7 @@
 
 use burn::nn::DropoutConfig;
 use burn::tensor::{Device, Tensor};
-use burn_lora::model::dropout;
+use burn_lora_demo::model::dropout;
 
 #[test]
 fn keeps_the_right_fraction_scaled_and_only_in_training() {

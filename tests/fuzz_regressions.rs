@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn_lora::parse_adapter_config;
-use burn_lora::tokenizer::{BpeTokenizer, HfTokenizer};
+use burn_lora_demo::tokenizer::{BpeTokenizer, HfTokenizer};
 
 fn input(name: &str) -> (PathBuf, Vec<u8>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

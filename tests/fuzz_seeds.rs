@@ -12,10 +12,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use burn_lora::data::SentimentDataset;
-use burn_lora::model::{GptClassifier, GptConfig, parse_config};
-use burn_lora::tokenizer::BpeTokenizer;
 use burn_lora::{LoraConfig, apply_lora, load_adapter_weights, parse_adapter_config, save_adapter};
+use burn_lora_demo::data::SentimentDataset;
+use burn_lora_demo::model::{GptClassifier, GptConfig, parse_config};
+use burn_lora_demo::tokenizer::BpeTokenizer;
 
 fn seeds(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -55,7 +55,7 @@ fn adapter_seed_loads_into_the_fuzz_model() {
             .with_modules_to_save(vec!["head".into()]);
         let model = apply_lora(fuzz_model(), &config).unwrap();
         let dir = common::scratch("fuzz_seeds", "adapter");
-        save_adapter(&model, &config, &dir).unwrap();
+        save_adapter(&model, &dir).unwrap();
         let json = fs::read(dir.join("adapter_config.json")).unwrap();
         let weights = fs::read(dir.join("adapter_model.safetensors")).unwrap();
         let mut seed = u16::try_from(json.len()).unwrap().to_le_bytes().to_vec();
@@ -67,7 +67,7 @@ fn adapter_seed_loads_into_the_fuzz_model() {
     let (json, weights) = split(&seed);
     let config = parse_adapter_config(json, Path::new("adapter_config.json")).unwrap();
     assert_eq!(config.rank, 2);
-    load_adapter_weights(&fuzz_model(), &config, weights, &path).unwrap();
+    load_adapter_weights(fuzz_model(), &config, weights, &path).unwrap();
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use burn_lora::Error;
-use burn_lora::model::{Gpt, GptConfig, attention_bias};
+use burn_lora_demo::Error;
+use burn_lora_demo::model::{Gpt, GptConfig, attention_bias};
 
 fn config() -> GptConfig {
     GptConfig::new(50)
@@ -227,7 +227,7 @@ fn corrupt_or_missing_weights_are_a_typed_error() {
 
 #[test]
 fn generation_is_autoregressive_and_top1_sampling_is_greedy() {
-    use burn_lora::model::{Sampling, generate};
+    use burn_lora_demo::model::{Sampling, generate};
     use rand::SeedableRng;
     let device = Device::default();
     let model = model(&device);

@@ -8,8 +8,10 @@ mod common;
 use std::fs;
 
 use burn::tensor::{Device, TensorData};
-use burn_lora::train::FinetuneMode;
-use burn_lora::train::sentiment::{BaseModel, Loaded, Trained, load_classifier, run_sentiment};
+use burn_lora_demo::train::FinetuneMode;
+use burn_lora_demo::train::sentiment::{
+    BaseModel, Loaded, Trained, load_classifier, run_sentiment,
+};
 use common::{param_values, scratch, tiny_job, tiny_lora};
 
 #[test]

@@ -8,12 +8,13 @@ use std::fs;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use burn_lora::data::SentimentDataset;
-use burn_lora::model::bert::BertHead;
-use burn_lora::model::{GptClassifier, Pooling};
-use burn_lora::train::sentiment::{BaseModel, run_sentiment};
-use burn_lora::train::{FinetuneMode, FinetuneOptions, encode_dataset, finetune};
-use burn_lora::{Error, LoraConfig, param_report};
+use burn_lora::{LoraConfig, param_report};
+use burn_lora_demo::Error;
+use burn_lora_demo::data::SentimentDataset;
+use burn_lora_demo::model::bert::BertHead;
+use burn_lora_demo::model::{GptClassifier, Pooling};
+use burn_lora_demo::train::sentiment::{BaseModel, run_sentiment};
+use burn_lora_demo::train::{FinetuneMode, FinetuneOptions, encode_dataset, finetune};
 
 #[test]
 fn every_mode_runs_and_metrics_json_has_the_schema() {
@@ -91,7 +92,7 @@ fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
     let dir = scratch("sentiment_job", "lora_base");
     let options = tiny_job(&dir, vec![]);
     let device = Device::default().autodiff();
-    let (_, gpt) = burn_lora::model::Gpt::load(&dir, "model.bpk", &device).unwrap();
+    let (_, gpt) = burn_lora_demo::model::Gpt::load(&dir, "model.bpk", &device).unwrap();
     let base_before = param_values(&gpt.clone().valid());
     let model = FinetuneMode::Lora(tiny_lora())
         .prepare(GptClassifier::new(gpt, 2, &device))
@@ -103,7 +104,8 @@ fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
         "r·(in+out) for query and value, plus the head"
     );
 
-    let tokenizer = burn_lora::tokenizer::BpeTokenizer::load(dir.join("tokenizer.json")).unwrap();
+    let tokenizer =
+        burn_lora_demo::tokenizer::BpeTokenizer::load(dir.join("tokenizer.json")).unwrap();
     let data = SentimentDataset::load(&options.train_file).unwrap();
     let encoded = encode_dataset(&tokenizer, &data, 16).unwrap();
     let finetune_options = FinetuneOptions {

@@ -1,6 +1,6 @@
 //! Byte-level BPE: round trips and the saved format.
 
-use burn_lora::tokenizer::{BpeTokenizer, SPECIAL_TOKENS, train_tokenizer};
+use burn_lora_demo::tokenizer::{BpeTokenizer, SPECIAL_TOKENS, train_tokenizer};
 
 fn tokenizer() -> BpeTokenizer {
     let corpus: Vec<String> = [

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use burn::tensor::Device;
-use burn_lora::model::{GptClassifier, GptConfig};
+use burn_lora_demo::model::{GptClassifier, GptConfig};
 use burn_lora::{LoraConfig, load_adapter_weights, parse_adapter_config};
 use libfuzzer_sys::fuzz_target;
 
@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     if let Err(err) = load_adapter_weights(
-        model(),
+        model().clone(),
         &config,
         weights,
         Path::new("adapter_model.safetensors"),

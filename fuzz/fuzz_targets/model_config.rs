@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use burn_lora::model::{MAX_PARAMS, parse_config};
+use burn_lora_demo::model::{MAX_PARAMS, parse_config};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! the file, never a panic.
 #![no_main]
 
-use burn_lora::data::SentimentDataset;
+use burn_lora_demo::data::SentimentDataset;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! without panicking.
 #![no_main]
 
-use burn_lora::tokenizer::BpeTokenizer;
+use burn_lora_demo::tokenizer::BpeTokenizer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -88,8 +88,8 @@ pub fn class_batch(
 /// [`Pooling::LastToken`], `1/len` over the real tokens for [`Pooling::Mean`].
 ///
 /// ```
-/// use burn_lora::data::pool_weights;
-/// use burn_lora::model::Pooling;
+/// use burn_lora_demo::data::pool_weights;
+/// use burn_lora_demo::model::Pooling;
 ///
 /// let w = pool_weights(&[2, 4], 4, Pooling::LastToken);
 /// assert_eq!(w.try_to_vec::<f32>().unwrap(), [0., 1., 0., 0., 0., 0., 0., 1.]);

@@ -5,8 +5,8 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
-use crate::Error;
-use crate::lora::adaptable::{AdaptableLinear, LinearFn, MapLinears, join_path};
+use burn_lora::nn::{Linear, LinearConfig};
+
 use crate::model::dropout;
 
 /// Self-attention in which each position attends only to itself, earlier positions, and
@@ -15,13 +15,13 @@ use crate::model::dropout;
 #[derive(Module, Debug)]
 pub struct CausalSelfAttention {
     /// Query projection, `[d_model] -> [d_model]`.
-    pub query: AdaptableLinear,
+    pub query: Linear,
     /// Key projection, `[d_model] -> [d_model]`.
-    pub key: AdaptableLinear,
+    pub key: Linear,
     /// Value projection, `[d_model] -> [d_model]`.
-    pub value: AdaptableLinear,
+    pub value: Linear,
     /// Output projection, `[d_model] -> [d_model]`.
-    pub out: AdaptableLinear,
+    pub out: Linear,
     /// Dropout on the attention weights.
     pub dropout: Dropout,
     /// Number of heads; `d_model` must be a multiple of it.
@@ -31,7 +31,7 @@ pub struct CausalSelfAttention {
 impl CausalSelfAttention {
     /// A new layer with random projections.
     pub fn new(d_model: usize, n_heads: usize, dropout: f64, device: &Device) -> Self {
-        let linear = || AdaptableLinear::new(d_model, d_model, device);
+        let linear = || LinearConfig::new(d_model, d_model).init(device);
         Self {
             query: linear(),
             key: linear(),
@@ -67,17 +67,5 @@ impl CausalSelfAttention {
             .swap_dims(1, 2)
             .reshape([batch, seq, d_model]);
         self.out.forward(y)
-    }
-}
-
-impl MapLinears for CausalSelfAttention {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        Ok(Self {
-            query: self.query.map_linears(&join_path(path, "query"), f)?,
-            key: self.key.map_linears(&join_path(path, "key"), f)?,
-            value: self.value.map_linears(&join_path(path, "value"), f)?,
-            out: self.out.map_linears(&join_path(path, "out"), f)?,
-            ..self
-        })
     }
 }

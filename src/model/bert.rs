@@ -5,8 +5,9 @@
 //! Field names follow Hugging Face's `BertModel`, so PEFT's keys and target names work
 //! unchanged: `encoder.layer.0.attention.self.query`, `...attention.output.dense`,
 //! `...intermediate.dense`, `...output.dense`, `pooler.dense`, and `classifier` on
-//! [`BertClassifier`]. (`self` is a Rust keyword, so that field is `self_`, and adapter keys
-//! drop the underscore; `LayerNorm` is `layer_norm`, renamed when loading.)
+//! [`BertClassifier`]. (`self` is a Rust keyword, so that field is `self_`; `LayerNorm` is
+//! `layer_norm`. Checkpoints and adapter files are renamed at the border: see [`Bert::load`]
+//! and [`peft_options`].)
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -22,8 +23,9 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use burn_lora::PeftOptions;
+
 use crate::Error;
-use crate::lora::adaptable::{AdaptableLinear, LinearFn, MapLinears, join_path};
 use crate::model::{dropout, gelu};
 
 /// Architectures whose weights hold a `BertModel` this module can load.
@@ -185,7 +187,7 @@ impl BertConfig {
     /// A model with freshly initialised weights (Hugging Face's scheme: normal with
     /// `initializer_range`, zero biases, unit LayerNorms).
     pub fn init(&self, device: &Device) -> Bert {
-        let linear = |d_in, d_out| AdaptableLinear::Base(self.linear(d_in, d_out, device));
+        let linear = |d_in, d_out| self.linear(d_in, d_out, device).into();
         let norm = || {
             LayerNormConfig::new(self.hidden_size)
                 .with_epsilon(self.layer_norm_eps)
@@ -311,11 +313,11 @@ pub struct BertEmbeddings {
 #[derive(Module, Debug)]
 pub struct BertSelfAttention {
     /// Query projection.
-    pub query: AdaptableLinear,
+    pub query: burn_lora::nn::Linear,
     /// Key projection.
-    pub key: AdaptableLinear,
+    pub key: burn_lora::nn::Linear,
     /// Value projection.
-    pub value: AdaptableLinear,
+    pub value: burn_lora::nn::Linear,
     /// Dropout on the attention weights.
     pub dropout: Dropout,
     /// Number of heads.
@@ -327,7 +329,7 @@ pub struct BertSelfAttention {
 
 pub struct BertAddNorm {
     /// The projection.
-    pub dense: AdaptableLinear,
+    pub dense: burn_lora::nn::Linear,
     /// Hugging Face's `LayerNorm` (renamed when loading).
     pub layer_norm: LayerNorm,
     /// Dropout.
@@ -347,7 +349,7 @@ pub struct BertAttention {
 #[derive(Module, Debug)]
 pub struct BertIntermediate {
     /// `[hidden] -> [intermediate]`, followed by GELU.
-    pub dense: AdaptableLinear,
+    pub dense: burn_lora::nn::Linear,
 }
 
 /// One post-norm encoder layer.
@@ -372,7 +374,7 @@ pub struct BertEncoder {
 #[derive(Module, Debug)]
 pub struct BertPooler {
     /// `[hidden] -> [hidden]`.
-    pub dense: AdaptableLinear,
+    pub dense: burn_lora::nn::Linear,
 }
 
 /// Hugging Face's `BertModel`: embeddings, encoder, pooler.
@@ -534,77 +536,6 @@ impl Bert {
     }
 }
 
-impl MapLinears for BertLayer {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        let attn = join_path(path, "attention");
-        let own = join_path(&attn, "self");
-        let BertAttention { self_, output } = self.attention;
-        Ok(Self {
-            attention: BertAttention {
-                self_: BertSelfAttention {
-                    query: self_.query.map_linears(&join_path(&own, "query"), f)?,
-                    key: self_.key.map_linears(&join_path(&own, "key"), f)?,
-                    value: self_.value.map_linears(&join_path(&own, "value"), f)?,
-                    ..self_
-                },
-                output: BertAddNorm {
-                    dense: output
-                        .dense
-                        .map_linears(&join_path(&attn, "output.dense"), f)?,
-                    ..output
-                },
-            },
-            intermediate: BertIntermediate {
-                dense: self
-                    .intermediate
-                    .dense
-                    .map_linears(&join_path(path, "intermediate.dense"), f)?,
-            },
-            output: BertAddNorm {
-                dense: self
-                    .output
-                    .dense
-                    .map_linears(&join_path(path, "output.dense"), f)?,
-                ..self.output
-            },
-        })
-    }
-}
-
-impl Bert {
-    /// [`MapLinears::map_linears`] over the encoder's linears only, leaving the pooler as it
-    /// is: what [`BertClassifier`] with the mean head uses, which never runs the pooler.
-    pub fn map_encoder_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        let layers = join_path(path, "encoder.layer");
-        let layer = self
-            .encoder
-            .layer
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| l.map_linears(&join_path(&layers, &i.to_string()), f))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            encoder: BertEncoder { layer },
-            ..self
-        })
-    }
-}
-
-impl MapLinears for Bert {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        let bert = self.map_encoder_linears(path, f)?;
-        Ok(Self {
-            pooler: BertPooler {
-                dense: bert
-                    .pooler
-                    .dense
-                    .map_linears(&join_path(path, "pooler.dense"), f)?,
-            },
-            ..bert
-        })
-    }
-}
-
 /// How [`BertClassifier`] turns hidden states into one vector per text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -677,16 +608,12 @@ impl BertClassifier {
     }
 }
 
-/// With the mean head the pooler never runs, so its `dense` is not a LoRA target (an
-/// adapter there would count trainable parameters that never get a gradient); `all-linear`
-/// then adapts the six linears of each encoder layer, as PEFT's runs name them.
-impl MapLinears for BertClassifier {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        let path = join_path(path, "bert");
-        let bert = match self.head {
-            BertHead::Pooler => self.bert.map_linears(&path, f)?,
-            BertHead::Mean => self.bert.map_encoder_linears(&path, f)?,
-        };
-        Ok(Self { bert, ..self })
-    }
+/// How adapter files name a BERT's modules: Hugging Face's `attention.self` (our field is
+/// `self_`, `self` being a Rust keyword) and `LayerNorm` (our `layer_norm`), so PEFT's files
+/// and ours share keys.
+pub fn peft_options() -> PeftOptions {
+    PeftOptions::new()
+        .with_rename(r"\.self_(\.|$)", ".self$1")
+        .and_then(|o| o.with_rename(r"(^|\.)layer_norm(\.|$)", "${1}LayerNorm$2"))
+        .expect("the patterns compile")
 }

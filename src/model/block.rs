@@ -4,8 +4,6 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Tensor};
 
-use crate::Error;
-use crate::lora::adaptable::{LinearFn, MapLinears, join_path};
 use crate::model::dropout;
 use crate::model::{CausalSelfAttention, Mlp};
 
@@ -48,15 +46,5 @@ impl Block {
                 self.attn.forward(self.norm1.forward(x), bias),
             );
         x.clone() + self.mlp.forward(self.norm2.forward(x))
-    }
-}
-
-impl MapLinears for Block {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        Ok(Self {
-            attn: self.attn.map_linears(&join_path(path, "attn"), f)?,
-            mlp: self.mlp.map_linears(&join_path(path, "mlp"), f)?,
-            ..self
-        })
     }
 }

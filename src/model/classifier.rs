@@ -4,17 +4,30 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Bool, Device, Int, Tensor};
 
-use crate::Error;
-use crate::lora::adaptable::{LinearFn, MapLinears, join_path};
+use burn_lora::PeftOptions;
+
 use crate::model::Gpt;
 use crate::model::bert::BertClassifier;
 
 /// A sequence classifier that the fine-tuning loop, [`predict`](crate::train::predict) and
 /// the sentiment job can train and run: [`GptClassifier`] and [`BertClassifier`].
-pub trait Classifier: Module + MapLinears + Clone + core::fmt::Debug {
+pub trait Classifier: Module + Clone + core::fmt::Debug {
     /// The module path of the classification layer: what head-only training trains, and
     /// LoRA saves as a module to save.
     const HEAD: &'static str;
+
+    /// Linears LoRA must leave alone whatever the targets say: layers the forward pass
+    /// never runs (an adapter there would count trainable parameters that never get a
+    /// gradient). Default none.
+    fn lora_excludes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// How adapter files name this model's modules (see [`PeftOptions`]). Default: Burn's
+    /// module paths.
+    fn peft_options() -> PeftOptions {
+        PeftOptions::new()
+    }
 
     /// Class logits `[batch, classes]`. `pool` weights each position, `[batch, seq]` (see
     /// [`pool_weights`](crate::data::pool_weights)); a classifier whose head pools on its
@@ -45,6 +58,11 @@ impl Classifier for GptClassifier {
     fn head_layer(&self) -> &Linear {
         &self.head
     }
+
+    /// The language-model head never runs in classification.
+    fn lora_excludes(&self) -> Vec<String> {
+        vec!["gpt.lm_head".into()]
+    }
 }
 
 impl Classifier for BertClassifier {
@@ -61,6 +79,22 @@ impl Classifier for BertClassifier {
 
     fn head_layer(&self) -> &Linear {
         &self.classifier
+    }
+
+    /// With the mean head the pooler never runs, so its `dense` is no LoRA target:
+    /// `all-linear` then adapts the six linears of each encoder layer, as PEFT's runs name
+    /// them.
+    fn lora_excludes(&self) -> Vec<String> {
+        match self.head {
+            crate::model::bert::BertHead::Mean => vec!["bert.pooler".into()],
+            crate::model::bert::BertHead::Pooler => Vec::new(),
+        }
+    }
+
+    /// Hugging Face's names: `attention.self` (our field is `self_`, `self` being a Rust
+    /// keyword) and `LayerNorm`.
+    fn peft_options() -> PeftOptions {
+        crate::model::bert::peft_options()
     }
 }
 
@@ -109,15 +143,6 @@ impl GptClassifier {
     ) -> Tensor<2> {
         let hidden = self.gpt.hidden(tokens, padding); // [batch, seq, d_model]
         self.head.forward(weighted_pool(hidden, pool))
-    }
-}
-
-impl MapLinears for GptClassifier {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        Ok(Self {
-            gpt: self.gpt.map_linears(&join_path(path, "gpt"), f)?,
-            ..self
-        })
     }
 }
 

@@ -45,7 +45,7 @@ fn exp_nonpositive(x: f32) -> f32 {
 /// relative error of `Φ` grows in the far left tail, where `x·Φ(x)` is below 1e-8).
 ///
 /// ```
-/// use burn_lora::model::normal_cdf_pdf;
+/// use burn_lora_demo::model::normal_cdf_pdf;
 ///
 /// let (cdf, pdf) = normal_cdf_pdf(1.0);
 /// assert!((cdf - 0.841_344_7).abs() < 1e-6);

@@ -13,7 +13,6 @@ use burn::nn::{
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::Error;
-use crate::lora::adaptable::{LinearFn, MapLinears, join_path};
 use crate::model::Block;
 use crate::model::dropout;
 
@@ -229,7 +228,7 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<GptConfig, Error> {
 
 /// Writes any module's weights as burnpack, through a temporary file and a rename.
 pub(crate) fn save_module<M: Module>(module: M, path: &Path) -> Result<(), Error> {
-    let tmp = crate::lora::peft::temp_path(path);
+    let tmp = burn_lora::io::temp_path(path);
     module.save_file(&tmp).map_err(|e| Error::Checkpoint {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -267,13 +266,4 @@ pub fn attention_bias(padding: Tensor<2, Bool>) -> Tensor<4> {
     let causal = future.float().reshape([1, 1, seq, seq]);
     let pad = padding.float().reshape([batch, 1, 1, seq]);
     (causal + pad).clamp_max(1.0).mul_scalar(-1e9)
-}
-
-impl MapLinears for Gpt {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        Ok(Self {
-            blocks: self.blocks.map_linears(&join_path(path, "blocks"), f)?,
-            ..self
-        })
-    }
 }

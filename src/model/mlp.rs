@@ -4,17 +4,17 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Device, Tensor};
 
-use crate::Error;
-use crate::lora::adaptable::{AdaptableLinear, LinearFn, MapLinears, join_path};
+use burn_lora::nn::{Linear, LinearConfig};
+
 use crate::model::{dropout, gelu};
 
 /// `fc_out(gelu(fc_in(x)))`, then dropout.
 #[derive(Module, Debug)]
 pub struct Mlp {
     /// Expansion, `[d_model] -> [d_ff]`.
-    pub fc_in: AdaptableLinear,
+    pub fc_in: Linear,
     /// Projection back, `[d_ff] -> [d_model]`.
-    pub fc_out: AdaptableLinear,
+    pub fc_out: Linear,
     /// Residual dropout.
     pub dropout: Dropout,
 }
@@ -23,8 +23,8 @@ impl Mlp {
     /// A new MLP with random weights.
     pub fn new(d_model: usize, d_ff: usize, dropout: f64, device: &Device) -> Self {
         Self {
-            fc_in: AdaptableLinear::new(d_model, d_ff, device),
-            fc_out: AdaptableLinear::new(d_ff, d_model, device),
+            fc_in: LinearConfig::new(d_model, d_ff).init(device),
+            fc_out: LinearConfig::new(d_ff, d_model).init(device),
             dropout: DropoutConfig::new(dropout).init(),
         }
     }
@@ -36,15 +36,5 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = gelu(self.fc_in.forward(x)); // [batch, seq, d_ff]
         dropout(&self.dropout, self.fc_out.forward(h))
-    }
-}
-
-impl MapLinears for Mlp {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        Ok(Self {
-            fc_in: self.fc_in.map_linears(&join_path(path, "fc_in"), f)?,
-            fc_out: self.fc_out.map_linears(&join_path(path, "fc_out"), f)?,
-            ..self
-        })
     }
 }

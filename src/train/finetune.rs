@@ -13,8 +13,8 @@ use rand::seq::SliceRandom;
 
 use crate::Error;
 use crate::data::{SentimentDataset, class_batch};
-use crate::lora::adaptable::{apply_lora, set_lora_trainable};
-use crate::lora::config::LoraConfig;
+use burn_lora::{LoraConfig, apply_lora, set_lora_trainable};
+
 use crate::model::{Classifier, Pooling};
 use crate::tokenizer::TextEncoder;
 use crate::train::parallel::{PartOutput, on_threads, parallel_grads};
@@ -51,8 +51,12 @@ impl FinetuneMode {
     pub fn prepare<C: Classifier>(&self, model: C) -> Result<C, Error> {
         match self {
             FinetuneMode::Full => Ok(model),
-            FinetuneMode::Lora(config) => apply_lora(model, config),
-            FinetuneMode::HeadOnly => set_lora_trainable(model, &[C::HEAD.to_string()]),
+            FinetuneMode::Lora(config) => {
+                let mut config = config.clone();
+                config.exclude_modules.extend(model.lora_excludes());
+                Ok(apply_lora(model, &config)?)
+            }
+            FinetuneMode::HeadOnly => Ok(set_lora_trainable(model, &[C::HEAD.to_string()])?),
         }
     }
 }

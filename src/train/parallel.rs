@@ -20,8 +20,8 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 
-use crate::model::dropout::device_seeds;
 use crate::model::with_dropout_seed;
+use burn_lora::dropout::device_seeds;
 
 /// Gives every trainable parameter a fresh autodiff leaf: same value, same id.
 struct FreshLeaves;
@@ -124,10 +124,8 @@ mod tests {
     use burn::nn::loss::CrossEntropyLoss;
     use burn::tensor::{Bool, Device, Int, TensorData};
 
-    use crate::lora::adaptable::apply_lora;
-    use crate::lora::config::LoraConfig;
-    use crate::lora::report::param_report;
     use crate::model::{GptClassifier, GptConfig};
+    use burn_lora::{LoraConfig, apply_lora, param_report};
 
     /// Per-parameter gradients as flat vectors, keyed by parameter id.
     struct Collect<'a>(&'a GradientsParams, Vec<(String, Vec<f32>)>);

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::data::{LmBatch, build_corpus, lm_batches, split_validation};
-use crate::lora::peft::write_atomic;
+use crate::io::write_atomic;
 use crate::model::{Gpt, GptConfig, Sampling, generate};
 use crate::tokenizer::{BpeTokenizer, SPECIAL_TOKENS, train_tokenizer};
 use crate::train::{lr_at, optimizer_step, progress, svg_line_plot};

@@ -4,7 +4,7 @@
 /// `peak` over `warmup` steps, then follows a cosine down to `min_ratio · peak`.
 ///
 /// ```
-/// use burn_lora::train::lr_at;
+/// use burn_lora_demo::train::lr_at;
 ///
 /// assert_eq!(lr_at(0, 100, 10, 1.0, 0.1), 0.1);
 /// assert_eq!(lr_at(9, 100, 10, 1.0, 0.1), 1.0);

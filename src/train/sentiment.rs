@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::data::{Example, SentimentDataset};
-use crate::lora::adaptable::merge_lora;
-use crate::lora::peft::{save_adapter, write_atomic};
-use crate::lora::report::{ParamReport, param_report};
+use crate::io::write_atomic;
+use burn_lora::{ParamReport, merge_lora, param_report, save_adapter_with};
+
 use crate::model::bert::{Bert, BertClassifier, BertConfig, BertHead};
 use crate::model::{Classifier, Gpt, GptClassifier, GptConfig, Pooling};
 use crate::tokenizer::{BpeTokenizer, HfTokenizer, TextEncoder};
@@ -551,9 +551,9 @@ fn split_train(examples: &[Example]) -> (Vec<Example>, Vec<Example>) {
 /// Saves what the mode must keep and returns its size in bytes.
 fn save_artifact<C: Classifier>(mode: &FinetuneMode, model: &C, out: &Path) -> Result<u64, Error> {
     match mode {
-        FinetuneMode::Lora(config) => {
+        FinetuneMode::Lora(_) => {
             let dir = out.join("lora_adapter");
-            save_adapter(model, config, &dir)?;
+            save_adapter_with(model, &dir, &C::peft_options())?;
             dir_bytes(&dir)
         }
         FinetuneMode::HeadOnly => {
@@ -793,7 +793,11 @@ pub fn load_classifier(
 ) -> Result<Loaded, Error> {
     fn on_top<C: Classifier>(model: C, trained: &Trained) -> Result<C, Error> {
         match trained {
-            Trained::Adapter(dir) => crate::lora::peft::load_adapter(&model, dir),
+            Trained::Adapter(dir) => Ok(burn_lora::load_adapter_with(
+                model,
+                dir,
+                &C::peft_options(),
+            )?),
             Trained::Checkpoint(path) => crate::model::load_module(model, path),
         }
     }

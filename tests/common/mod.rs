@@ -1,89 +1,16 @@
-//! Shared test helpers: a tiny model with named linears (mirrored by
-//! `scripts/peft_golden.py`'s `Tiny`), and safetensors reading.
+//! Shared test helpers: safetensors reading, tolerances, scratch directories, and a tiny
+//! base and data set for the sentiment job.
 #![allow(dead_code)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, Param};
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_lora::model::GptConfig;
-use burn_lora::tokenizer::{SPECIAL_TOKENS, train_tokenizer};
-use burn_lora::{AdaptableLinear, Error, LinearFn, MapLinears, join_path};
+use burn_lora_demo::model::GptConfig;
+use burn_lora_demo::tokenizer::{SPECIAL_TOKENS, train_tokenizer};
 use safetensors::SafeTensors;
-
-/// `attn.{query,key,value}` and a `head`, as in the Python `Tiny`.
-#[derive(Module, Debug)]
-pub struct Attention {
-    pub query: AdaptableLinear,
-    pub key: AdaptableLinear,
-    pub value: AdaptableLinear,
-}
-
-#[derive(Module, Debug)]
-pub struct Tiny {
-    pub attn: Attention,
-    pub head: Linear,
-}
-
-impl Tiny {
-    /// A random model, all of whose parameters are initialised now, in a fixed order, so
-    /// that a seed fixes every value (Burn initialises lazily, on first use).
-    pub fn new(d: usize, classes: usize, device: &Device) -> Self {
-        let model = Tiny {
-            attn: Attention {
-                query: AdaptableLinear::new(d, d, device),
-                key: AdaptableLinear::new(d, d, device),
-                value: AdaptableLinear::new(d, d, device),
-            },
-            head: LinearConfig::new(d, classes).init(device),
-        };
-        let _ = model.forward(Tensor::zeros([1, d], device));
-        model
-    }
-
-    /// `head(tanh(query(x) + key(x) + value(x)))`
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let attn = &self.attn;
-        let h = attn.query.forward(x.clone()) + attn.key.forward(x.clone()) + attn.value.forward(x);
-        self.head.forward(h.tanh())
-    }
-
-    /// The base model from a PyTorch state dict (`[d_out, d_in]` weights).
-    pub fn from_torch(file: &Path, device: &Device) -> Self {
-        let bytes = std::fs::read(file).unwrap();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let linear = |name: &str| linear_from_torch(&st, name, device);
-        Tiny {
-            attn: Attention {
-                query: AdaptableLinear::Base(linear("attn.query")),
-                key: AdaptableLinear::Base(linear("attn.key")),
-                value: AdaptableLinear::Base(linear("attn.value")),
-            },
-            head: linear("head"),
-        }
-    }
-}
-
-impl MapLinears for Attention {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        Ok(Attention {
-            query: self.query.map_linears(&join_path(path, "query"), f)?,
-            key: self.key.map_linears(&join_path(path, "key"), f)?,
-            value: self.value.map_linears(&join_path(path, "value"), f)?,
-        })
-    }
-}
-
-impl MapLinears for Tiny {
-    fn map_linears(self, path: &str, f: &mut LinearFn<'_>) -> Result<Self, Error> {
-        Ok(Tiny {
-            attn: self.attn.map_linears(&join_path(path, "attn"), f)?,
-            head: self.head,
-        })
-    }
-}
 
 /// A tensor from a safetensors file, as Burn data.
 pub fn read(st: &SafeTensors, key: &str) -> TensorData {
@@ -215,18 +142,18 @@ pub fn tiny_base_with(dir: &Path, d_model: usize) {
 /// (`train.tsv`, `test.tsv`, `extra.tsv` as an `--eval-file`), output in `dir/out`.
 pub fn tiny_job(
     dir: &Path,
-    modes: Vec<burn_lora::train::FinetuneMode>,
-) -> burn_lora::train::sentiment::SentimentOptions {
+    modes: Vec<burn_lora_demo::train::FinetuneMode>,
+) -> burn_lora_demo::train::sentiment::SentimentOptions {
     tiny_base(dir);
     write_tsv(&dir.join("train.tsv"), 4);
     write_tsv(&dir.join("test.tsv"), 1);
     write_tsv(&dir.join("extra.tsv"), 1);
-    burn_lora::train::sentiment::SentimentOptions {
+    burn_lora_demo::train::sentiment::SentimentOptions {
         dataset: "tiny".into(),
         train_file: dir.join("train.tsv"),
         test_file: dir.join("test.tsv"),
         eval_files: vec![dir.join("extra.tsv")],
-        base: burn_lora::train::sentiment::BaseModel::Gpt(dir.to_path_buf()),
+        base: burn_lora_demo::train::sentiment::BaseModel::Gpt(dir.to_path_buf()),
         max_len: None,
         modes,
         lr: Some(1e-2),
@@ -235,7 +162,7 @@ pub fn tiny_job(
         seed: 1,
         max_train: None,
         out: dir.join("out"),
-        pooling: burn_lora::model::Pooling::LastToken,
+        pooling: burn_lora_demo::model::Pooling::LastToken,
         overwrite: true,
         replicas: 2,
     }

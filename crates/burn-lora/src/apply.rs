@@ -294,12 +294,14 @@ pub fn merge_lora<M: Module>(model: M) -> Result<M, Error> {
 /// [`Error::NonFinite`] as for [`merge_lora`].
 pub fn merge_adapters<M: Module>(model: M) -> Result<M, Error> {
     check_adapters_finite(&model)?;
-    Ok(replace_adapters(model, |_, adapter| match adapter.is_active() {
-        true => {
-            let delta = adapter.delta_weight().detach();
-            (adapter.with_merged(true), Some(delta))
+    Ok(replace_adapters(model, |_, adapter| {
+        match adapter.is_active() {
+            true => {
+                let delta = adapter.delta_weight().detach();
+                (adapter.with_merged(true), Some(delta))
+            }
+            false => (adapter, None),
         }
-        false => (adapter, None),
     }))
 }
 

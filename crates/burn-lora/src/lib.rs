@@ -62,8 +62,8 @@ mod report;
 
 pub use adapter::{Adapter, AdapterSite, LoraFactors, adapters};
 pub use apply::{
-    apply_lora, linear_paths, merge_adapters, merge_lora, set_adapters_enabled,
-    set_lora_trainable, unmerge_adapters,
+    apply_lora, linear_paths, merge_adapters, merge_lora, set_adapters_enabled, set_lora_trainable,
+    unmerge_adapters,
 };
 pub use config::{ALL_LINEAR, LoraConfig, LoraInit, name_matches};
 pub use error::Error;

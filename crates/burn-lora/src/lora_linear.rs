@@ -11,8 +11,8 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::module::linear;
 use burn::tensor::Tensor;
+use burn::tensor::module::linear;
 
 use crate::Error;
 use crate::adapter::{init_factors, lora_branch};

@@ -35,7 +35,9 @@ pub struct LinearConfig {
     pub bias: bool,
     /// How the parameters are initialised. Default Burn's:
     /// `KaimingUniform { gain: 1/sqrt(3), fan_out_only: false }`.
-    #[config(default = "Initializer::KaimingUniform{gain: 1.0 / 3.0f64.sqrt(), fan_out_only: false}")]
+    #[config(
+        default = "Initializer::KaimingUniform{gain: 1.0 / 3.0f64.sqrt(), fan_out_only: false}"
+    )]
     pub initializer: Initializer,
     /// The layout the weight is stored in. Default row-major.
     #[config(default = "LinearLayout::Row")]

@@ -39,7 +39,6 @@ impl PathStack {
         }
     }
 
-
     /// The path of the enclosing module and the last part (a parameter's name).
     pub(crate) fn split_last(&self) -> (String, String) {
         match self.parts.split_last() {
@@ -57,7 +56,10 @@ impl PathStack {
     /// Inside a parameter's reparameterization (an adapter's factor): the module path that
     /// owns the adapted parameter, and that parameter's name (`("attn.query", "weight")`).
     pub(crate) fn adapter_owner(&self) -> Option<(String, String)> {
-        let at = self.containers.iter().position(|c| c == REPARAMETERIZATION)?;
+        let at = self
+            .containers
+            .iter()
+            .position(|c| c == REPARAMETERIZATION)?;
         let param = at.checked_sub(1)?;
         Some((self.parts[..param].join("."), self.parts[param].clone()))
     }

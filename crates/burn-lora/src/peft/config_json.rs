@@ -119,7 +119,9 @@ impl PeftConfigJson {
             return Err(unsupported("fan_in_fan_out = true".into()));
         }
         if !self.rank_pattern.is_empty() || !self.alpha_pattern.is_empty() {
-            return Err(unsupported("a per-layer rank_pattern or alpha_pattern".into()));
+            return Err(unsupported(
+                "a per-layer rank_pattern or alpha_pattern".into(),
+            ));
         }
         if self.layers_to_transform.is_some() {
             return Err(unsupported("layers_to_transform".into()));

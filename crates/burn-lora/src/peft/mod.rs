@@ -94,7 +94,9 @@ impl PeftOptions {
     pub fn rename(&self, path: &str) -> String {
         let mut name = path.to_string();
         for (pattern, replacement) in &self.names.patterns {
-            name = pattern.replace_all(&name, replacement.as_str()).into_owned();
+            name = pattern
+                .replace_all(&name, replacement.as_str())
+                .into_owned();
         }
         name
     }
@@ -165,7 +167,9 @@ pub fn save_adapter_with<M: Module>(
         .with_use_rslora(first.use_rslora())
         .with_init(first.init());
     if let Some((site, _)) = found.iter().find(|(_, a)| {
-        a.rank() != first.rank() || a.alpha() != first.alpha() || a.use_rslora() != first.use_rslora()
+        a.rank() != first.rank()
+            || a.alpha() != first.alpha()
+            || a.use_rslora() != first.use_rslora()
     }) {
         return Err(Error::Unsupported {
             path: dir.to_path_buf(),

@@ -1,7 +1,5 @@
 //! PEFT-format adapter files: round trips and every bad file.
 
-
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -60,7 +58,10 @@ fn adapter_round_trips_through_disk() {
         trained.forward(x.clone()).into_data()
     );
     // The loaded factors and head are trainable, so training can continue.
-    assert_eq!(param_report(&loaded).trainable, param_report(&trained).trainable);
+    assert_eq!(
+        param_report(&loaded).trainable,
+        param_report(&trained).trainable
+    );
     // Save then load on the factored build of the same base: the same outputs.
     let fast = load_adapter(base.fast(), &dir).unwrap();
     let diff = (fast.forward(x.clone()) - trained.forward(x)).abs().max();
@@ -271,7 +272,10 @@ fn invalid_values_in_config_are_rejected() {
 fn non_finite_adapter_is_never_saved() {
     let device = Device::default();
     let mut model = trained(&base(&device), &device);
-    model.head.bias = Some(Param::from_tensor(Tensor::from_floats([f32::INFINITY, 0.0], &device)));
+    model.head.bias = Some(Param::from_tensor(Tensor::from_floats(
+        [f32::INFINITY, 0.0],
+        &device,
+    )));
     let dir = scratch("adapter_files", "non_finite");
     let err = save_adapter(&model, &dir).unwrap_err();
     assert!(
@@ -285,9 +289,21 @@ fn non_finite_adapter_is_never_saved() {
 fn refused_peft_options_are_named() {
     for (from, to, what) in [
         ("\"use_dora\": false", "\"use_dora\": true", "use_dora"),
-        ("\"init_lora_weights\": true", "\"init_lora_weights\": \"pissa\"", "pissa"),
-        ("\"init_lora_weights\": true", "\"init_lora_weights\": \"olora\"", "olora"),
-        ("\"init_lora_weights\": true", "\"init_lora_weights\": \"loftq\"", "loftq"),
+        (
+            "\"init_lora_weights\": true",
+            "\"init_lora_weights\": \"pissa\"",
+            "pissa",
+        ),
+        (
+            "\"init_lora_weights\": true",
+            "\"init_lora_weights\": \"olora\"",
+            "olora",
+        ),
+        (
+            "\"init_lora_weights\": true",
+            "\"init_lora_weights\": \"loftq\"",
+            "loftq",
+        ),
     ] {
         let dir = saved(&format!("refused_{what}"), &Device::default());
         let config = fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();

@@ -1,12 +1,10 @@
 //! The properties of one `LoraLinear`.
 
-
-
+use crate::common::{assert_close, max_abs_diff};
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_lora::{Error, LoraConfig, LoraInit, LoraLinear};
-use crate::common::{assert_close, max_abs_diff};
 
 fn base(d_in: usize, d_out: usize, device: &Device) -> Linear {
     device.seed(1);

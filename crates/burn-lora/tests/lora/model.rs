@@ -32,7 +32,10 @@ fn x(device: &Device) -> Tensor<2> {
 }
 
 fn adapted_paths<M: Module>(model: &M) -> Vec<String> {
-    adapters(model).into_iter().map(|(site, _)| site.path).collect()
+    adapters(model)
+        .into_iter()
+        .map(|(site, _)| site.path)
+        .collect()
 }
 
 #[test]
@@ -42,7 +45,10 @@ fn stock_transformer_encoder_adapts_without_code_changes() {
     let encoder: TransformerEncoder =
         TransformerEncoderConfig::new(d, ff, heads, layers).init(&device);
     let paths = linear_paths(&encoder);
-    assert!(paths.contains(&"layers.0.mha.query".to_string()), "{paths:?}");
+    assert!(
+        paths.contains(&"layers.0.mha.query".to_string()),
+        "{paths:?}"
+    );
     let config = LoraConfig::new().with_rank(r).with_alpha(8.0);
     let encoder = apply_lora(encoder, &config).unwrap();
     let adapted = adapted_paths(&encoder);
@@ -76,8 +82,14 @@ fn head_and_adapters_train_base_weights_get_no_gradient() {
     let adapter = query.weight.reparameterization::<Adapter>().unwrap();
     assert!(adapter.lora_a().val().grad(&grads).is_some(), "A learns");
     assert!(adapter.lora_b().val().grad(&grads).is_some(), "B learns");
-    assert!(model.head.weight.val().grad(&grads).is_some(), "the head learns");
-    assert!(query.weight.base().grad(&grads).is_none(), "base weight frozen");
+    assert!(
+        model.head.weight.val().grad(&grads).is_some(),
+        "the head learns"
+    );
+    assert!(
+        query.weight.base().grad(&grads).is_none(),
+        "base weight frozen"
+    );
     assert!(query.bias.as_ref().unwrap().val().grad(&grads).is_none());
     assert!(model.attn.key.weight.val().grad(&grads).is_none());
 }
@@ -159,7 +171,10 @@ fn matching_no_module_is_a_listed_error() {
     };
     assert_eq!(name, "qkv");
     assert_eq!(available, &["attn.query", "attn.key", "attn.value", "head"]);
-    assert!(err.to_string().contains("attn.query, attn.key, attn.value, head"));
+    assert!(
+        err.to_string()
+            .contains("attn.query, attn.key, attn.value, head")
+    );
     let regex = LoraConfig::new().with_target_regex(Some("nothing.*".into()));
     let err = apply_lora(tiny(&Device::default()), &regex).unwrap_err();
     assert!(matches!(err, Error::UnknownTarget { ref name, .. } if name == "nothing.*"));
@@ -181,7 +196,10 @@ fn targets_by_regex_all_linear_and_exclusion() {
     // all-linear skips the modules to save (the head).
     let all = config().with_target_modules(vec!["all-linear".into()]);
     let model = apply_lora(tiny(&device), &all).unwrap();
-    assert_eq!(adapted_paths(&model), ["attn.query", "attn.key", "attn.value"]);
+    assert_eq!(
+        adapted_paths(&model),
+        ["attn.query", "attn.key", "attn.value"]
+    );
     let all = all.with_exclude_modules(vec!["key".into()]);
     let model = apply_lora(tiny(&device), &all).unwrap();
     assert_eq!(adapted_paths(&model), ["attn.query", "attn.value"]);

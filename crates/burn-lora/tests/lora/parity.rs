@@ -1,7 +1,5 @@
 //! Parity with Hugging Face PEFT on golden files from `scripts/peft_golden.py`.
 
-
-
 use std::fs;
 use std::path::Path;
 
@@ -50,7 +48,11 @@ impl Layer {
     fn scaling(&self) -> f64 {
         match self {
             Layer::One(layer) => layer.scaling(),
-            Layer::Dense(layer) => layer.weight.reparameterization::<Adapter>().unwrap().scaling(),
+            Layer::Dense(layer) => layer
+                .weight
+                .reparameterization::<Adapter>()
+                .unwrap()
+                .scaling(),
             Layer::Fast(layer) => layer.adapter().unwrap().scaling(),
         }
     }
@@ -211,9 +213,17 @@ fn peft_saved_adapter_loads_and_reproduces_peft_outputs() {
     let io = SafeTensors::deserialize(&bytes).unwrap();
     let x = tensor::<2>(&io, "x", &device);
     let dense = load_adapter(base.clone(), dir.join("adapter")).unwrap();
-    assert_close("dense logits", dense.forward(x.clone()).into_data(), read(&io, "out"));
+    assert_close(
+        "dense logits",
+        dense.forward(x.clone()).into_data(),
+        read(&io, "out"),
+    );
     let fast = load_adapter(base.fast(), dir.join("adapter")).unwrap();
-    assert_close("factored logits", fast.forward(x).into_data(), read(&io, "out"));
+    assert_close(
+        "factored logits",
+        fast.forward(x).into_data(),
+        read(&io, "out"),
+    );
 }
 
 /// Writes an adapter for PEFT to read (`scripts/peft_golden.py check <dir>`), with the base
