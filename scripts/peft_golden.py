@@ -7,15 +7,15 @@ Not run by CI. Rebuild the committed files with:
     .venv/bin/python scripts/peft_golden.py write
 
 which writes
-  tests/fixtures/peft_layers.safetensors   single-layer parity cases (inputs, weights,
+  crates/burn-lora/tests/fixtures/peft_layers.safetensors   single-layer parity cases (inputs, weights,
                                            outputs, gradients of a fixed loss, merged weights)
-  tests/fixtures/peft_tiny/                a tiny model with named linears: its base weights,
+  crates/burn-lora/tests/fixtures/peft_tiny/ a tiny model with named linears: its base weights,
                                            an adapter written by PEFT save_pretrained, and
                                            the input and PEFT's output
 
 The other direction (an adapter written by burn-lora, loaded by PEFT):
 
-    cargo test --test peft_parity            # writes target/tmp/peft-export/
+    cargo test -p burn-lora --test lora      # writes target/tmp/peft-export/
     .venv/bin/python scripts/peft_golden.py check target/tmp/peft-export
 
 Everything is float32 and PyTorch layout ([d_out, d_in] weights).
@@ -29,7 +29,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures"
+FIXTURES = ROOT / "crates" / "burn-lora" / "tests" / "fixtures"
 
 # (d_in, d_out, r, alpha, use_rslora, bias, input shape prefix)
 LAYER_CASES = [
@@ -96,7 +96,7 @@ class Attention(torch.nn.Module):
 
 
 class Tiny(torch.nn.Module):
-    """Mirrored in tests/peft_parity.rs: attn.{query,key,value}, head."""
+    """Mirrored in crates/burn-lora/tests/lora/common.rs: attn.{query,key,value}, head."""
 
     def __init__(self, d=8, classes=2):
         super().__init__()

@@ -10,7 +10,10 @@ use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::Error;
-use burn_lora::{LoraConfig, apply_lora, merge_lora, param_report};
+use burn::module::{
+    Devices, ModuleMapper, ModuleVisitor, Param, Reparameterization, Reparameterizer,
+};
+use burn_lora::{Adapter, LoraConfig, apply_lora, merge_lora, param_report, set_lora_trainable};
 
 use crate::model::{Classifier, GptClassifier, GptConfig};
 use crate::train::parallel::{PartOutput, parallel_grads};
@@ -20,9 +23,13 @@ use crate::train::parallel::{PartOutput, parallel_grads};
 pub enum Case {
     /// Training step, every parameter trainable.
     Full,
-    /// Training step, our `LoraLinear` on query and value.
+    /// Training step, our adapters on query and value, computed factored by
+    /// `burn_lora::nn::Linear`.
     LoraQv,
-    /// Training step, our `LoraLinear` on every linear of the blocks.
+    /// Training step, the same adapters computed densely, as a stock `burn::nn::Linear`
+    /// computes them (`x·(W + s·A·B)`; see [`DenseAdapter`]).
+    LoraQvDense,
+    /// Training step, our adapters on every linear of the blocks.
     LoraAll,
     /// Training step, Burn's `Module::apply_lora` on the query and value weights.
     BurnApplyLoraQv,
@@ -41,9 +48,10 @@ pub enum Case {
 
 impl Case {
     /// Every case, in table order.
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 8] = [
         Case::Full,
         Case::LoraQv,
+        Case::LoraQvDense,
         Case::LoraAll,
         Case::BurnApplyLoraQv,
         Case::InferBase,
@@ -56,6 +64,7 @@ impl Case {
         match self {
             Case::Full => "full",
             Case::LoraQv => "lora_qv",
+            Case::LoraQvDense => "lora_qv_dense",
             Case::LoraAll => "lora_all_linear",
             Case::BurnApplyLoraQv => "burn_apply_lora_qv",
             Case::FloorQv => "floor_qv",
@@ -162,6 +171,12 @@ pub fn run_case(
             .no_grad()
             .set_require_grad_group(group(r"\.(query|value)\.bias$|^head\.")?, true),
         Case::LoraQv | Case::InferLoraUnmerged => apply_lora(model, &lora(&["query", "value"]))?,
+        Case::LoraQvDense => {
+            let group = group(r"\.(query|value)\.weight$")?;
+            let config = lora(&["query", "value"]);
+            let model = model.apply_reparameterization(DenseAdapters { group, config });
+            set_lora_trainable(model, &["head".to_string()])?
+        }
         Case::InferLoraMerged => merge_lora(apply_lora(model, &lora(&["query", "value"]))?)?,
         Case::LoraAll => apply_lora(model, &lora(&["all-linear"]))?,
         Case::BurnApplyLoraQv => model
@@ -258,6 +273,71 @@ pub fn run_case(
     })
 }
 
+/// Our [`Adapter`] behind a reparameterization of another type: `burn_lora::nn::Linear`
+/// finds no `Adapter` on the weight and calls `weight.val()`, which is `W + s·A·B`, exactly
+/// what a stock `burn::nn::Linear` computes with an adapter attached. The bench's dense case.
+#[derive(Clone, Debug)]
+pub struct DenseAdapter(Adapter);
+
+impl Reparameterization for DenseAdapter {
+    const NAME: &'static str = "lora_dense";
+
+    fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
+        self.0.apply(base)
+    }
+}
+
+impl Module for DenseAdapter {
+    fn collect_devices(&self, devices: Devices) -> Devices {
+        self.0.collect_devices(devices)
+    }
+    fn fork(self, device: &Device) -> Self {
+        Self(self.0.fork(device))
+    }
+    fn to_device(self, device: &Device) -> Self {
+        Self(self.0.to_device(device))
+    }
+    fn train(self) -> Self {
+        Self(self.0.train())
+    }
+    fn valid(&self) -> Self {
+        Self(self.0.valid())
+    }
+    fn materialize(self) -> Self {
+        Self(self.0.materialize())
+    }
+    fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
+        self.0.visit(visitor)
+    }
+    fn map<M: ModuleMapper>(self, mapper: &mut M) -> Self {
+        Self(self.0.map(mapper))
+    }
+}
+
+/// Attaches a fresh [`DenseAdapter`] to every weight `group` names.
+struct DenseAdapters {
+    group: ParamGroup,
+    config: LoraConfig,
+}
+
+impl Reparameterizer for DenseAdapters {
+    type Reparam = DenseAdapter;
+
+    fn reparameterize<const D: usize>(
+        &mut self,
+        path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<DenseAdapter>) {
+        if D != 2 || !self.group.matches(&param.id, Some(path)) {
+            return (param, None);
+        }
+        let base = param.base();
+        let dims = base.shape().dims::<2>();
+        let adapter = Adapter::new(dims, base.dtype(), &base.device(), &self.config);
+        (param, Some(DenseAdapter(adapter)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +370,7 @@ mod tests {
         // A [16, 2] and B [2, 16] on query and value of both blocks.
         let adapters = 2 * 2 * (16 * 2 + 2 * 16);
         assert_eq!(trainable(Case::LoraQv), adapters + head);
+        assert_eq!(trainable(Case::LoraQvDense), adapters + head);
         assert_eq!(trainable(Case::BurnApplyLoraQv), adapters + head);
     }
 }

@@ -662,6 +662,7 @@ fn bench_writes_the_documented_json_shape() {
         [
             "full",
             "lora_qv",
+            "lora_qv_dense",
             "lora_all_linear",
             "burn_apply_lora_qv",
             "infer_base",
@@ -688,5 +689,40 @@ fn bench_writes_the_documented_json_shape() {
     }
     // LoRA q,v on one block of width 16: r·(16 + 16) for each of the two, plus the head.
     assert_eq!(cases[1]["trainable_params"], 2 * 8 * 32 + 16 * 2 + 2);
-    assert_eq!(cases[1]["trainable_params"], cases[3]["trainable_params"]);
+    assert_eq!(cases[1]["trainable_params"], cases[2]["trainable_params"]);
+    assert_eq!(cases[1]["trainable_params"], cases[4]["trainable_params"]);
+}
+
+/// `examples/custom_model.rs`, the README's "Using LoRA in your own model": a stock
+/// `TransformerEncoder` adapted without code changes trains (the loss falls), and its adapter
+/// reloads onto a fresh base and merges with the same outputs.
+#[test]
+fn custom_model_trains_reloads_and_merges_a_stock_burn_model() {
+    let out = succeeds(&run("custom_model", &[]));
+    // 2 layers × (query, value) × r · (d + d) with r = 4, d = 32, plus the head 32·2 + 2.
+    assert!(out.contains("trainable params: 1,090 ||"), "{out}");
+    let (first, last) = out
+        .lines()
+        .find_map(|l| l.strip_prefix("loss ")?.split_once(" -> "))
+        .expect("a loss line");
+    let first: f64 = first.parse().unwrap();
+    let last: f64 = last.split(';').next().unwrap().parse().unwrap();
+    assert!(
+        last < 0.6 * first,
+        "the loss fell too little: {first} -> {last}"
+    );
+    let max_diff = |prefix: &str| -> f64 {
+        let line = out.lines().find(|l| l.starts_with(prefix)).unwrap();
+        let value = line
+            .split("= ")
+            .nth(1)
+            .unwrap()
+            .split([',', ' '])
+            .next()
+            .unwrap();
+        value.parse().unwrap()
+    };
+    assert!(max_diff("saved and reloaded") < 1e-5, "{out}");
+    assert!(max_diff("merged") < 1e-4, "{out}");
+    assert!(out.contains(", 0 adapters left"), "{out}");
 }

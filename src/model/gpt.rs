@@ -10,6 +10,7 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
 };
+use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::Error;
@@ -228,7 +229,7 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<GptConfig, Error> {
 
 /// Writes any module's weights as burnpack, through a temporary file and a rename.
 pub(crate) fn save_module<M: Module>(module: M, path: &Path) -> Result<(), Error> {
-    let tmp = burn_lora::io::temp_path(path);
+    let tmp = crate::io::temp_path(path);
     module.save_file(&tmp).map_err(|e| Error::Checkpoint {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -236,18 +237,42 @@ pub(crate) fn save_module<M: Module>(module: M, path: &Path) -> Result<(), Error
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Loads weights saved by [`save_module`] into `module`, checking every shape.
-pub(crate) fn load_module<M: Module>(module: M, path: &Path) -> Result<M, Error> {
-    if !path.is_file() {
-        return Err(Error::Checkpoint {
-            path: path.to_path_buf(),
-            message: "no such file".into(),
-        });
-    }
-    module.try_load_file(path).map_err(|e| Error::Checkpoint {
+/// Loads weights saved by [`save_module`] into `module`, checking every shape: a tensor
+/// the module lacks, or one the file lacks, is an error naming it.
+///
+/// Checkpoints written before the models used `burn_lora::nn::Linear` (this crate's 0.1,
+/// such as the shipped `fixtures/base/model.bpk`) hold each linear under an enum variant
+/// (`blocks.0.attn.query.Base.weight`); the variant is dropped from the key on loading.
+pub(crate) fn load_module<M: Module>(mut module: M, path: &Path) -> Result<M, Error> {
+    let checkpoint = |message: String| Error::Checkpoint {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    if !path.is_file() {
+        return Err(checkpoint("no such file".into()));
+    }
+    let mut store = BurnpackStore::from_file(path)
+        .with_remap_pattern(r"\.Base\.", ".")
+        .validate(true)
+        .allow_partial(true);
+    let result = module
+        .load_from(&mut store)
+        .map_err(|e| checkpoint(e.to_string()))?;
+    if let Some(error) = result.errors.first() {
+        return Err(checkpoint(error.to_string()));
+    }
+    if let Some((key, _)) = result.missing.first() {
+        let n = result.missing.len();
+        return Err(checkpoint(format!(
+            "missing tensor `{key}` ({n} missing in all)"
+        )));
+    }
+    if let Some(key) = result.unused.first() {
+        return Err(checkpoint(format!(
+            "tensor `{key}` matches nothing in the model"
+        )));
+    }
+    Ok(module)
 }
 
 /// The additive attention bias for a causal model over a padded batch: 0 where position `i`

@@ -97,3 +97,31 @@ pub fn dropout<const D: usize>(module: &Dropout, x: Tensor<D>) -> Tensor<D> {
         .collect();
     x * Tensor::from_data(TensorData::new(mask, shape), &device)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_backends_are_recognised_by_name() {
+        assert!(is_cpu_device(&Device::flex()));
+        assert!(is_cpu_device(&Device::flex().autodiff()));
+    }
+
+    #[test]
+    fn host_masks_keep_the_expected_fraction_and_scale() {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let module = burn::nn::DropoutConfig::new(0.25).init();
+        let x = Tensor::<2>::ones([200, 100], &device);
+        let values = dropout(&module, x).into_data().convert::<f32>();
+        let values = values.try_to_vec::<f32>().unwrap();
+        let kept = values.iter().filter(|v| **v != 0.0).count() as f64 / values.len() as f64;
+        assert!((kept - 0.75).abs() < 0.01, "kept {kept}");
+        assert!(
+            values
+                .iter()
+                .all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6)
+        );
+    }
+}

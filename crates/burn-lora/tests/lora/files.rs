@@ -321,3 +321,41 @@ fn a_model_without_adapters_has_nothing_to_save() {
     let err = save_adapter(&base(&Device::default()), &dir).unwrap_err();
     assert!(matches!(err, Error::NoAdapter), "{err}");
 }
+
+/// Casts every float parameter to `dtype`.
+struct Cast(burn::tensor::DType);
+
+impl burn::module::ModuleMapper for Cast {
+    fn map_float<const N: usize>(&mut self, param: Param<Tensor<N>>) -> Param<Tensor<N>> {
+        let dtype = self.0;
+        param.map(|t| t.cast(dtype))
+    }
+}
+
+#[test]
+fn half_precision_adapters_are_written_in_their_dtype_and_load_anywhere() {
+    use burn::module::Module;
+    use burn::tensor::DType;
+    let device = Device::default();
+    let base = base(&device);
+    let half = base.clone().map(&mut Cast(DType::F16));
+    let trained = perturb(apply_lora(half.clone(), &config()).unwrap(), false, &device);
+    let dir = scratch("adapter_files", "f16");
+    save_adapter(&trained, &dir).unwrap();
+    let bytes = fs::read(dir.join(WEIGHTS_FILE)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let key = "base_model.model.attn.query.lora_B.weight";
+    assert_eq!(st.tensor(key).unwrap().dtype(), safetensors::Dtype::F16);
+    // Onto an f16 base: f16 factors. Onto the f32 base: f32 factors, same outputs.
+    let onto_half = load_adapter(half, &dir).unwrap();
+    let adapter = burn_lora::adapters(&onto_half).remove(0).1;
+    assert_eq!(adapter.lora_b().val().dtype(), DType::F16);
+    let onto_full = load_adapter(base, &dir).unwrap();
+    let adapter = burn_lora::adapters(&onto_full).remove(0).1;
+    assert_eq!(adapter.lora_b().val().dtype(), DType::F32);
+    let x = x(&device);
+    let want = trained.forward(x.clone().cast(DType::F16)).cast(DType::F32);
+    let got = onto_full.forward(x);
+    let diff = (got - want).abs().max().into_scalar::<f32>();
+    assert!(diff < 2e-2, "f16 against f32 outputs: {diff}");
+}
