@@ -764,7 +764,7 @@ pub fn reset_peak_rss() {
 /// with the head saved in it) or a full fine-tuned checkpoint.
 #[derive(Debug, Clone)]
 pub enum Trained {
-    /// A directory written by [`save_adapter`].
+    /// A directory written by [`burn_lora::save_adapter`].
     Adapter(PathBuf),
     /// A `full_model.bpk` written by full fine-tuning.
     Checkpoint(PathBuf),
