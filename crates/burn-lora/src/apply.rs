@@ -4,14 +4,15 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId, Reparameterizer};
+use burn::module::{Module, Param, ParamGroup, ParamId, Reparameterizer};
 use burn::tensor::Tensor;
 
 use crate::Error;
-use crate::adapter::{Adapter, adapters, replace_adapters};
+use crate::adapter::Adapter;
 use crate::config::{ALL_LINEAR, LoraConfig, TargetMatcher, name_matches, within_any};
 use crate::lora_linear::all_finite;
-use crate::path::PathStack;
+use crate::path::{OnParam, PathStack, visit_params};
+use crate::sites::{adapters, replace_adapters};
 
 /// The container type of a `burn::nn::Linear` (and of the drop-in
 /// [`burn_lora::nn::Linear`](crate::nn::Linear)) as Burn's traversal reports it.
@@ -28,37 +29,26 @@ pub(crate) struct LinearSite {
 /// The linears of `model`: every `weight` of rank 2 directly inside a module named `Linear`
 /// (outside any adapter), in traversal order.
 pub(crate) fn linears<M: Module>(model: &M) -> Vec<LinearSite> {
-    #[derive(Default)]
-    struct Find {
-        path: PathStack,
-        found: Vec<LinearSite>,
-    }
-    impl ModuleVisitor for Find {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let (module, name) = self.path.split_last();
+    struct Find(Vec<LinearSite>);
+    impl OnParam for Find {
+        fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
+            let (module, name) = path.split_last();
             if D == 2
                 && name == "weight"
-                && self.path.parent_type() == LINEAR
-                && self.path.adapter_owner().is_none()
+                && path.parent_type() == LINEAR
+                && path.adapter_owner().is_none()
             {
-                let dims = param.lazy_shape().dims::<2>();
-                self.found.push(LinearSite {
+                self.0.push(LinearSite {
                     path: module,
                     weight_id: param.id,
-                    dims,
+                    dims: param.lazy_shape().dims::<2>(),
                 });
             }
         }
     }
-    let mut find = Find::default();
-    model.visit(&mut find);
-    find.found
+    let mut find = Find(Vec::new());
+    visit_params(model, &mut find);
+    find.0
 }
 
 /// The module paths of every linear layer in `model` (`burn::nn::Linear` or
@@ -233,32 +223,17 @@ pub(crate) fn is_factor(name: &str) -> bool {
 
 /// The ids of the float parameters for which `select(owning_module, param_name)` holds.
 fn param_ids<M: Module>(model: &M, select: impl Fn(&str, &str) -> bool) -> Vec<ParamId> {
-    struct Collect<F> {
-        path: PathStack,
-        select: F,
-        ids: Vec<ParamId>,
-    }
-    impl<F: Fn(&str, &str) -> bool> ModuleVisitor for Collect<F> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let (_, name) = self.path.split_last();
-            if (self.select)(&self.path.owning_module(), &name) {
-                self.ids.push(param.id);
+    struct Collect<F>(F, Vec<ParamId>);
+    impl<F: Fn(&str, &str) -> bool> OnParam for Collect<F> {
+        fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
+            if (self.0)(&path.owning_module(), &path.split_last().1) {
+                self.1.push(param.id);
             }
         }
     }
-    let mut collect = Collect {
-        path: PathStack::default(),
-        select,
-        ids: Vec::new(),
-    };
-    model.visit(&mut collect);
-    collect.ids
+    let mut collect = Collect(select, Vec::new());
+    visit_params(model, &mut collect);
+    collect.1
 }
 
 /// Errors with [`Error::NonFinite`], naming the first adapted layer whose factors hold NaN

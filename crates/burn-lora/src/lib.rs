@@ -59,8 +59,9 @@ pub mod nn;
 mod path;
 mod peft;
 mod report;
+mod sites;
 
-pub use adapter::{Adapter, AdapterSite, LoraFactors, adapters};
+pub use adapter::{Adapter, LoraFactors};
 pub use apply::{
     apply_lora, linear_paths, merge_adapters, merge_lora, set_adapters_enabled, set_lora_trainable,
     unmerge_adapters,
@@ -75,3 +76,4 @@ pub use peft::{
     save_adapter, save_adapter_with,
 };
 pub use report::{ADAM_BYTES_PER_PARAM, ParamReport, ParamRow, group, param_report};
+pub use sites::{AdapterSite, adapters};

@@ -6,6 +6,9 @@
 //! below the weight they adapt (`query.weight.lora.lora_a`, the `lora` entered with the
 //! container type `Reparameterization`); [`PathStack::adapter_owner`] names the linear.
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+
 /// The container type Burn enters a parameter's reparameterization with.
 const REPARAMETERIZATION: &str = "Reparameterization";
 
@@ -80,4 +83,33 @@ pub fn join_path(parent: &str, name: &str) -> String {
         true => name.to_string(),
         false => format!("{parent}.{name}"),
     }
+}
+
+/// What a [`visit_params`] walk does at each float parameter, given its path.
+pub(crate) trait OnParam {
+    fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>);
+}
+
+/// Visits every float parameter of `model` with `f`, keeping the path up to date: the one
+/// place the enter/exit bookkeeping is written.
+pub(crate) fn visit_params<M: Module, F: OnParam>(model: &M, f: &mut F) {
+    struct Walk<'a, F> {
+        path: PathStack,
+        f: &'a mut F,
+    }
+    impl<F: OnParam> ModuleVisitor for Walk<'_, F> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.f.on_param(&self.path, param);
+        }
+    }
+    model.visit(&mut Walk {
+        path: PathStack::default(),
+        f,
+    });
 }

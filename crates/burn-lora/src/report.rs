@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use serde::Serialize;
 
 use crate::apply::is_factor;
-use crate::path::PathStack;
+use crate::path::{OnParam, PathStack, visit_params};
 
 /// Bytes of optimizer state Adam keeps per trainable parameter: two f32 moments.
 pub const ADAM_BYTES_PER_PARAM: usize = 2 * 4;
@@ -63,7 +63,7 @@ impl ParamReport {
 /// read as it would train (`module.train()`), which is where its flags apply.
 pub fn param_report<M: Module>(module: &M) -> ParamReport {
     let mut counter = Counter::default();
-    module.clone().train().visit(&mut counter);
+    visit_params(&module.clone().train(), &mut counter);
     let trainable: usize = counter.rows.values().map(|row| row.trainable).sum();
     let total = trainable + counter.rows.values().map(|row| row.frozen).sum::<usize>();
     let full_finetune_trainable = total - counter.lora_factors;
@@ -85,26 +85,16 @@ pub fn param_report<M: Module>(module: &M) -> ParamReport {
 
 #[derive(Default)]
 struct Counter {
-    path: PathStack,
     rows: BTreeMap<String, ParamRow>,
     order: Vec<String>,
     lora_factors: usize,
 }
 
-impl ModuleVisitor for Counter {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let (_, name) = self.path.split_last();
-        let module = self.path.owning_module();
+impl OnParam for Counter {
+    fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
+        let module = path.owning_module();
         let count = param.lazy_shape().num_elements();
-        if is_factor(&name) {
+        if is_factor(&path.split_last().1) {
             self.lora_factors += count;
         }
         if !self.rows.contains_key(&module) {

@@ -1,0 +1,203 @@
+//! Writing an adapter directory: the model's factors and trainable parameters, and a
+//! config read from the model itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::tensor::{DType, Tensor, TensorData};
+use safetensors::{Dtype, tensor::TensorView};
+
+use super::config_json::PeftConfigJson;
+use super::{CONFIG_FILE, PeftOptions, WEIGHTS_FILE, file_key};
+use crate::Error;
+use crate::apply::linears;
+use crate::config::{LoraConfig, name_matches};
+use crate::io::{fresh_temp_dir, replace_dir};
+use crate::lora_linear::all_finite;
+use crate::path::{OnParam, PathStack, visit_params};
+use crate::sites::adapters;
+
+/// Writes `model`'s adapters in PEFT's format into `dir` (created if needed), with Burn's
+/// module paths as names. See [`save_adapter_with`].
+///
+/// # Errors
+///
+/// As [`save_adapter_with`].
+pub fn save_adapter<M: Module>(model: &M, dir: impl AsRef<Path>) -> Result<(), Error> {
+    save_adapter_with(model, dir, &PeftOptions::default())
+}
+
+/// Writes `model`'s adapters in PEFT's format into `dir` (created if needed): every LoRA
+/// factor, and every other trainable parameter (PEFT's `modules_to_save`, such as a
+/// classification head), in `adapter_model.safetensors`, each in its own dtype; and
+/// `adapter_config.json`. Rank, alpha, rsLoRA, dropout, targets and modules to save are
+/// read from the model itself, so the config can never disagree with the weights beside it.
+/// Both files are written into a temporary directory that is renamed into place.
+///
+/// # Errors
+///
+/// [`Error::NoAdapter`]; [`Error::Unsupported`] for adapters whose ranks or scalings
+/// differ; [`Error::NonFinite`] if any saved tensor holds NaN or infinity (a non-finite
+/// adapter is never written); I/O failures.
+pub fn save_adapter_with<M: Module>(
+    model: &M,
+    dir: impl AsRef<Path>,
+    options: &PeftOptions,
+) -> Result<(), Error> {
+    let dir = dir.as_ref();
+    let found = adapters(model);
+    let Some((_, first)) = found.first() else {
+        return Err(Error::NoAdapter);
+    };
+    let settings = LoraConfig::new()
+        .with_rank(first.rank())
+        .with_alpha(first.alpha())
+        .with_dropout(first.dropout_prob())
+        .with_use_rslora(first.use_rslora())
+        .with_init(first.init());
+    if let Some((site, _)) = found.iter().find(|(_, a)| {
+        a.rank() != first.rank()
+            || a.alpha() != first.alpha()
+            || a.use_rslora() != first.use_rslora()
+    }) {
+        return Err(Error::Unsupported {
+            path: dir.to_path_buf(),
+            what: format!(
+                "adapters of different ranks or scalings (`{}` differs from the first)",
+                site.path
+            ),
+        });
+    }
+    let adapted: Vec<String> = found.iter().map(|(s, _)| options.rename(&s.path)).collect();
+    let all: Vec<String> = linears(model)
+        .iter()
+        .map(|s| options.rename(&s.path))
+        .collect();
+    let tensors = adapter_tensors(model, options)?;
+    let mut modules_to_save: Vec<String> = Vec::new();
+    for module in tensors.values().filter_map(|t| t.saved_module.clone()) {
+        if !modules_to_save.contains(&module) {
+            modules_to_save.push(module);
+        }
+    }
+    let json = PeftConfigJson::new(
+        &settings,
+        compact_names(&adapted, &all),
+        modules_to_save,
+        options.task_type.clone(),
+        options.base_model_name_or_path.clone(),
+    );
+    let tmp = fresh_temp_dir(dir)?;
+    let weights_path = tmp.join(WEIGHTS_FILE);
+    let weights = serialize(&tensors).map_err(|message| Error::Safetensors {
+        path: weights_path.clone(),
+        message,
+    })?;
+    fs::write(&weights_path, &weights).map_err(|e| Error::io(&weights_path, e))?;
+    let json = serde_json::to_string_pretty(&json).expect("the adapter config always serializes");
+    let config_path = tmp.join(CONFIG_FILE);
+    fs::write(&config_path, json.as_bytes()).map_err(|e| Error::io(&config_path, e))?;
+    replace_dir(&tmp, dir)
+}
+
+/// The shortest names that select exactly `adapted` among `all` (PEFT's suffix rule): for
+/// each adapted path, its last segment if that matches no unadapted linear, else the last
+/// two, and so on.
+fn compact_names(adapted: &[String], all: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for path in adapted {
+        let parts: Vec<&str> = path.split('.').collect();
+        let name = (1..=parts.len())
+            .map(|k| parts[parts.len() - k..].join("."))
+            .find(|suffix| {
+                all.iter()
+                    .filter(|q| name_matches(q, suffix))
+                    .all(|q| adapted.contains(q))
+            })
+            .unwrap_or_else(|| path.clone());
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// One tensor of an adapter file, in PyTorch layout.
+struct FileTensor {
+    data: TensorData,
+    /// For a parameter of a module to save: that module's PEFT name.
+    saved_module: Option<String>,
+}
+
+/// The adapter tensors of `model`, keyed as PEFT keys them, in PyTorch layout: every
+/// factor and every other trainable parameter.
+fn adapter_tensors<M: Module>(
+    model: &M,
+    options: &PeftOptions,
+) -> Result<BTreeMap<String, FileTensor>, Error> {
+    struct Collect<'a> {
+        options: &'a PeftOptions,
+        out: BTreeMap<String, FileTensor>,
+        non_finite: Option<String>,
+    }
+    impl OnParam for Collect<'_> {
+        fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
+            let Some(found) = file_key(path, D, self.options) else {
+                return;
+            };
+            if found.module.is_some() && !param.is_require_grad() {
+                return;
+            }
+            let tensor = param.val();
+            if !all_finite(&tensor) {
+                self.non_finite.get_or_insert(found.key.clone());
+            }
+            let data = match found.transposed {
+                true => tensor.transpose().into_data(),
+                false => tensor.into_data(),
+            };
+            let saved_module = found.module;
+            self.out
+                .insert(found.key, FileTensor { data, saved_module });
+        }
+    }
+    let mut collect = Collect {
+        options,
+        out: BTreeMap::new(),
+        non_finite: None,
+    };
+    // Gradient flags take effect on an autodiff device; `train` reads them as configured.
+    visit_params(&model.clone().train(), &mut collect);
+    match collect.non_finite {
+        Some(layer) => Err(Error::NonFinite { layer }),
+        None => Ok(collect.out),
+    }
+}
+
+/// The safetensors bytes of `tensors`: F32, F16 and BF16 as they are, any other float dtype
+/// as F32.
+fn serialize(tensors: &BTreeMap<String, FileTensor>) -> Result<Vec<u8>, String> {
+    let data: BTreeMap<&String, (Dtype, TensorData)> = tensors
+        .iter()
+        .map(|(key, t)| {
+            let (dtype, data) = match t.data.dtype() {
+                DType::F16 => (Dtype::F16, t.data.clone()),
+                DType::BF16 => (Dtype::BF16, t.data.clone()),
+                _ => (Dtype::F32, t.data.clone().convert::<f32>()),
+            };
+            (key, (dtype, data))
+        })
+        .collect();
+    let views = data
+        .iter()
+        .map(|(key, (dtype, data))| {
+            TensorView::new(*dtype, data.shape().to_vec(), data.as_bytes())
+                .map(|view| ((*key).clone(), view))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
+}
