@@ -16,16 +16,20 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-use burn::tensor::Device;
 use burn_lora_demo::bench::{Case, CaseResult, Sizes, run_case};
+use burn_lora_demo::device::parse_one_device;
 
-use burn_lora_demo::train::default_replicas;
+use burn_lora_demo::train::replicas_for;
 use burn_lora_demo::train::sentiment::peak_rss;
 use clap::Parser;
 
 /// Step timings of a GPT-shaped classifier, one case per process.
 #[derive(Parser, Debug, Clone)]
 struct Args {
+    /// Where to compute: auto | flex | ndarray | wgpu[:N|:cpu] | vulkan[:N] | cuda[:N]
+    /// (auto: Burn's default device, which honours BURN_DEVICE).
+    #[arg(long, default_value = "auto")]
+    device: String,
     #[arg(long, default_value_t = 8192)]
     vocab: usize,
     #[arg(long, default_value_t = 128)]
@@ -44,9 +48,9 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     rank: usize,
     /// Training threads, each running forward and backward on its part of the batch
-    /// (default: one per core; 1 for a single thread).
-    #[arg(long, default_value_t = default_replicas())]
-    replicas: usize,
+    /// (default: one per core on a CPU device, 1 on a GPU).
+    #[arg(long)]
+    replicas: Option<usize>,
     /// Instead of the cases: how trainable parameters, step time and adapter bytes grow
     /// with r in {1..64} and with d_model in {128..1024} (LoRA q,v vs full).
     #[arg(long)]
@@ -85,7 +89,9 @@ impl Args {
             batch: self.batch,
             seq: self.seq,
             rank: self.rank,
-            replicas: self.replicas,
+            replicas: self.replicas.unwrap_or_else(|| {
+                parse_one_device(&self.device, "bench").map_or(1, |d| replicas_for(&d))
+            }),
         }
     }
 
@@ -99,7 +105,7 @@ impl Args {
             ("--batch", self.batch),
             ("--seq", self.seq),
             ("--rank", self.rank),
-            ("--replicas", self.replicas),
+            ("--replicas", self.sizes().replicas),
             ("--steps", self.steps),
             ("--warmup", self.warmup),
         ];
@@ -110,6 +116,7 @@ impl Args {
         if self.malloc_defaults {
             flags.push("--malloc-defaults".into());
         }
+        flags.extend(["--device".to_string(), self.device.clone()]);
         flags
     }
 }
@@ -121,7 +128,7 @@ fn child(args: &Args, name: &str) -> Result<(), String> {
         &args.sizes(),
         args.warmup,
         args.steps,
-        &Device::default(),
+        &parse_one_device(&args.device, "bench").map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let mut json = serde_json::to_value(&result).map_err(|e| e.to_string())?;

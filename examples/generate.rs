@@ -14,9 +14,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use burn::tensor::Device;
 use burn_lora_demo::Error;
 use burn_lora_demo::data::SentimentDataset;
+use burn_lora_demo::device::parse_one_device;
 use burn_lora_demo::model::{Gpt, Sampling, continuation_nll, generate, top_next};
 use burn_lora_demo::tokenizer::BpeTokenizer;
 use clap::Parser;
@@ -26,6 +26,10 @@ use rand::rngs::StdRng;
 /// Continue a prompt with the pre-trained base, showing each step's candidates.
 #[derive(Parser, Debug)]
 struct Args {
+    /// Where to compute: auto | flex | ndarray | wgpu[:N|:cpu] | vulkan[:N] | cuda[:N]
+    /// (auto: Burn's default device, which honours BURN_DEVICE).
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// The prompt.
     #[arg(default_value = "The movie is")]
     prompt: String,
@@ -138,7 +142,7 @@ fn context_demo(n: usize, model: &Gpt, tokenizer: &BpeTokenizer) -> Result<(), E
 }
 
 fn run(args: &Args) -> Result<(), Error> {
-    let device = Device::default();
+    let device = parse_one_device(&args.device, "generate")?;
     let tokenizer = BpeTokenizer::load(args.base.join("tokenizer.json"))?;
     let (_, model) = Gpt::load(&args.base, "model.bpk", &device)?;
     match args.context_demo {

@@ -12,10 +12,10 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use burn::tensor::Device;
 use burn_lora::merge_lora;
 use burn_lora_demo::Error;
 use burn_lora_demo::data::{Example, SentimentDataset};
+use burn_lora_demo::device::parse_one_device;
 use burn_lora_demo::model::bert::BertHead;
 use burn_lora_demo::model::{Classifier, Pooling};
 use burn_lora_demo::tokenizer::TextEncoder;
@@ -28,6 +28,10 @@ use clap::Parser;
 /// Sentiment of each text: label (0 negative, 1 positive) and probabilities.
 #[derive(Parser, Debug)]
 struct Args {
+    /// Where to compute: auto | flex | ndarray | wgpu[:N|:cpu] | vulkan[:N] | cuda[:N]
+    /// (auto: Burn's default device, which honours BURN_DEVICE).
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Texts to classify; without any, one text per line is read from stdin.
     texts: Vec<String>,
     /// The base the adapter or checkpoint was trained on: a BERT checkpoint directory (the
@@ -76,7 +80,7 @@ fn run(args: Args) -> Result<(), Error> {
             .collect(),
     };
     let base = BaseModel::parse(&args.base, head);
-    match load_classifier(&base, &trained, &Device::default())? {
+    match load_classifier(&base, &trained, &parse_one_device(&args.device, "predict")?)? {
         Loaded::Gpt(model, tokenizer, max_len) => {
             classify(model, &tokenizer, max_len, pooling, &texts, &args)
         }

@@ -8,13 +8,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use burn::tensor::Device;
+use burn_lora_demo::device::parse_one_device;
 use burn_lora_demo::train::{PretrainOptions, pretrain};
 use clap::Parser;
 
 /// Self-supervised pre-training of a small GPT on the unlabelled text of the training splits.
 #[derive(Parser, Debug)]
 struct Args {
+    /// Where to compute: auto | flex | ndarray | wgpu[:N|:cpu] | vulkan[:N] | cuda[:N]
+    /// (auto: Burn's default device, which honours BURN_DEVICE).
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Output directory for config.json, model.bpk, tokenizer.json and metrics.
     #[arg(long, default_value = "fixtures/base")]
     out: PathBuf,
@@ -66,6 +70,13 @@ fn main() -> ExitCode {
         eprintln!("error: --batch-size and --seq-len must be at least 1");
         return ExitCode::FAILURE;
     }
+    let device = match parse_one_device(&args.device, "pretrain") {
+        Ok(device) => device,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let options = PretrainOptions {
         out: args.out,
         corpus: args.corpus,
@@ -83,7 +94,7 @@ fn main() -> ExitCode {
         overwrite: args.overwrite,
         ..PretrainOptions::default()
     };
-    match pretrain(&options, &Device::default()) {
+    match pretrain(&options, &device) {
         Ok(report) => {
             println!("\nsamples before -> after pre-training (greedy):");
             for ((prompt, before), (_, after)) in

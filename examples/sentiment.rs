@@ -15,16 +15,21 @@ use std::process::ExitCode;
 use burn::tensor::Device;
 use burn_lora::LoraConfig;
 use burn_lora_demo::Error;
+use burn_lora_demo::device::parse_devices;
 use burn_lora_demo::model::bert::BertHead;
 use burn_lora_demo::train::sentiment::{
     BaseModel, DEFAULT_BASE, JobDefaults, SentimentOptions, parse_pooling, run_sentiment,
 };
-use burn_lora_demo::train::{FinetuneMode, default_replicas};
+use burn_lora_demo::train::{FinetuneMode, replicas_for};
 use clap::Parser;
 
 /// Full fine-tuning vs LoRA vs head-only on real sentiment data.
 #[derive(Parser, Debug)]
 struct Args {
+    /// Where to compute: auto | flex | ndarray | wgpu[:N|:cpu] | vulkan[:N] | cuda[:N], or several separated by commas to train data-parallel on them
+    /// (auto: Burn's default device, which honours BURN_DEVICE).
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Built-in dataset: `en` (movie-review snippets) or `zh` (product reviews).
     #[arg(long, default_value = "en")]
     dataset: String,
@@ -63,7 +68,7 @@ struct Args {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Training threads, each running forward and backward on a part of every batch
-    /// (default: one per core).
+    /// (default: one per core on a CPU device, 1 on a GPU).
     #[arg(long)]
     replicas: Option<usize>,
     /// Base model: a Hugging Face BERT checkpoint directory (the default, a 3-layer
@@ -93,7 +98,8 @@ struct Args {
     overwrite: bool,
 }
 
-fn options(args: Args) -> Result<SentimentOptions, Error> {
+fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
+    let devices = parse_devices(&args.device, "sentiment")?;
     let usage = |m: String| Error::Usage(m);
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be at least 1".into()));
@@ -134,7 +140,7 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
     if args.max_len == Some(0) {
         return Err(usage("--max-len must be at least 2".into()));
     }
-    Ok(SentimentOptions {
+    let options = SentimentOptions {
         dataset: args.dataset,
         train_file: args.data_file.unwrap_or_else(|| data.join("train.tsv")),
         test_file: args.test_file.unwrap_or_else(|| data.join("test.tsv")),
@@ -150,17 +156,20 @@ fn options(args: Args) -> Result<SentimentOptions, Error> {
         out: args.out,
         pooling,
         overwrite: args.overwrite,
-        replicas: args.replicas.unwrap_or_else(default_replicas),
-    })
+        replicas: args.replicas.unwrap_or_else(|| replicas_for(&devices[0])),
+    };
+    Ok((options, devices))
 }
 
 fn main() -> ExitCode {
     burn_lora_demo::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
-    let result = options(Args::parse()).and_then(|options| {
-        let (metrics, table) = run_sentiment(&options, &Device::default())?;
+    let result = options(Args::parse()).and_then(|(options, devices)| {
+        let (metrics, table) = run_sentiment(&options, &devices)?;
         println!(
-            "\ndataset {}, base {}\n{table}",
-            metrics.dataset, metrics.base
+            "\ndataset {}, base {}, on {}\n{table}",
+            metrics.dataset,
+            metrics.base,
+            metrics.devices.join(", ")
         );
         println!("wrote {}/metrics.json", options.out.display());
         Ok(())

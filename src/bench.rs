@@ -230,7 +230,8 @@ pub fn run_case(
     for i in 0..warmup + steps {
         let start = Instant::now();
         if train {
-            let (grads, _, _) = parallel_grads(&model, parts.len(), |replica, p| {
+            let devices = vec![device.clone(); parts.len()];
+            let (grads, _, _) = parallel_grads(&model, &devices, |replica, p, _| {
                 let (tokens, padding, pool, labels) = parts[p].clone();
                 let logits = replica.forward(tokens, padding, pool);
                 PartOutput {

@@ -54,6 +54,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod device;
 mod error;
 pub mod io;
 pub mod memory;

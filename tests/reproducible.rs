@@ -27,7 +27,7 @@ fn the_same_seed_reproduces_every_figure_and_byte() {
     let mut run = |seed: u64, out: &str| {
         options.seed = seed;
         options.out = dir.join(out);
-        let (metrics, _) = run_sentiment(&options, &Device::default()).unwrap();
+        let (metrics, _) = run_sentiment(&options, &[Device::default()]).unwrap();
         let read = |name: &str| fs::read(dir.join(out).join(name)).unwrap();
         let accuracies: Vec<f64> = metrics.runs.iter().map(|r| r.test_accuracy).collect();
         // Burnpack files also hold each parameter's random id, so the full checkpoint is

@@ -24,7 +24,7 @@ fn every_mode_runs_and_metrics_json_has_the_schema() {
         FinetuneMode::Lora(tiny_lora()),
         FinetuneMode::HeadOnly,
     ];
-    let (metrics, table) = run_sentiment(&tiny_job(&dir, modes), &Device::default()).unwrap();
+    let (metrics, table) = run_sentiment(&tiny_job(&dir, modes), &[Device::default()]).unwrap();
     assert!(table.contains("baseline"), "{table}");
 
     let json: serde_json::Value =
@@ -118,6 +118,7 @@ fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
         pooling: Pooling::LastToken,
         pad_id: tokenizer.pad_id(),
         replicas: 2,
+        devices: Vec::new(),
     };
     let (trained, history) =
         finetune(model, &encoded, &encoded, &finetune_options, "lora").unwrap();
@@ -137,7 +138,7 @@ fn bad_data_files_are_errors_naming_the_line() {
     let mut options = tiny_job(&dir, vec![FinetuneMode::HeadOnly]);
     fs::write(dir.join("bad.tsv"), "1\tfine\n0\tfine too\nmaybe\tunsure\n").unwrap();
     options.train_file = dir.join("bad.tsv");
-    let err = run_sentiment(&options, &Device::default()).unwrap_err();
+    let err = run_sentiment(&options, &[Device::default()]).unwrap_err();
     assert!(matches!(err, Error::Data { line: 3, .. }), "{err}");
     assert!(
         err.to_string().contains("bad.tsv:3: unknown label `maybe`"),
@@ -146,12 +147,12 @@ fn bad_data_files_are_errors_naming_the_line() {
 
     fs::write(dir.join("one_label.tsv"), "1\tgood\n1\tgreat\n").unwrap();
     options.train_file = dir.join("one_label.tsv");
-    let err = run_sentiment(&options, &Device::default()).unwrap_err();
+    let err = run_sentiment(&options, &[Device::default()]).unwrap_err();
     assert!(err.to_string().contains("only one label"), "{err}");
 
     options.train_file = dir.join("missing.tsv");
     assert!(matches!(
-        run_sentiment(&options, &Device::default()),
+        run_sentiment(&options, &[Device::default()]),
         Err(Error::Io { .. })
     ));
 }
@@ -161,7 +162,7 @@ fn a_diverging_run_stops_and_names_the_step() {
     let dir = scratch("sentiment_job", "diverge");
     let mut options = tiny_job(&dir, vec![FinetuneMode::Full]);
     options.lr = Some(1e30);
-    let err = run_sentiment(&options, &Device::default()).unwrap_err();
+    let err = run_sentiment(&options, &[Device::default()]).unwrap_err();
     assert!(err.to_string().contains("learning rate"), "{err}");
     let Error::NonFiniteLoss { step, .. } = err else {
         panic!("{err}")
@@ -185,7 +186,7 @@ fn a_hugging_face_bert_base_trains_in_every_mode() {
         FinetuneMode::Lora(LoraConfig::new().with_rank(2).with_alpha(4.0)),
         FinetuneMode::HeadOnly,
     ];
-    let (metrics, _) = run_sentiment(&options, &Device::default()).unwrap();
+    let (metrics, _) = run_sentiment(&options, &[Device::default()]).unwrap();
     let [full, lora, head] = &metrics.runs[..] else {
         panic!("three runs")
     };
@@ -254,7 +255,7 @@ fn a_random_bert_has_the_architecture_of_its_base_and_not_its_weights() {
             false => base,
         };
         options.pooling = Pooling::Mean;
-        let (metrics, _) = run_sentiment(&options, &Device::default()).unwrap();
+        let (metrics, _) = run_sentiment(&options, &[Device::default()]).unwrap();
         let loss = fs::read_to_string(dir.join("out/loss.csv")).unwrap();
         (metrics, loss)
     };

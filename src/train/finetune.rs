@@ -122,11 +122,24 @@ pub struct FinetuneOptions {
     /// is the same function of the seed for any thread timing, but not the same numbers
     /// for different counts: parts are padded separately and draw their own dropout masks.
     pub replicas: usize,
+    /// Devices to train data-parallel on, one part of every batch each, gradients summed on
+    /// the model's device (`GradientsParams::to_device`). Empty or one: the model's device,
+    /// with `replicas` threads.
+    pub devices: Vec<Device>,
 }
 
 /// One replica per available core (2 on the machine the README's figures come from).
 pub fn default_replicas() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The default replica count on `device`: one per core on a CPU backend, where replicas
+/// keep every core busy; one on a GPU, which is busy with one.
+pub fn replicas_for(device: &Device) -> usize {
+    match crate::device::is_cpu(device) {
+        true => default_replicas(),
+        false => 1,
+    }
 }
 
 /// What happened during training.
@@ -177,7 +190,12 @@ pub fn finetune<C: Classifier>(
         .with_epsilon(ADAM_EPSILON)
         .init();
     let loss_fn = CrossEntropyLoss::new(None, &device);
-    let replicas = options.replicas.max(1);
+    // One part of each batch per device when several are given, else `replicas` parts on the
+    // model's own device, one thread each (see `parallel`).
+    let part_devices = match options.devices.len() > 1 {
+        true => options.devices.clone(),
+        false => vec![device.clone(); options.replicas.max(1)],
+    };
     let mut history = History::default();
     let bar = progress(total as u64, label);
     let start = Instant::now();
@@ -187,14 +205,16 @@ pub fn finetune<C: Classifier>(
             let step_start = Instant::now();
             let step = history.step_loss.len();
             let lr = lr_at(step, total, warmup, options.lr, 0.0);
-            // The batch is cut into `replicas` parts, one thread each (see `parallel`);
-            // each part's mean loss is weighted by its share, so they sum to the batch mean.
-            let parts: Vec<&[usize]> = chunk.chunks(chunk.len().div_ceil(replicas)).collect();
-            let (grads, value, part_correct) = parallel_grads(&model, parts.len(), |replica, p| {
+            // Each part's mean loss is weighted by its share, so they sum to the batch mean.
+            let parts: Vec<&[usize]> = chunk
+                .chunks(chunk.len().div_ceil(part_devices.len()))
+                .collect();
+            let devices = &part_devices[..parts.len()];
+            let (grads, value, part_correct) = parallel_grads(&model, devices, |replica, p, on| {
                 let part = parts[p];
                 let seqs: Vec<&[u32]> = part.iter().map(|&i| train.tokens[i].as_slice()).collect();
                 let labels: Vec<usize> = part.iter().map(|&i| train.labels[i]).collect();
-                let batch = class_batch(&seqs, &labels, options.pad_id, options.pooling, &device);
+                let batch = class_batch(&seqs, &labels, options.pad_id, options.pooling, on);
                 let logits = replica.classify(batch.tokens, batch.padding, batch.pool);
                 let predicted = logits.clone().argmax(1).reshape([part.len()]);
                 let correct = predicted
@@ -296,7 +316,7 @@ pub fn predict<C: Classifier>(
     let mut order: Vec<usize> = (0..tokens.len()).collect();
     order.sort_by_key(|&i| tokens[i].len());
     let chunks: Vec<&[usize]> = order.chunks(64).collect();
-    let threads = default_replicas().min(chunks.len()).max(1);
+    let threads = replicas_for(&device).min(chunks.len()).max(1);
     // Thread t takes chunks t, t + threads, ...: each gets short and long batches alike.
     let run = |t: usize, model: C| {
         let mut out = Vec::new();

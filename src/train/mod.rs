@@ -11,7 +11,7 @@ pub mod sentiment;
 
 pub use finetune::{
     Encoded, FinetuneMode, FinetuneOptions, History, accuracy, default_replicas, encode_dataset,
-    finetune, length_grouped_batches, predict,
+    finetune, length_grouped_batches, predict, replicas_for,
 };
 pub use plot::svg_line_plot;
 pub use pretrain::{PretrainOptions, PretrainReport, pretrain, unigram_perplexity};

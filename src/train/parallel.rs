@@ -18,7 +18,7 @@
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 use crate::model::with_dropout_seed;
 use burn_lora::dropout::device_seeds;
@@ -42,40 +42,48 @@ pub(crate) struct PartOutput<T> {
     pub extra: T,
 }
 
-/// Runs `forward(&replica, part)` for `part` in `0..parts`, each on its own thread with its
-/// own replica of `model` and its own dropout seed, and returns the summed gradients, the
-/// summed loss value and each part's `extra`, in part order. With one part nothing is
-/// spawned.
+/// Runs `forward(&replica, part, device)` for each part, one part per entry of `devices`,
+/// each on its own thread with its own replica of `model` on that device and its own
+/// dropout seed, and returns the summed gradients (on the model's device), the summed loss
+/// value and each part's `extra`, in part order. A part on the model's own device gets a
+/// replica with fresh leaves; a part on another device gets the model forked there, and its
+/// gradients come back with `GradientsParams::to_device`. With one part on the model's
+/// device nothing is spawned.
 pub(crate) fn parallel_grads<M, T, F>(
     model: &M,
-    parts: usize,
+    devices: &[Device],
     forward: F,
 ) -> (GradientsParams, f64, Vec<T>)
 where
     M: Module + Send,
     T: Send,
-    F: Fn(&M, usize) -> PartOutput<T> + Sync,
+    F: Fn(&M, usize, &Device) -> PartOutput<T> + Sync,
 {
     let device = first_device(model);
+    let parts = devices.len();
     // Seeds are drawn here, in order, from the device's generator, so that `device.seed`
     // still decides every mask whatever order the threads run in.
     let seeds = device_seeds(&device, parts);
     let run = |part: usize, replica: M| {
         with_dropout_seed(seeds[part], || {
-            let out = forward(&replica, part);
+            let part_device = first_device(&replica);
+            let out = forward(&replica, part, &part_device);
             let value = out.loss.clone().into_scalar::<f64>();
             let grads = GradientsParams::from_grads(out.loss.backward(), &replica);
+            let grads = match part_device == device {
+                true => grads,
+                false => grads.to_device(&device, &replica),
+            };
             (grads, value, out.extra)
         })
     };
-    let results: Vec<(GradientsParams, f64, T)> = match parts {
-        1 => vec![run(0, model.clone())],
-        _ => on_threads(
-            (0..parts)
-                .map(|_| model.clone().map(&mut FreshLeaves))
-                .collect(),
-            run,
-        ),
+    let replica = |part_device: &Device| match *part_device == device {
+        true => model.clone().map(&mut FreshLeaves),
+        false => model.clone().fork(&part_device.clone().autodiff()),
+    };
+    let results: Vec<(GradientsParams, f64, T)> = match (parts, devices.first()) {
+        (1, Some(only)) if *only == device => vec![run(0, model.clone())],
+        _ => on_threads(devices.iter().map(replica).collect(), run),
     };
     let mut sum = GradientsAccumulator::<M>::new();
     let mut loss = 0.0;
@@ -110,7 +118,7 @@ pub(crate) fn on_threads<I: Send, R: Send>(
 }
 
 /// The device of the first float parameter.
-fn first_device<M: Module>(model: &M) -> burn::tensor::Device {
+pub(crate) fn first_device<M: Module>(model: &M) -> Device {
     model
         .devices()
         .into_iter()
@@ -150,9 +158,10 @@ mod tests {
     }
 
     /// Two replicas on two halves of a batch, with each half's loss weighted by its share,
-    /// give the gradients of one pass over the whole batch: same parameters, same values.
+    /// give the gradients of one pass over the whole batch: same parameters, same values,
+    /// whether both halves run on the model's device or one runs on another device.
     #[test]
-    fn two_replicas_give_the_whole_batch_gradients() {
+    fn two_replicas_or_two_devices_give_the_whole_batch_gradients() {
         let device = Device::default().autodiff();
         device.seed(3);
         let config = GptConfig::new(40)
@@ -198,40 +207,55 @@ mod tests {
                 labels.clone().slice(range),
             )
         };
-        let run = |parts: usize| {
-            parallel_grads(&model, parts, |replica: &GptClassifier, p| {
-                let (tokens, padding, pool, labels) = part(p, parts);
-                let logits = replica.forward(tokens, padding, pool);
-                PartOutput {
-                    loss: loss_fn.forward(logits, labels).div_scalar(parts as f64),
-                    extra: p,
-                }
-            })
+        let run = |devices: &[Device]| {
+            let parts = devices.len();
+            parallel_grads(
+                &model,
+                devices,
+                |replica: &GptClassifier, p, on: &Device| {
+                    let (tokens, padding, pool, labels) = part(p, parts);
+                    let (tokens, padding) = (tokens.to_device(on), padding.to_device(on));
+                    let (pool, labels) = (pool.to_device(on), labels.to_device(on));
+                    let logits = replica.forward(tokens, padding, pool);
+                    PartOutput {
+                        loss: loss_fn.forward(logits, labels).div_scalar(parts as f64),
+                        extra: p,
+                    }
+                },
+            )
         };
-        let (whole, whole_loss, _) = run(1);
-        let (split, split_loss, extras) = run(2);
-        assert_eq!(extras, vec![0, 1], "parts come back in order");
-        assert!(
-            (whole_loss - split_loss).abs() < 1e-5,
-            "{whole_loss} vs {split_loss}"
-        );
-        let whole = grads_of(&model, &whole);
-        let split = grads_of(&model, &split);
+        let (whole, whole_loss, _) = run(std::slice::from_ref(&device));
+        let (whole, whole_loss, _) = (grads_of(&model, &whole), whole_loss, ());
         let counted: usize = whole.iter().map(|(_, g)| g.len()).sum();
         assert_eq!(
             counted,
             param_report(&model).trainable,
             "every trainable weight"
         );
-        assert_eq!(
-            whole.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-            split.iter().map(|(id, _)| id).collect::<Vec<_>>()
-        );
-        for ((id, a), (_, b)) in whole.iter().zip(&split) {
-            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert!(scale > 0.0, "{id} got a zero gradient");
-            for (x, y) in a.iter().zip(b) {
-                assert!((x - y).abs() <= 1e-5 * scale.max(1.0), "{id}: {x} vs {y}");
+        // Two replicas on this device, and one part on another device (ndarray): the
+        // second part's replica is forked there and its gradients come back.
+        // A second CPU backend gives a second device on a machine with one CPU; Burn 0.22
+        // deprecates ndarray in favour of flex, which has only one device.
+        #[allow(deprecated)]
+        let ndarray = Device::ndarray().autodiff();
+        for devices in [[device.clone(), device.clone()], [device.clone(), ndarray]] {
+            let (split, split_loss, extras) = run(&devices);
+            assert_eq!(extras, vec![0, 1], "parts come back in order");
+            assert!(
+                (whole_loss - split_loss).abs() < 1e-5,
+                "{whole_loss} vs {split_loss}"
+            );
+            let split = grads_of(&model, &split);
+            assert_eq!(
+                whole.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                split.iter().map(|(id, _)| id).collect::<Vec<_>>()
+            );
+            for ((id, a), (_, b)) in whole.iter().zip(&split) {
+                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(scale > 0.0, "{id} got a zero gradient");
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() <= 1e-5 * scale.max(1.0), "{id}: {x} vs {y}");
+                }
             }
         }
     }

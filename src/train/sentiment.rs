@@ -247,6 +247,10 @@ pub struct Metrics {
     pub dataset: String,
     /// The base directory, or `random`.
     pub base: String,
+    /// The backend trained on (`Flex`, `NdArray`, `Cube`, ...).
+    pub backend: String,
+    /// The devices trained on, as Burn names them.
+    pub devices: Vec<String>,
     /// One entry per mode.
     pub runs: Vec<RunMetrics>,
 }
@@ -257,10 +261,15 @@ pub struct Metrics {
 /// # Errors
 ///
 /// Bad data files, a bad base, an invalid LoRA config, a non-finite loss, or a failed write.
+/// `devices` are where training runs: the first holds the model; with several, each
+/// trains on a part of every batch (data parallelism across devices).
 pub fn run_sentiment(
     options: &SentimentOptions,
-    device: &Device,
+    devices: &[Device],
 ) -> Result<(Metrics, String), Error> {
+    if devices.is_empty() {
+        return Err(Error::Usage("the sentiment job needs a device".into()));
+    }
     crate::train::check_output_dir(&options.out, options.overwrite)?;
     let mut train = SentimentDataset::load(&options.train_file)?;
     if let Some(n) = options.max_train {
@@ -301,7 +310,7 @@ pub fn run_sentiment(
                 }
                 Ok(BertClassifier::new(bert, &config, 2, *head, device))
             };
-            run_modes(options, &data, &tokenizer, max_len, build, device)
+            run_modes(options, &data, &tokenizer, max_len, build, devices)
         }
         BaseModel::Gpt(dir) => {
             let (config, tokenizer) = load_gpt_config(dir)?;
@@ -316,7 +325,7 @@ pub fn run_sentiment(
                 };
                 Ok(GptClassifier::new(gpt, 2, device))
             };
-            run_modes(options, &data, &tokenizer, max_len, build, device)
+            run_modes(options, &data, &tokenizer, max_len, build, devices)
         }
         BaseModel::Random(_) => Err(Error::Usage(
             "`random:` takes a base directory, not another `random`".into(),
@@ -339,8 +348,9 @@ fn run_modes<C: Classifier>(
     tokenizer: &impl TextEncoder,
     max_len: usize,
     build: impl Fn(&Device) -> Result<C, Error>,
-    device: &Device,
+    devices: &[Device],
 ) -> Result<(Metrics, String), Error> {
+    let device = &devices[0];
     let Data { train, test, evals } = data;
     let (fit, val) = split_train(&train.examples);
     let encode = |examples: Vec<Example>| {
@@ -408,6 +418,10 @@ fn run_modes<C: Classifier>(
             pooling: options.pooling,
             pad_id: tokenizer.padding_id(),
             replicas: options.replicas,
+            devices: match devices.len() {
+                1 => Vec::new(),
+                _ => devices.iter().map(|d| d.clone().autodiff()).collect(),
+            },
         };
         println!(
             "\n== {} ({} trainable of {} parameters, lr {:e}) ==",
@@ -418,10 +432,13 @@ fn run_modes<C: Classifier>(
         );
         let (model, history) = finetune(model, &fit, &val, &finetune_options, mode.name())?;
         println!(
-            "  {}: {:.1} training examples/s ({} replicas)",
+            "  {}: {:.1} training examples/s ({})",
             mode.name(),
             history.examples_per_second(),
-            finetune_options.replicas.max(1)
+            match devices.len() {
+                1 => format!("{} replicas", finetune_options.replicas.max(1)),
+                n => format!("{n} devices"),
+            }
         );
         let model = model.valid();
         let score = |enc: &Encoded| {
@@ -479,6 +496,8 @@ fn run_modes<C: Classifier>(
     let metrics = Metrics {
         dataset: options.dataset.clone(),
         base: options.base.describe(),
+        backend: crate::device::backend(device),
+        devices: devices.iter().map(crate::device::describe).collect(),
         runs,
     };
     write_atomic(
@@ -495,6 +514,8 @@ fn run_modes<C: Classifier>(
         "batch_size": options.batch_size,
         "seed": options.seed,
         "replicas": options.replicas,
+        "devices": metrics.devices,
+        "backend": metrics.backend,
         "modes": details,
     });
     write_atomic(
