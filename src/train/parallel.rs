@@ -21,7 +21,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 
 use crate::model::with_dropout_seed;
-use burn_lora::dropout::device_seeds;
+use burn_lora::dropout::{device_seeds, is_cpu_device};
 
 /// Gives every trainable parameter a fresh autodiff leaf: same value, same id.
 struct FreshLeaves;
@@ -62,8 +62,13 @@ where
     let device = first_device(model);
     let parts = devices.len();
     // Seeds are drawn here, in order, from the device's generator, so that `device.seed`
-    // still decides every mask whatever order the threads run in.
-    let seeds = device_seeds(&device, parts);
+    // still decides every mask whatever order the threads run in. Only CPU devices build
+    // masks from them (see `burn_lora::dropout`); a GPU draws its own on the device, and
+    // reading two numbers back every step would be a host round trip for nothing.
+    let seeds = match is_cpu_device(&device) {
+        true => device_seeds(&device, parts),
+        false => vec![0; parts],
+    };
     let run = |part: usize, replica: M| {
         with_dropout_seed(seeds[part], || {
             let part_device = first_device(&replica);
