@@ -11,10 +11,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use crate::Error;
-use crate::data::{SentimentDataset, class_batch};
 use burn_lora::{LoraConfig, apply_lora, set_lora_trainable};
 
+use crate::Error;
+use crate::data::{SentimentDataset, class_batch};
 use crate::model::{Classifier, Pooling};
 use crate::tokenizer::TextEncoder;
 use crate::train::parallel::{PartOutput, on_threads, parallel_grads};

@@ -12,11 +12,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
+use burn_lora::{ParamReport, merge_lora, param_report, save_adapter_with};
+
 use crate::Error;
 use crate::data::{Example, SentimentDataset};
 use crate::io::write_atomic;
-use burn_lora::{ParamReport, merge_lora, param_report, save_adapter_with};
-
 use crate::model::bert::{Bert, BertClassifier, BertConfig, BertHead};
 use crate::model::{Classifier, Gpt, GptClassifier, GptConfig, Pooling};
 use crate::tokenizer::{BpeTokenizer, HfTokenizer, TextEncoder};
