@@ -78,7 +78,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
     // The one-pass loop runs on the host: on a CPU backend that is the device itself; on a
     // GPU it would be two transfers per call, and Burn's own GELU runs on the device.
-    if !burn_lora::dropout::is_cpu_device(&device) {
+    if !crate::device::is_cpu(&device) {
         return burn::tensor::activation::gelu(x);
     }
     let shape = x.shape();

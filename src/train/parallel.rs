@@ -21,7 +21,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 
 use crate::model::with_dropout_seed;
-use burn_lora::dropout::{device_seeds, is_cpu_device};
+use burn_lora::dropout::device_seeds;
 
 /// Gives every trainable parameter a fresh autodiff leaf: same value, same id.
 struct FreshLeaves;
@@ -65,7 +65,7 @@ where
     // still decides every mask whatever order the threads run in. Only CPU devices build
     // masks from them (see `burn_lora::dropout`); a GPU draws its own on the device, and
     // reading two numbers back every step would be a host round trip for nothing.
-    let seeds = match is_cpu_device(&device) {
+    let seeds = match crate::device::is_cpu(&device) {
         true => device_seeds(&device, parts),
         false => vec![0; parts],
     };
