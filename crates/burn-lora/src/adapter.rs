@@ -62,7 +62,7 @@ impl Adapter {
 
     /// An adapter with the given factors, `A` `[d_in, r]` and `B` `[r, d_out]`, and the
     /// scaling, dropout and init of `config` (its rank is read from `A`).
-    pub fn from_factors(
+    fn from_factors(
         lora_a: Param<Tensor<2>>,
         lora_b: Param<Tensor<2>>,
         config: &LoraConfig,
@@ -89,13 +89,6 @@ impl Adapter {
     /// `B`, `[r, d_out]`.
     pub fn lora_b(&self) -> &Param<Tensor<2>> {
         &self.factors.lora_b
-    }
-
-    /// The adapter with `A` and `B` replaced (same shapes).
-    pub fn with_factors(mut self, lora_a: Param<Tensor<2>>, lora_b: Param<Tensor<2>>) -> Self {
-        self.factors.lora_a = lora_a;
-        self.factors.lora_b = lora_b;
-        self
     }
 
     /// The rank `r`.
