@@ -5,7 +5,7 @@
 //! cargo run --release --example predict -- --adapter runs/sentiment/lora_adapter "A gem of a film."
 //! echo "Dull and far too long." | cargo run --release --example predict -- --adapter runs/sentiment/lora_adapter --json
 //! cargo run --release --example predict -- --checkpoint runs/sentiment/full_model.bpk "Loved it"
-//! cargo run --release --example predict -- --base hf:PATH/bert --adapter PATH/adapter --pooling cls "Loved it"
+//! cargo run --release --example predict -- --base hf:PATH/bert-seq-cls --adapter PATH/peft-adapter "Loved it"
 //! ```
 
 use std::io::BufRead;
@@ -14,18 +14,20 @@ use std::process::ExitCode;
 
 use burn_lora::merge_lora;
 use burn_lora_demo::Error;
-use burn_lora_demo::data::{Example, SentimentDataset};
 use burn_lora_demo::device::parse_one_device;
+use burn_lora_demo::model::Classifier;
 use burn_lora_demo::model::bert::BertHead;
-use burn_lora_demo::model::{Classifier, Pooling};
 use burn_lora_demo::tokenizer::TextEncoder;
+use burn_lora_demo::train::metrics::argmax;
 use burn_lora_demo::train::sentiment::{
-    BaseModel, DEFAULT_BASE, Loaded, Trained, load_classifier, parse_pooling,
+    BaseModel, DEFAULT_BASE, Loaded, LoadedModel, Trained, load_classifier,
 };
-use burn_lora_demo::train::{encode_dataset, predict};
+use burn_lora_demo::train::{encode_texts, predict};
 use clap::Parser;
 
-/// Sentiment of each text: label (0 negative, 1 positive) and probabilities.
+/// The class of each text, by name, with its probability. The class names and the head
+/// come from the files: the run's `labels.json`, or a Hugging Face sequence classifier's
+/// `config.json`.
 #[derive(Parser, Debug)]
 struct Args {
     /// Where to compute: auto | flex | ndarray | wgpu[:N|:cpu] | vulkan[:N] | cuda[:N]
@@ -38,7 +40,7 @@ struct Args {
     /// default) or a directory made by the pretrain example; `hf:DIR` forces BERT.
     #[arg(long, default_value = DEFAULT_BASE)]
     base: String,
-    /// A LoRA run's PEFT-format adapter directory.
+    /// A LoRA run's PEFT-format adapter directory (ours or PEFT's).
     #[arg(long, conflicts_with = "checkpoint")]
     adapter: Option<PathBuf>,
     /// A full fine-tuned checkpoint (`full_model.bpk`).
@@ -50,8 +52,8 @@ struct Args {
     /// Merge the adapter into the base weights first (same answers, plain linears).
     #[arg(long)]
     merge: bool,
-    /// Pooling the model was trained with: `last` or `mean` for our GPT (default `last`),
-    /// `mean` or `cls` for BERT (default `mean`; `cls` for PEFT SEQ_CLS adapters).
+    /// Override the pooling the files record: `last` or `mean` for our GPT, `mean` or `cls`
+    /// for BERT. Contradicting a run's `labels.json` is an error.
     #[arg(long)]
     pooling: Option<String>,
 }
@@ -66,8 +68,6 @@ fn run(args: Args) -> Result<(), Error> {
             ));
         }
     };
-    let bert = BaseModel::parse(&args.base, BertHead::Mean).is_bert();
-    let (pooling, head) = parse_pooling(args.pooling.as_deref(), bert)?;
     let texts = match args.texts.is_empty() {
         false => args.texts.clone(),
         true => std::io::stdin()
@@ -79,13 +79,21 @@ fn run(args: Args) -> Result<(), Error> {
             .filter(|l| !l.trim().is_empty())
             .collect(),
     };
-    let base = BaseModel::parse(&args.base, head);
-    match load_classifier(&base, &trained, &parse_one_device(&args.device, "predict")?)? {
-        Loaded::Gpt(model, tokenizer, max_len) => {
-            classify(model, &tokenizer, max_len, pooling, &texts, &args)
+    let base = BaseModel::parse(&args.base, BertHead::Mean);
+    let device = parse_one_device(&args.device, "predict")?;
+    let loaded = load_classifier(&base, &trained, args.pooling.as_deref(), &device)?;
+    eprintln!(
+        "classes: {} (from {}); pooling {}",
+        loaded.labels.names().join(", "),
+        loaded.source,
+        loaded.pooling_name
+    );
+    match &loaded.model {
+        LoadedModel::Gpt(model, tokenizer) => {
+            classify(model.clone(), tokenizer, &loaded, &texts, &args)
         }
-        Loaded::Bert(model, tokenizer, max_len) => {
-            classify(model, &tokenizer, max_len, pooling, &texts, &args)
+        LoadedModel::Bert(model, tokenizer) => {
+            classify(model.clone(), tokenizer, &loaded, &texts, &args)
         }
     }
 }
@@ -93,8 +101,7 @@ fn run(args: Args) -> Result<(), Error> {
 fn classify<C: Classifier>(
     model: C,
     tokenizer: &impl TextEncoder,
-    max_len: usize,
-    pooling: Pooling,
+    loaded: &Loaded,
     texts: &[String],
     args: &Args,
 ) -> Result<(), Error> {
@@ -103,33 +110,25 @@ fn classify<C: Classifier>(
     } else {
         model
     };
-    let examples = texts
-        .iter()
-        .map(|t| Example {
-            label: 0,
-            text: t.clone(),
-        })
-        .collect();
-    let data = SentimentDataset {
-        path: "<input>".into(),
-        examples,
-    };
-    let encoded = encode_dataset(tokenizer, &data, max_len)?;
-    if encoded.truncated > 0 {
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let (tokens, truncated) = encode_texts(tokenizer, &refs, loaded.max_len)?;
+    if truncated > 0 {
         eprintln!(
-            "note: {} text(s) longer than {max_len} tokens were truncated",
-            encoded.truncated
+            "note: {truncated} text(s) longer than {} tokens were truncated",
+            loaded.max_len
         );
     }
-    let probs = predict(&model, &encoded.tokens, pooling, tokenizer.padding_id());
+    let probs = predict(&model, &tokens, loaded.pooling, tokenizer.padding_id());
+    let names = loaded.labels.names();
     for (text, p) in texts.iter().zip(probs) {
-        let label = usize::from(p[1] > p[0]);
+        let class = argmax(&p);
         if args.json {
-            let json = serde_json::json!({"text": text, "label": label, "probs": [p[0], p[1]]});
+            let json = serde_json::json!({
+                "text": text, "label": names[class], "class": class, "probs": p,
+            });
             println!("{json}");
         } else {
-            let name = ["negative", "positive"][label];
-            println!("{name:<8} {:.3}  {text}", p[label]);
+            println!("{:<8} {:.3}  {text}", names[class], p[class]);
         }
     }
     Ok(())

@@ -4,6 +4,8 @@
 //! ```sh
 //! cargo run --release --example sentiment
 //! cargo run --release --example sentiment -- --dataset zh --modes lora --rank 16
+//! cargo run --release --example sentiment -- --dataset en3   # negative / neutral / positive
+//! cargo run --release --example sentiment -- --data-file my.csv --test-file my_test.csv --text-column review --label-column stars
 //! cargo run --release --example sentiment -- --base fixtures/base   # our own pre-trained GPT
 //! cargo run --release --example sentiment -- --base random      # what pre-training is worth
 //! cargo run --release --example sentiment -- --base hf:PATH/all-MiniLM-L6-v2 --modes lora --targets query,value --lr 5e-4
@@ -15,6 +17,7 @@ use std::process::ExitCode;
 use burn::tensor::Device;
 use burn_lora::LoraConfig;
 use burn_lora_demo::Error;
+use burn_lora_demo::data::{Format, ReadOptions};
 use burn_lora_demo::device::parse_devices;
 use burn_lora_demo::model::bert::BertHead;
 use burn_lora_demo::train::sentiment::{
@@ -30,15 +33,28 @@ struct Args {
     /// (auto: Burn's default device, which honours BURN_DEVICE).
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Built-in dataset: `en` (movie-review snippets) or `zh` (product reviews).
+    /// Built-in dataset: `en` (movie-review snippets, negative / positive), `en3` (the same
+    /// snippets, negative / neutral / positive) or `zh` (product reviews).
     #[arg(long, default_value = "en")]
     dataset: String,
-    /// Train on this `label<TAB>text` file instead of the dataset's training split.
+    /// Train on this file instead of the dataset's training split: TSV (`label<TAB>text`),
+    /// CSV with a header, or JSON Lines, by its extension (see --format). Its labels are
+    /// the classes.
     #[arg(long)]
     data_file: Option<PathBuf>,
-    /// Also evaluate on this `label<TAB>text` file (repeatable).
+    /// Also evaluate on this file (repeatable; any of the three formats).
     #[arg(long)]
     eval_file: Vec<PathBuf>,
+    /// The format of every data file: tsv, csv or jsonl (default: each file's extension;
+    /// TSV for any other).
+    #[arg(long)]
+    format: Option<String>,
+    /// The text column of a CSV file, or field of a JSON Lines one.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// The label column of a CSV file, or field of a JSON Lines one.
+    #[arg(long, default_value = "label")]
+    label_column: String,
     /// Comma-separated modes: full, lora, head.
     #[arg(long, default_value = "full,lora,head")]
     modes: String,
@@ -104,13 +120,16 @@ fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be at least 1".into()));
     }
-    if !["en", "zh"].contains(&args.dataset.as_str()) {
-        return Err(usage(format!(
-            "--dataset must be en or zh, got `{}`",
-            args.dataset
-        )));
-    }
     let data = PathBuf::from("fixtures/data").join(&args.dataset);
+    let extension = match args.dataset.as_str() {
+        "en" | "zh" => "tsv",
+        "en3" => "csv",
+        other => {
+            return Err(usage(format!(
+                "--dataset must be en, en3 or zh, got `{other}`"
+            )));
+        }
+    };
     let bert = BaseModel::parse(&args.base, BertHead::Mean).is_bert();
     let (pooling, head) = parse_pooling(args.pooling.as_deref(), bert)?;
     let base = BaseModel::parse(&args.base, head);
@@ -141,9 +160,17 @@ fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
         return Err(usage("--max-len must be at least 2".into()));
     }
     let options = SentimentOptions {
-        dataset: args.dataset,
-        train_file: args.data_file.unwrap_or_else(|| data.join("train.tsv")),
-        test_file: args.test_file.unwrap_or_else(|| data.join("test.tsv")),
+        // A run on the user's own file is named by it.
+        dataset: match &args.data_file {
+            Some(path) => path.display().to_string(),
+            None => args.dataset,
+        },
+        train_file: args
+            .data_file
+            .unwrap_or_else(|| data.join(format!("train.{extension}"))),
+        test_file: args
+            .test_file
+            .unwrap_or_else(|| data.join(format!("test.{extension}"))),
         eval_files: args.eval_file,
         epochs: args.epochs.unwrap_or(defaults.epochs),
         base,
@@ -157,6 +184,11 @@ fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
         pooling,
         overwrite: args.overwrite,
         replicas: args.replicas.unwrap_or_else(|| replicas_for(&devices[0])),
+        read: ReadOptions {
+            format: args.format.as_deref().map(Format::parse).transpose()?,
+            text_column: args.text_column,
+            label_column: args.label_column,
+        },
     };
     Ok((options, devices))
 }

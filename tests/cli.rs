@@ -187,7 +187,7 @@ fn sentiment_empty_and_single_label_datasets() {
         &["empty.tsv", "holds no examples"],
     );
     let one = dir.join("one_label.tsv");
-    fs::write(&one, "1\tgood\n1\tgreat fun\npositive\tfun\n").unwrap();
+    fs::write(&one, "1\tgood\n1\tgreat fun\n1\tfun\n").unwrap();
     fails(
         setup.sentiment(&["--data-file", s(&one)]),
         &["one_label.tsv", "only one label"],
@@ -201,8 +201,8 @@ fn sentiment_malformed_lines_name_file_and_line() {
     let cases: [(&str, &[u8], &str); 4] = [
         (
             "label.tsv",
-            b"1\tgood\n0\tbad\n7\tmeh\n",
-            "label.tsv:3: unknown label `7`",
+            b"1\tgood\n0\tbad\n \tmeh\n",
+            "label.tsv:3: the label is empty",
         ),
         (
             "utf8.tsv",
@@ -222,6 +222,15 @@ fn sentiment_malformed_lines_name_file_and_line() {
         fails(setup.sentiment(&["--data-file", s(&path)]), &[message]);
         // The same checks guard the test and evaluation files.
         fails(setup.sentiment(&["--eval-file", s(&path)]), &[message]);
+    }
+    // A label the training file never had is an error in the test and evaluation files.
+    let unseen = dir.join("unseen.tsv");
+    fs::write(&unseen, "1\tgood\n0\tbad\nneutral\tmeh\n").unwrap();
+    for flag in ["--test-file", "--eval-file"] {
+        fails(
+            setup.sentiment(&[flag, s(&unseen)]),
+            &["unseen.tsv:3: label `neutral` never occurs in the training data (its labels: 0, 1)"],
+        );
     }
 }
 
@@ -306,7 +315,10 @@ fn predict_merged_and_unmerged_answers_agree_in_json() {
         let probs = line["probs"].as_array().unwrap();
         let (p0, p1) = (probs[0].as_f64().unwrap(), probs[1].as_f64().unwrap());
         assert!((p0 + p1 - 1.0).abs() < 1e-5, "{line}");
-        assert_eq!(line["label"].as_u64().unwrap(), u64::from(p1 > p0));
+        // The class names are the training file's labels, recorded in labels.json.
+        let class = u64::from(p1 > p0);
+        assert_eq!(line["class"].as_u64().unwrap(), class);
+        assert_eq!(line["label"], class.to_string());
     }
     let merged_args = [&args[..], &["--merge"]].concat();
     let merged = succeeds(&run_with_stdin("predict", &merged_args, texts));
@@ -619,6 +631,197 @@ fn predict_with_a_hugging_face_base_and_a_peft_adapter_gives_peft_probabilities(
             ],
         ),
         &["--pooling", "mean or cls"],
+    );
+}
+
+#[test]
+fn predict_follows_a_sequence_classifier_checkpoint_and_its_peft_adapter_with_no_flags() {
+    // A BertForSequenceClassification checkpoint naming three classes, and PEFT's SEQ_CLS
+    // adapter on it (scripts/hf_golden.py): no --pooling, no labels.json.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_seqcls");
+    let base = format!("hf:{}", root.display());
+    let adapter = root.join("peft_adapter");
+    let texts = ["a gem of a film", "dull and far too long", "good"];
+    let mut args = vec!["--base", &base, "--adapter", s(&adapter), "--json"];
+    args.extend(texts);
+    let output = run("predict", &args);
+    let stdout = succeeds(&output);
+    assert!(
+        text(&output.stderr).contains("pooling cls"),
+        "{}",
+        text(&output.stderr)
+    );
+    let bytes = fs::read(root.join("golden.safetensors")).unwrap();
+    let golden = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let want: Vec<f32> = common::read(&golden, "peft_probs").try_to_vec().unwrap();
+    let names = ["negative", "neutral", "positive"];
+    for (row, line) in stdout.lines().enumerate() {
+        let json: serde_json::Value = serde_json::from_str(line).unwrap();
+        let got: Vec<f32> = json["probs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_f64().unwrap() as f32)
+            .collect();
+        let want = &want[3 * row..3 * row + 3];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-4, "row {row}: {got:?} vs PEFT {want:?}");
+        }
+        let best = (0..3).max_by(|&a, &b| want[a].total_cmp(&want[b])).unwrap();
+        assert_eq!(json["label"], names[best], "{json}");
+    }
+    assert_eq!(stdout.lines().count(), 3);
+    // --pooling still overrides the checkpoint (no labels.json to contradict), and the
+    // mean head answers differently.
+    let mean = succeeds(&run(
+        "predict",
+        &[
+            "--base",
+            &base,
+            "--adapter",
+            s(&adapter),
+            "--pooling",
+            "mean",
+            "--json",
+            "good",
+        ],
+    ));
+    let json: serde_json::Value = serde_json::from_str(mean.trim()).unwrap();
+    let p0 = json["probs"][0].as_f64().unwrap() as f32;
+    assert!((p0 - want[6]).abs() > 1e-3, "{p0} vs {}", want[6]);
+}
+
+#[test]
+fn sentiment_trains_three_classes_from_csv_and_jsonl_and_predict_names_them() {
+    let setup = setup();
+    let dir = scratch("cli", "three_classes");
+    let neutral = [
+        "so so",
+        "average film",
+        "it was okay",
+        "fine I guess",
+        "meh",
+        "plain",
+    ];
+    let rows = |copies: usize| {
+        let mut rows = Vec::new();
+        for i in 0..copies {
+            for k in 0..6 {
+                rows.push((format!("{} {i}", common::POSITIVE[k]), "pos"));
+                rows.push((format!("{} {i}", common::NEGATIVE[k]), "neg"));
+                rows.push((format!("{} {i}", neutral[k]), "neutral"));
+            }
+        }
+        rows
+    };
+    // CSV with the columns in another order, other names, a quoted comma and an id.
+    let mut csv = String::from("id,stars,review\n");
+    for (i, (text, label)) in rows(4).iter().enumerate() {
+        csv.push_str(&format!("{i},{label},\"{text}, really\"\n"));
+    }
+    let train = dir.join("train.csv");
+    fs::write(&train, csv).unwrap();
+    let mut jsonl = String::new();
+    for (text, label) in rows(1) {
+        jsonl.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"review": text, "stars": label})
+        ));
+    }
+    let test = dir.join("test.jsonl");
+    fs::write(&test, jsonl).unwrap();
+    let out = dir.join("out");
+    let columns = ["--text-column", "review", "--label-column", "stars"];
+    let args = [
+        &[
+            "--data-file",
+            s(&train),
+            "--test-file",
+            s(&test),
+            "--modes",
+            "lora,head",
+        ][..],
+        &["--out", s(&out), "--epochs", "2"],
+        &columns,
+    ]
+    .concat();
+    let stdout = succeeds(&setup.sentiment(&args));
+    assert!(
+        stdout.contains("labels: neg, neutral, pos (3 classes"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("lora confusion matrix (test)"), "{stdout}");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(
+        metrics["labels"],
+        serde_json::json!(["neg", "neutral", "pos"])
+    );
+    for run in metrics["runs"].as_array().unwrap() {
+        assert_eq!(run["labels"], metrics["labels"]);
+        let matrix: Vec<Vec<u64>> =
+            serde_json::from_value(run["confusion_matrix"].clone()).unwrap();
+        assert_eq!(matrix.len(), 3);
+        let total: u64 = matrix.iter().flatten().sum();
+        assert_eq!(total, 18, "every test example counted once");
+        let trace: u64 = (0..3).map(|i| matrix[i][i]).sum();
+        let accuracy = run["test_accuracy"].as_f64().unwrap();
+        assert!((accuracy - trace as f64 / 18.0).abs() < 1e-12, "{run}");
+        let per_class = run["per_class"].as_array().unwrap();
+        assert_eq!(per_class.len(), 3);
+        let mut f1 = 0.0;
+        for (c, class) in per_class.iter().enumerate() {
+            assert_eq!(class["label"], metrics["labels"][c]);
+            assert_eq!(class["support"], 6);
+            let recall = class["recall"].as_f64().unwrap();
+            assert!((recall - matrix[c][c] as f64 / 6.0).abs() < 1e-12);
+            f1 += class["f1"].as_f64().unwrap() / 3.0;
+        }
+        assert!((run["macro_f1"].as_f64().unwrap() - f1).abs() < 1e-12);
+    }
+    let adapter = out.join("lora_adapter");
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(adapter.join("labels.json")).unwrap()).unwrap();
+    assert_eq!(record["labels"], metrics["labels"]);
+    assert_eq!(record["pooling"], "last");
+    let base = setup.base();
+    let answer = succeeds(&run(
+        "predict",
+        &[
+            "--base",
+            s(&base),
+            "--adapter",
+            s(&adapter),
+            "--json",
+            "so so 9",
+        ],
+    ));
+    let json: serde_json::Value = serde_json::from_str(answer.trim()).unwrap();
+    assert_eq!(json["probs"].as_array().unwrap().len(), 3);
+    let label = json["label"].as_str().unwrap();
+    assert!(["neg", "neutral", "pos"].contains(&label), "{json}");
+    // A pooling that contradicts the record names both.
+    fails(
+        run(
+            "predict",
+            &[
+                "--base",
+                s(&base),
+                "--adapter",
+                s(&adapter),
+                "--pooling",
+                "mean",
+                "x",
+            ],
+        ),
+        &["--pooling mean", "labels.json", "--pooling last"],
+    );
+    // A malformed CSV line names file and line.
+    let bad = dir.join("bad.csv");
+    fs::write(&bad, "review,stars\n\"good\",pos\n\"bad\"x,neg\n").unwrap();
+    fails(
+        setup.sentiment(&[&["--data-file", s(&bad)][..], &columns].concat()),
+        &["bad.csv:3: text after a closing quote"],
     );
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use burn_lora::{LoraConfig, apply_lora, load_adapter_weights, parse_adapter_config, save_adapter};
-use burn_lora_demo::data::SentimentDataset;
+use burn_lora_demo::data::{ReadOptions, SentimentDataset};
 use burn_lora_demo::model::{GptClassifier, GptConfig, parse_config};
 use burn_lora_demo::tokenizer::BpeTokenizer;
 
@@ -97,4 +97,17 @@ fn config_and_dataset_seeds_parse() {
         datasets += 1;
     }
     assert!(datasets >= 2);
+    // The CSV and JSON Lines seeds, read as their extension says.
+    for target in ["dataset_csv", "dataset_jsonl"] {
+        let mut seen = 0;
+        for entry in fs::read_dir(seeds(target)).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = fs::read(&path).unwrap();
+            let data = SentimentDataset::parse_with(&bytes, &path, &ReadOptions::default())
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(data.len(), 2, "{}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 2, "{target}");
+    }
 }

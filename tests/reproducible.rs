@@ -10,7 +10,7 @@ use std::fs;
 use burn::tensor::{Device, TensorData};
 use burn_lora_demo::train::FinetuneMode;
 use burn_lora_demo::train::sentiment::{
-    BaseModel, Loaded, Trained, load_classifier, run_sentiment,
+    BaseModel, LoadedModel, Trained, load_classifier, run_sentiment,
 };
 use common::{param_values, scratch, tiny_job, tiny_lora};
 
@@ -34,8 +34,10 @@ fn the_same_seed_reproduces_every_figure_and_byte() {
         // compared by its values; the PEFT adapter files must match byte for byte.
         let checkpoint = Trained::Checkpoint(dir.join(out).join("full_model.bpk"));
         let base = BaseModel::Gpt(dir.clone());
-        let Loaded::Gpt(full, _, _) =
-            load_classifier(&base, &checkpoint, &Device::default()).unwrap()
+        let LoadedModel::Gpt(full, _) =
+            load_classifier(&base, &checkpoint, None, &Device::default())
+                .unwrap()
+                .model
         else {
             panic!("a GPT base loads a GPT classifier")
         };

@@ -40,11 +40,15 @@ fn every_mode_runs_and_metrics_json_has_the_schema() {
             keys,
             [
                 "artifact_bytes",
+                "confusion_matrix",
                 "eval",
                 "frozen_params",
+                "labels",
+                "macro_f1",
                 "median_step_seconds",
                 "mode",
                 "peak_rss_bytes",
+                "per_class",
                 "test_accuracy",
                 "total_params",
                 "train_seconds",
@@ -107,7 +111,8 @@ fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
     let tokenizer =
         burn_lora_demo::tokenizer::BpeTokenizer::load(dir.join("tokenizer.json")).unwrap();
     let data = SentimentDataset::load(&options.train_file).unwrap();
-    let encoded = encode_dataset(&tokenizer, &data, 16).unwrap();
+    let labels = burn_lora_demo::data::LabelSet::from_data(&data).unwrap();
+    let encoded = encode_dataset(&tokenizer, &data, &labels, 16).unwrap();
     let finetune_options = FinetuneOptions {
         epochs: 2,
         batch_size: 8,
@@ -136,14 +141,17 @@ fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
 fn bad_data_files_are_errors_naming_the_line() {
     let dir = scratch("sentiment_job", "bad_data");
     let mut options = tiny_job(&dir, vec![FinetuneMode::HeadOnly]);
+    // A third label in training is a third class; in the test file it is an error.
     fs::write(dir.join("bad.tsv"), "1\tfine\n0\tfine too\nmaybe\tunsure\n").unwrap();
-    options.train_file = dir.join("bad.tsv");
+    options.test_file = dir.join("bad.tsv");
     let err = run_sentiment(&options, &[Device::default()]).unwrap_err();
     assert!(matches!(err, Error::Data { line: 3, .. }), "{err}");
     assert!(
-        err.to_string().contains("bad.tsv:3: unknown label `maybe`"),
+        err.to_string()
+            .contains("bad.tsv:3: label `maybe` never occurs in the training data"),
         "{err}"
     );
+    options.test_file = dir.join("test.tsv");
 
     fs::write(dir.join("one_label.tsv"), "1\tgood\n1\tgreat\n").unwrap();
     options.train_file = dir.join("one_label.tsv");

@@ -1,9 +1,13 @@
-//! Data: labelled sentiment files, unlabelled pre-training text, and batches of tokens.
+//! Data: labelled text files (TSV, CSV, JSON Lines) and their classes, unlabelled
+//! pre-training text, and batches of tokens.
 
 mod batch;
 mod corpus;
+mod formats;
+mod labels;
 mod sentiment;
 
 pub use batch::{ClassBatch, LmBatch, class_batch, lm_batches, pool_weights};
 pub use corpus::{Corpus, build_corpus, split_validation};
-pub use sentiment::{Example, SentimentDataset};
+pub use labels::{HeadRecord, LabelSet};
+pub use sentiment::{Example, Format, ReadOptions, SentimentDataset};

@@ -99,6 +99,13 @@ pub struct BertConfig {
     /// Id of the padding token.
     #[serde(default)]
     pub pad_token_id: usize,
+    /// Class names by id (`{"0": "NEGATIVE", ...}`), for a sequence-classification
+    /// checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<std::collections::BTreeMap<String, String>>,
+    /// The number of classes, when `id2label` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_labels: Option<usize>,
 }
 
 impl BertConfig {
@@ -181,7 +188,48 @@ impl BertConfig {
                 return Err(json_error(format!("{name} {p} is not in [0, 1)")));
             }
         }
+        config.class_names().map_err(json_error)?;
         Ok(config)
+    }
+
+    /// Whether the checkpoint is a `BertForSequenceClassification`: its head is the pooler
+    /// and its `classifier`.
+    pub fn is_sequence_classifier(&self) -> bool {
+        self.architectures
+            .iter()
+            .any(|a| a == "BertForSequenceClassification")
+    }
+
+    /// The class names `id2label` gives, in id order, or `0, 1, ...` for `num_labels`;
+    /// `None` when the file names neither.
+    ///
+    /// # Errors
+    ///
+    /// Ids that are not `0..n` each once, or an `id2label` that disagrees with `num_labels`.
+    pub fn class_names(&self) -> Result<Option<Vec<String>>, String> {
+        let Some(map) = &self.id2label else {
+            return Ok(self
+                .num_labels
+                .map(|n| (0..n).map(|i| i.to_string()).collect()));
+        };
+        let mut names = vec![None; map.len()];
+        for (id, name) in map {
+            let slot = id
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| names.get_mut(i))
+                .ok_or_else(|| format!("id2label: id `{id}` is not one of 0..{}", map.len()))?;
+            *slot = Some(name.clone());
+        }
+        if let Some(n) = self.num_labels
+            && n != map.len()
+        {
+            return Err(format!(
+                "num_labels is {n} but id2label names {} classes",
+                map.len()
+            ));
+        }
+        Ok(Some(names.into_iter().flatten().collect()))
     }
 
     /// A model with freshly initialised weights (Hugging Face's scheme: normal with
@@ -605,6 +653,50 @@ impl BertClassifier {
             BertHead::Mean => crate::model::classifier::weighted_pool(hidden, pool),
         };
         self.classifier.forward(dropout(&self.dropout, pooled))
+    }
+}
+
+impl BertClassifier {
+    /// Loads the checkpoint's `classifier` (a `BertForSequenceClassification`'s head) into
+    /// this classifier. Returns whether the file had one; without one the head stays as
+    /// it is.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable weights file, or a classifier whose shape does not fit this one
+    /// (another number of classes), naming the tensor and both shapes.
+    pub fn load_head(mut self, dir: &Path) -> Result<(Self, bool), Error> {
+        let path = dir.join("model.safetensors");
+        let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let checkpoint = |message: String| Error::Checkpoint {
+            path: path.clone(),
+            message,
+        };
+        let mut store = SafetensorsStore::from_bytes(Some(bytes))
+            .with_from_adapter(PyTorchToBurnAdapter)
+            .with_regex(r"^classifier\.")
+            .allow_partial(true)
+            .validate(true);
+        let result = self
+            .load_from(&mut store)
+            .map_err(|e| checkpoint(e.to_string()))?;
+        if let Some(error) = result.errors.first() {
+            return Err(checkpoint(match error {
+                ApplyError::ShapeMismatch {
+                    path: key,
+                    expected,
+                    found,
+                } => format!(
+                    "tensor `{key}` has shape {:?}, but this classifier has {:?} (another number of classes)",
+                    found.to_vec(),
+                    expected.to_vec()
+                ),
+                other => other.to_string(),
+            }));
+        }
+        let loaded = result.applied.iter().any(|k| k.starts_with("classifier."));
+        self.classifier = self.classifier.map(&mut ToF32);
+        Ok((self, loaded))
     }
 }
 

@@ -30,50 +30,59 @@ pub fn features(text: &str) -> Vec<String> {
     words
 }
 
-/// Multinomial naive Bayes with add-one smoothing.
+/// Multinomial naive Bayes with add-one smoothing, over any number of classes.
 #[derive(Debug, Clone)]
 pub struct NaiveBayes {
-    log_prior: [f64; 2],
-    counts: [HashMap<String, f64>; 2],
-    totals: [f64; 2],
+    log_prior: Vec<f64>,
+    counts: Vec<HashMap<String, f64>>,
+    totals: Vec<f64>,
     vocab: f64,
 }
 
 impl NaiveBayes {
-    /// Fits the model to labelled texts (labels 0 and 1).
-    pub fn fit<'a>(examples: impl Iterator<Item = (&'a str, usize)>) -> Self {
-        let mut counts = [HashMap::new(), HashMap::new()];
-        let mut docs = [0.0f64; 2];
+    /// Fits the model to texts labelled with classes `0..classes`.
+    pub fn fit<'a>(examples: impl Iterator<Item = (&'a str, usize)>, classes: usize) -> Self {
+        let mut counts = vec![HashMap::new(); classes];
+        let mut docs = vec![0.0f64; classes];
         for (text, label) in examples {
             docs[label] += 1.0;
             for f in features(text) {
                 *counts[label].entry(f).or_insert(0.0) += 1.0;
             }
         }
-        let mut vocab: std::collections::HashSet<&String> = counts[0].keys().collect();
-        vocab.extend(counts[1].keys());
-        let n = docs[0] + docs[1];
+        let vocab: std::collections::HashSet<&String> =
+            counts.iter().flat_map(HashMap::keys).collect();
+        let n: f64 = docs.iter().sum();
         Self {
-            log_prior: [(docs[0] / n).ln(), (docs[1] / n).ln()],
-            totals: [counts[0].values().sum(), counts[1].values().sum()],
+            // A class with no training text can never be predicted.
+            log_prior: docs.iter().map(|d| (d / n).ln()).collect(),
+            totals: counts.iter().map(|c| c.values().sum()).collect(),
             vocab: vocab.len() as f64,
             counts,
         }
     }
 
-    /// The more likely label of `text`.
+    /// The most likely class of `text` (the lowest of tied ones).
     pub fn predict(&self, text: &str) -> usize {
+        let features = features(text);
         let score = |label: usize| {
             let denominator = (self.totals[label] + self.vocab).ln();
             self.log_prior[label]
-                + features(text)
+                + features
                     .iter()
                     .map(|f| {
                         (self.counts[label].get(f).copied().unwrap_or(0.0) + 1.0).ln() - denominator
                     })
                     .sum::<f64>()
         };
-        usize::from(score(1) > score(0))
+        let mut best = (0, f64::NEG_INFINITY);
+        for label in 0..self.counts.len() {
+            let s = score(label);
+            if s > best.1 {
+                best = (label, s);
+            }
+        }
+        best.0
     }
 }
 
@@ -95,8 +104,14 @@ mod tests {
             ("bad dull", 0),
             ("awful bad", 0),
         ];
-        let nb = NaiveBayes::fit(data.iter().map(|&(t, l)| (t, l)));
+        let nb = NaiveBayes::fit(data.iter().map(|&(t, l)| (t, l)), 2);
         assert_eq!(nb.predict("good"), 1);
         assert_eq!(nb.predict("bad"), 0);
+        let three = [("good", 2), ("bad", 0), ("so so", 1), ("okay so", 1)];
+        let nb = NaiveBayes::fit(three.iter().map(|&(t, l)| (t, l)), 3);
+        assert_eq!(
+            ["good fun", "so okay", "bad"].map(|t| nb.predict(t)),
+            [2, 1, 0]
+        );
     }
 }

@@ -14,9 +14,10 @@ use rand::seq::SliceRandom;
 use burn_lora::{LoraConfig, apply_lora, set_lora_trainable};
 
 use crate::Error;
-use crate::data::{SentimentDataset, class_batch};
+use crate::data::{LabelSet, SentimentDataset, class_batch};
 use crate::model::{Classifier, Pooling};
 use crate::tokenizer::TextEncoder;
+use crate::train::metrics::argmax;
 use crate::train::parallel::{PartOutput, on_threads, parallel_grads};
 use crate::train::{check_finite, lr_at, progress};
 
@@ -72,30 +73,48 @@ pub struct Encoded {
     pub truncated: usize,
 }
 
+/// Tokenizes every text of `data` as the classifier reads it (see [`encode_texts`]) and
+/// gives each example its class in `labels`.
+///
+/// # Errors
+///
+/// A tokenizer failure, or a label `labels` does not hold (naming file, line and label).
+pub fn encode_dataset(
+    tokenizer: &impl TextEncoder,
+    data: &SentimentDataset,
+    labels: &LabelSet,
+    max_len: usize,
+) -> Result<Encoded, Error> {
+    let classes = labels.classes(data)?;
+    let texts: Vec<&str> = data.texts().collect();
+    let (tokens, truncated) = encode_texts(tokenizer, &texts, max_len)?;
+    Ok(Encoded {
+        tokens,
+        labels: classes,
+        truncated,
+    })
+}
+
 /// Tokenizes every text as the classifier reads it (see [`TextEncoder`]: `text <eos>` for
-/// our GPT, `[CLS] text [SEP]` for BERT), at most `max_len` tokens, counting the texts that
-/// had to be truncated.
+/// our GPT, `[CLS] text [SEP]` for BERT), at most `max_len` tokens. Returns the ids and
+/// how many texts had to be truncated.
 ///
 /// # Errors
 ///
 /// A tokenizer failure.
-pub fn encode_dataset(
+pub fn encode_texts(
     tokenizer: &impl TextEncoder,
-    data: &SentimentDataset,
+    texts: &[&str],
     max_len: usize,
-) -> Result<Encoded, Error> {
-    let mut encoded = Encoded {
-        tokens: Vec::with_capacity(data.len()),
-        labels: Vec::with_capacity(data.len()),
-        truncated: 0,
-    };
-    for example in &data.examples {
-        let (ids, truncated) = tokenizer.encode_for_classifier(&example.text, max_len)?;
-        encoded.truncated += usize::from(truncated);
-        encoded.tokens.push(ids);
-        encoded.labels.push(example.label);
+) -> Result<(Vec<Vec<u32>>, usize), Error> {
+    let mut tokens = Vec::with_capacity(texts.len());
+    let mut truncated = 0;
+    for text in texts {
+        let (ids, cut) = tokenizer.encode_for_classifier(text, max_len)?;
+        truncated += usize::from(cut);
+        tokens.push(ids);
     }
-    Ok(encoded)
+    Ok((tokens, truncated))
 }
 
 /// Training settings shared by all modes.
@@ -302,7 +321,8 @@ pub fn length_grouped_batches(
     batches
 }
 
-/// Class probabilities `[p_negative, p_positive]` for each sequence, in input order.
+/// Class probabilities (one per output of the head, summing to 1) for each sequence, in
+/// input order.
 /// Sequences are batched by length, so little time goes to padding, and the batches are
 /// dealt out to one thread per core ([`default_replicas`]); the answers do not depend on
 /// the thread count.
@@ -311,8 +331,9 @@ pub fn predict<C: Classifier>(
     tokens: &[Vec<u32>],
     pooling: Pooling,
     pad_id: u32,
-) -> Vec<[f32; 2]> {
+) -> Vec<Vec<f32>> {
     let device: Device = model.head_layer().weight.device();
+    let classes = model.head_layer().weight.dims()[1];
     let mut order: Vec<usize> = (0..tokens.len()).collect();
     order.sort_by_key(|&i| tokens[i].len());
     let chunks: Vec<&[usize]> = order.chunks(64).collect();
@@ -330,25 +351,28 @@ pub fn predict<C: Classifier>(
                 .try_to_vec::<f32>()
                 .unwrap_or_default();
             for (row, &i) in chunk.iter().enumerate() {
-                out.push((i, [values[2 * row], values[2 * row + 1]]));
+                let p = values
+                    .get(row * classes..(row + 1) * classes)
+                    .unwrap_or_default();
+                out.push((i, p.to_vec()));
             }
         }
         out
     };
     let parts = on_threads(vec![model.clone(); threads], run);
-    let mut probs = vec![[0.0; 2]; tokens.len()];
+    let mut probs = vec![Vec::new(); tokens.len()];
     for (i, p) in parts.into_iter().flatten() {
         probs[i] = p;
     }
     probs
 }
 
-/// The fraction of `probs` whose larger class equals the label.
-pub fn accuracy(probs: &[[f32; 2]], labels: &[usize]) -> f64 {
+/// The fraction of `probs` whose most likely class equals the label.
+pub fn accuracy(probs: &[Vec<f32>], labels: &[usize]) -> f64 {
     let correct = probs
         .iter()
         .zip(labels)
-        .filter(|(p, l)| usize::from(p[1] > p[0]) == **l)
+        .filter(|(p, l)| argmax(p) == **l)
         .count();
     correct as f64 / labels.len().max(1) as f64
 }

@@ -3,15 +3,17 @@
 
 pub mod baseline;
 mod finetune;
+pub mod metrics;
 pub(crate) mod parallel;
 mod plot;
 mod pretrain;
 mod schedule;
 pub mod sentiment;
+mod trained;
 
 pub use finetune::{
     Encoded, FinetuneMode, FinetuneOptions, History, accuracy, default_replicas, encode_dataset,
-    finetune, length_grouped_batches, predict, replicas_for,
+    encode_texts, finetune, length_grouped_batches, predict, replicas_for,
 };
 pub use plot::svg_line_plot;
 pub use pretrain::{PretrainOptions, PretrainReport, pretrain, unigram_perplexity};

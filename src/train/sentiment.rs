@@ -15,24 +15,28 @@ use serde::Serialize;
 use burn_lora::{ParamReport, merge_lora, param_report, save_adapter_with};
 
 use crate::Error;
-use crate::data::{Example, SentimentDataset};
+use crate::data::{Example, HeadRecord, LabelSet, ReadOptions, SentimentDataset};
 use crate::io::write_atomic;
 use crate::model::bert::{Bert, BertClassifier, BertConfig, BertHead};
 use crate::model::{Classifier, Gpt, GptClassifier, GptConfig, Pooling};
 use crate::tokenizer::{BpeTokenizer, HfTokenizer, TextEncoder};
 use crate::train::baseline::NaiveBayes;
+use crate::train::metrics::{ClassMetrics, Classification, argmax};
 use crate::train::pretrain::to_json;
 use crate::train::{
     Encoded, FinetuneMode, FinetuneOptions, History, accuracy, encode_dataset, finetune, predict,
     svg_line_plot,
 };
 
+pub use crate::train::trained::{Loaded, LoadedModel, Trained, load_classifier};
+
 /// Everything the sentiment job needs.
 #[derive(Debug, Clone)]
 pub struct SentimentOptions {
     /// Dataset name for the report (`en`, `zh`, or a file name).
     pub dataset: String,
-    /// Training file.
+    /// Training file (TSV, CSV or JSON Lines; see [`SentimentDataset`]). Its labels are
+    /// the classes.
     pub train_file: PathBuf,
     /// Test file.
     pub test_file: PathBuf,
@@ -62,6 +66,8 @@ pub struct SentimentOptions {
     pub overwrite: bool,
     /// Training threads, each on a part of every batch (see [`FinetuneOptions::replicas`]).
     pub replicas: usize,
+    /// How the data files are read: format and columns.
+    pub read: ReadOptions,
 }
 
 /// The default base of the sentiment job and `predict`: a three-layer encoder derived from
@@ -161,6 +167,15 @@ pub fn parse_pooling(value: Option<&str>, bert: bool) -> Result<(Pooling, BertHe
     }
 }
 
+/// The `--pooling` value that names `pooling` with `head` on a base: `last`, `mean` or `cls`.
+pub fn pooling_name(pooling: Pooling, head: Option<BertHead>) -> &'static str {
+    match (pooling, head) {
+        (_, Some(BertHead::Pooler)) => "cls",
+        (Pooling::LastToken, _) => "last",
+        (Pooling::Mean, _) => "mean",
+    }
+}
+
 /// The job's defaults on a base: what the sentiment example uses for a flag it is not
 /// given. For our GPT they follow the LoRA paper (r=8, alpha=16, `query`/`value`). For a BERT
 /// base they were chosen on the validation split (README, "How the defaults were chosen"):
@@ -228,6 +243,15 @@ pub struct RunMetrics {
     pub total_params: usize,
     /// Accuracy on the test file.
     pub test_accuracy: f64,
+    /// The class names, in class order.
+    pub labels: Vec<String>,
+    /// The unweighted mean of the classes' F1 on the test file.
+    pub macro_f1: f64,
+    /// Precision, recall, F1 and support of each class on the test file.
+    pub per_class: Vec<ClassMetrics>,
+    /// Test-file counts: rows are the true classes, columns the predicted ones, both in
+    /// the order of `labels`.
+    pub confusion_matrix: Vec<Vec<usize>>,
     /// Accuracy on each `--eval-file`, by file name.
     pub eval: BTreeMap<String, f64>,
     /// Training wall time.
@@ -251,6 +275,8 @@ pub struct Metrics {
     pub backend: String,
     /// The devices trained on, as Burn names them.
     pub devices: Vec<String>,
+    /// The class names, in class order (the training file's labels).
+    pub labels: Vec<String>,
     /// One entry per mode.
     pub runs: Vec<RunMetrics>,
 }
@@ -271,7 +297,8 @@ pub fn run_sentiment(
         return Err(Error::Usage("the sentiment job needs a device".into()));
     }
     crate::train::check_output_dir(&options.out, options.overwrite)?;
-    let mut train = SentimentDataset::load(&options.train_file)?;
+    let mut train = SentimentDataset::load_with(&options.train_file, &options.read)?;
+    let labels = LabelSet::from_data(&train)?;
     if let Some(n) = options.max_train {
         // A seeded random subset: the files are not in random order (the English one is
         // grouped by label), so the first n lines would be a biased sample.
@@ -279,22 +306,28 @@ pub fn run_sentiment(
         train.examples.shuffle(&mut rng);
         train.examples.truncate(n.max(1));
     }
-    train.check_trainable()?;
-    let test = SentimentDataset::load(&options.test_file)?;
+    let test = SentimentDataset::load_with(&options.test_file, &options.read)?;
     let evals: Vec<SentimentDataset> = options
         .eval_files
         .iter()
-        .map(SentimentDataset::load)
+        .map(|path| SentimentDataset::load_with(path, &options.read))
         .collect::<Result<_, _>>()?;
-    let data = Data { train, test, evals };
+    let classes = labels.len();
+    let data = Data {
+        train,
+        test,
+        evals,
+        labels,
+    };
     let (base, random) = match &options.base {
         BaseModel::Random(base) => (base.as_ref(), true),
         base => (base, false),
     };
     match base {
         BaseModel::Bert { dir, head } => {
-            let tokenizer = HfTokenizer::load(dir.join("tokenizer.json"), "[PAD]")?;
             let config = BertConfig::load(&dir.join("config.json"))?;
+            let tokenizer =
+                HfTokenizer::load_with_pad_id(dir.join("tokenizer.json"), config.pad_token_id)?;
             let max_len = options
                 .max_len
                 .unwrap_or(BERT_MAX_LEN)
@@ -302,13 +335,13 @@ pub fn run_sentiment(
             let build = |device: &Device| -> Result<BertClassifier, Error> {
                 if random {
                     let bert = config.init(device);
-                    return Ok(BertClassifier::new(bert, &config, 2, *head, device));
+                    return Ok(BertClassifier::new(bert, &config, classes, *head, device));
                 }
                 let (config, bert, notes) = Bert::load(dir, device)?;
                 for note in notes {
                     println!("note: {}: {note}", dir.display());
                 }
-                Ok(BertClassifier::new(bert, &config, 2, *head, device))
+                Ok(BertClassifier::new(bert, &config, classes, *head, device))
             };
             run_modes(options, &data, &tokenizer, max_len, build, devices)
         }
@@ -323,7 +356,7 @@ pub fn run_sentiment(
                     true => config.init(device),
                     false => Gpt::load(dir, "model.bpk", device)?.1,
                 };
-                Ok(GptClassifier::new(gpt, 2, device))
+                Ok(GptClassifier::new(gpt, classes, device))
             };
             run_modes(options, &data, &tokenizer, max_len, build, devices)
         }
@@ -338,6 +371,7 @@ struct Data {
     train: SentimentDataset,
     test: SentimentDataset,
     evals: Vec<SentimentDataset>,
+    labels: LabelSet,
 }
 
 /// Every mode on one kind of classifier: `build` makes a fresh one (the base loaded, a new
@@ -351,20 +385,25 @@ fn run_modes<C: Classifier>(
     devices: &[Device],
 ) -> Result<(Metrics, String), Error> {
     let device = &devices[0];
-    let Data { train, test, evals } = data;
+    let Data {
+        train,
+        test,
+        evals,
+        labels,
+    } = data;
     let (fit, val) = split_train(&train.examples);
     let encode = |examples: Vec<Example>| {
         let data = SentimentDataset {
             path: train.path.clone(),
             examples,
         };
-        encode_dataset(tokenizer, &data, max_len)
+        encode_dataset(tokenizer, &data, labels, max_len)
     };
     let (fit, val) = (encode(fit)?, encode(val)?);
-    let test_enc = encode_dataset(tokenizer, test, max_len)?;
+    let test_enc = encode_dataset(tokenizer, test, labels, max_len)?;
     let eval_enc: Vec<Encoded> = evals
         .iter()
-        .map(|d| encode_dataset(tokenizer, d, max_len))
+        .map(|d| encode_dataset(tokenizer, d, labels, max_len))
         .collect::<Result<_, _>>()?;
     let truncated = fit.truncated
         + val.truncated
@@ -376,6 +415,16 @@ fn run_modes<C: Classifier>(
         val.labels.len(),
         test_enc.labels.len()
     );
+    println!(
+        "labels: {} ({} classes, from {})",
+        labels.names().join(", "),
+        labels.len(),
+        train.path.display()
+    );
+    let record = HeadRecord {
+        labels: labels.names().to_vec(),
+        pooling: pooling_name(options.pooling, options.base.bert_head()).into(),
+    };
     // The LoRA head is always trained: a new classifier starts random.
     let modes: Vec<FinetuneMode> = options
         .modes
@@ -452,14 +501,21 @@ fn run_modes<C: Classifier>(
                 &enc.labels,
             )
         };
-        let test_accuracy = score(&test_enc);
+        let test_probs = predict(
+            &model,
+            &test_enc.tokens,
+            finetune_options.pooling,
+            finetune_options.pad_id,
+        );
+        let predicted: Vec<usize> = test_probs.iter().map(|p| argmax(p)).collect();
+        let scores = Classification::new(labels.names(), &predicted, &test_enc.labels);
         let eval = options
             .eval_files
             .iter()
             .zip(&eval_enc)
             .map(|(path, enc)| (file_name(path), score(enc)))
             .collect();
-        let artifact_bytes = save_artifact(mode, &model, &options.out)?;
+        let artifact_bytes = save_artifact(mode, &model, &options.out, &record)?;
         let merge = match mode {
             FinetuneMode::Lora(_) => Some(merge_check(&model, &test_enc, &finetune_options)?),
             _ => None,
@@ -470,7 +526,11 @@ fn run_modes<C: Classifier>(
             trainable_params: report.trainable,
             frozen_params: report.frozen,
             total_params: report.total,
-            test_accuracy,
+            test_accuracy: scores.accuracy,
+            labels: scores.labels,
+            macro_f1: scores.macro_f1,
+            per_class: scores.per_class,
+            confusion_matrix: scores.confusion_matrix,
             eval,
             train_seconds: history.train_seconds,
             median_step_seconds: median(&history.step_seconds),
@@ -486,18 +546,19 @@ fn run_modes<C: Classifier>(
         ));
         curves.push((mode.name(), history));
     }
-    let nb = NaiveBayes::fit(train.examples.iter().map(|e| (e.text.as_str(), e.label)));
-    let nb_correct = test
-        .examples
-        .iter()
-        .filter(|e| nb.predict(&e.text) == e.label)
-        .count();
-    let baseline = nb_correct as f64 / test.len() as f64;
+    let train_classes = labels.classes(train)?;
+    let nb = NaiveBayes::fit(
+        train.texts().zip(train_classes.iter().copied()),
+        labels.len(),
+    );
+    let nb_predicted: Vec<usize> = test.texts().map(|t| nb.predict(t)).collect();
+    let baseline = Classification::new(labels.names(), &nb_predicted, &test_enc.labels);
     let metrics = Metrics {
         dataset: options.dataset.clone(),
         base: options.base.describe(),
         backend: crate::device::backend(device),
         devices: devices.iter().map(crate::device::describe).collect(),
+        labels: labels.names().to_vec(),
         runs,
     };
     write_atomic(
@@ -505,7 +566,9 @@ fn run_modes<C: Classifier>(
         to_json(&metrics).as_bytes(),
     )?;
     let details = serde_json::json!({
-        "baseline_naive_bayes_test_accuracy": baseline,
+        "baseline_naive_bayes_test_accuracy": baseline.accuracy,
+        "baseline_naive_bayes_test_macro_f1": baseline.macro_f1,
+        "baseline_naive_bayes_confusion_matrix": baseline.confusion_matrix,
         "truncated_texts": truncated,
         "pooling": format!("{:?}", options.pooling),
         "max_len": max_len,
@@ -523,11 +586,11 @@ fn run_modes<C: Classifier>(
         to_json(&details).as_bytes(),
     )?;
     write_curves(&options.out, &curves)?;
-    Ok((metrics.clone(), table(&metrics, baseline)))
+    Ok((metrics.clone(), table(&metrics, &baseline)))
 }
 
 /// A GPT base's config and tokenizer, checked against each other.
-fn load_gpt_config(dir: &Path) -> Result<(GptConfig, BpeTokenizer), Error> {
+pub(crate) fn load_gpt_config(dir: &Path) -> Result<(GptConfig, BpeTokenizer), Error> {
     if !dir.is_dir() {
         return Err(Error::Checkpoint {
             path: dir.to_path_buf(),
@@ -541,7 +604,11 @@ fn load_gpt_config(dir: &Path) -> Result<(GptConfig, BpeTokenizer), Error> {
 }
 
 /// A tokenizer with more ids than the model has embeddings would index past the table.
-fn check_vocab(tokenizer: &BpeTokenizer, config: &GptConfig, dir: &Path) -> Result<(), Error> {
+pub(crate) fn check_vocab(
+    tokenizer: &BpeTokenizer,
+    config: &GptConfig,
+    dir: &Path,
+) -> Result<(), Error> {
     match tokenizer.vocab_size() <= config.vocab_size {
         true => Ok(()),
         false => Err(Error::Checkpoint {
@@ -570,19 +637,30 @@ fn split_train(examples: &[Example]) -> (Vec<Example>, Vec<Example>) {
 }
 
 /// Saves what the mode must keep and returns its size in bytes.
-fn save_artifact<C: Classifier>(mode: &FinetuneMode, model: &C, out: &Path) -> Result<u64, Error> {
+/// Saves what the mode must keep, with the labels and pooling it was trained with
+/// (`labels.json` in the adapter directory, or beside the `.bpk`), and returns the size of
+/// the artefact in bytes.
+fn save_artifact<C: Classifier>(
+    mode: &FinetuneMode,
+    model: &C,
+    out: &Path,
+    record: &HeadRecord,
+) -> Result<u64, Error> {
     match mode {
         FinetuneMode::Lora(_) => {
             let dir = out.join("lora_adapter");
             save_adapter_with(model, &dir, &C::peft_options())?;
+            record.save(&dir)?;
             dir_bytes(&dir)
         }
         FinetuneMode::HeadOnly => {
+            record.save(out)?;
             let path = out.join("head.bpk");
             crate::model::save_module(model.head_layer().clone(), &path)?;
             file_bytes(&path)
         }
         FinetuneMode::Full => {
+            record.save(out)?;
             let path = out.join("full_model.bpk");
             crate::model::save_module(model.clone(), &path)?;
             file_bytes(&path)
@@ -627,17 +705,16 @@ fn merge_check<C: Classifier>(
     let start = Instant::now();
     let merged = predict(&merged_model, &test.tokens, options.pooling, options.pad_id);
     let merged_seconds = start.elapsed().as_secs_f64();
-    let label = |p: &[f32; 2]| p[1] > p[0];
     let check = MergeCheck {
         differing_predictions: unmerged
             .iter()
             .zip(&merged)
-            .filter(|(a, b)| label(a) != label(b))
+            .filter(|(a, b)| argmax(a) != argmax(b))
             .count(),
         max_probability_difference: unmerged
             .iter()
             .zip(&merged)
-            .map(|(a, b)| (a[0] - b[0]).abs().max((a[1] - b[1]).abs()))
+            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
             .fold(0.0, f32::max),
         unmerged_seconds,
         merged_seconds,
@@ -715,15 +792,16 @@ fn write_curves(out: &Path, curves: &[(&str, History)]) -> Result<(), Error> {
     write_atomic(&out.join("loss.svg"), svg.as_bytes())
 }
 
-fn table(metrics: &Metrics, baseline: f64) -> String {
+fn table(metrics: &Metrics, baseline: &Classification) -> String {
     let mut s = format!(
-        "{:<9} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>9} {:>12}\n",
+        "{:<9} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9} {:>12}\n",
         "mode",
         "trainable",
         "frozen",
         "total",
         "train%",
         "test acc",
+        "macro F1",
         "train s",
         "s/step",
         "peak MB",
@@ -731,13 +809,14 @@ fn table(metrics: &Metrics, baseline: f64) -> String {
     );
     for r in &metrics.runs {
         s.push_str(&format!(
-            "{:<9} {:>10} {:>10} {:>10} {:>7.2}% {:>9.4} {:>9.1} {:>10.4} {:>9.0} {:>12}\n",
+            "{:<9} {:>10} {:>10} {:>10} {:>7.2}% {:>9.4} {:>9.4} {:>9.1} {:>10.4} {:>9.0} {:>12}\n",
             r.mode,
             r.trainable_params,
             r.frozen_params,
             r.total_params,
             100.0 * r.trainable_params as f64 / r.total_params as f64,
             r.test_accuracy,
+            r.macro_f1,
             r.train_seconds,
             r.median_step_seconds,
             r.peak_rss_bytes as f64 / 1e6,
@@ -745,9 +824,25 @@ fn table(metrics: &Metrics, baseline: f64) -> String {
         ));
     }
     s.push_str(&format!(
-        "{:<9} {:>54.4}   (multinomial naive Bayes, unigrams + bigrams)\n",
-        "baseline", baseline
+        "{:<9} {:>54.4} {:>9.4}   (multinomial naive Bayes, unigrams + bigrams)\n",
+        "baseline", baseline.accuracy, baseline.macro_f1
     ));
+    if metrics.labels.len() > 2 {
+        for r in &metrics.runs {
+            let scores = Classification {
+                labels: r.labels.clone(),
+                accuracy: r.test_accuracy,
+                macro_f1: r.macro_f1,
+                per_class: r.per_class.clone(),
+                confusion_matrix: r.confusion_matrix.clone(),
+            };
+            s.push_str(&format!(
+                "\n{} confusion matrix (test):\n{}",
+                r.mode,
+                scores.matrix_table()
+            ));
+        }
+    }
     s
 }
 
@@ -779,67 +874,4 @@ pub fn peak_rss() -> Option<u64> {
 pub fn reset_peak_rss() {
     crate::memory::release_free_memory();
     let _ = fs::write("/proc/self/clear_refs", "5");
-}
-
-/// A trained classifier to load on top of a base: a LoRA adapter directory (PEFT format,
-/// with the head saved in it) or a full fine-tuned checkpoint.
-#[derive(Debug, Clone)]
-pub enum Trained {
-    /// A directory written by [`burn_lora::save_adapter`].
-    Adapter(PathBuf),
-    /// A `full_model.bpk` written by full fine-tuning.
-    Checkpoint(PathBuf),
-}
-
-/// A fine-tuned classifier ready to predict, with its tokenizer and the default input length
-/// (the GPT's context, or [`BERT_MAX_LEN`], as in training).
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // made once per process, then matched and consumed
-pub enum Loaded {
-    /// Our GPT with its BPE tokenizer.
-    Gpt(GptClassifier, BpeTokenizer, usize),
-    /// A Hugging Face BERT with its own tokenizer.
-    Bert(BertClassifier, HfTokenizer, usize),
-}
-
-/// Loads the base and the trained part on top of it.
-///
-/// # Errors
-///
-/// A bad base directory, adapter, or checkpoint, naming the file.
-pub fn load_classifier(
-    base: &BaseModel,
-    trained: &Trained,
-    device: &Device,
-) -> Result<Loaded, Error> {
-    fn on_top<C: Classifier>(model: C, trained: &Trained) -> Result<C, Error> {
-        match trained {
-            Trained::Adapter(dir) => Ok(burn_lora::load_adapter_with(
-                model,
-                dir,
-                &C::peft_options(),
-            )?),
-            Trained::Checkpoint(path) => crate::model::load_module(model, path),
-        }
-    }
-    match base {
-        BaseModel::Gpt(dir) => {
-            let tokenizer = BpeTokenizer::load(dir.join("tokenizer.json"))?;
-            let config = crate::model::load_config(&dir.join("config.json"))?;
-            check_vocab(&tokenizer, &config, dir)?;
-            let (config, gpt) = Gpt::load(dir, "model.bpk", device)?;
-            let model = on_top(GptClassifier::new(gpt, 2, device), trained)?;
-            Ok(Loaded::Gpt(model, tokenizer, config.max_seq_len))
-        }
-        BaseModel::Random(_) => Err(Error::Usage(
-            "a trained classifier needs the base it was trained on, not `random`".into(),
-        )),
-        BaseModel::Bert { dir, head } => {
-            let tokenizer = HfTokenizer::load(dir.join("tokenizer.json"), "[PAD]")?;
-            let (config, bert, _) = Bert::load(dir, device)?;
-            let model = BertClassifier::new(bert, &config, 2, *head, device);
-            let max_len = BERT_MAX_LEN.min(config.max_position_embeddings);
-            Ok(Loaded::Bert(on_top(model, trained)?, tokenizer, max_len))
-        }
-    }
 }

@@ -165,6 +165,7 @@ pub fn tiny_job(
         pooling: burn_lora_demo::model::Pooling::LastToken,
         overwrite: true,
         replicas: 2,
+        read: burn_lora_demo::data::ReadOptions::default(),
     }
 }
 
