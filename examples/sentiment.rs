@@ -11,7 +11,7 @@
 //! cargo run --release --example sentiment -- --base hf:PATH/all-MiniLM-L6-v2 --modes lora --targets query,value --lr 5e-4
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::tensor::Device;
@@ -20,10 +20,14 @@ use burn_lora_demo::Error;
 use burn_lora_demo::data::{Format, ReadOptions};
 use burn_lora_demo::device::parse_devices;
 use burn_lora_demo::model::bert::BertHead;
+use burn_lora_demo::train::checkpoint::Keep;
 use burn_lora_demo::train::sentiment::{
     BaseModel, DEFAULT_BASE, JobDefaults, SentimentOptions, parse_pooling, run_sentiment,
 };
 use burn_lora_demo::train::{FinetuneMode, replicas_for};
+
+/// Where a run writes unless told.
+const DEFAULT_OUT: &str = "runs/sentiment";
 use clap::Parser;
 
 /// Full fine-tuning vs LoRA vs head-only on real sentiment data.
@@ -107,11 +111,26 @@ struct Args {
     #[arg(long)]
     test_file: Option<PathBuf>,
     /// Output directory.
-    #[arg(long, default_value = "runs/sentiment")]
+    #[arg(long, default_value = DEFAULT_OUT)]
     out: PathBuf,
     /// Replace the files of an existing output directory.
     #[arg(long)]
     overwrite: bool,
+    /// Write a training checkpoint every N optimizer steps into OUT/checkpoints/<mode>/
+    /// (atomically; the last two are kept), so that --resume can continue the run.
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
+    /// Continue the run whose --out directory is OUT, from its latest checkpoint. Give the
+    /// same flags as the run had; a setting that differs is an error naming it.
+    #[arg(long, value_name = "OUT", conflicts_with = "overwrite")]
+    resume: Option<PathBuf>,
+    /// Start LoRA from this PEFT adapter directory (ours or PEFT's): its config, factors
+    /// and modules to save, all trainable.
+    #[arg(long, value_name = "DIR")]
+    init_adapter: Option<PathBuf>,
+    /// Which epoch each mode keeps: `best` on validation (the default) or `last`.
+    #[arg(long, default_value = "best")]
+    keep: String,
 }
 
 fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
@@ -156,6 +175,20 @@ fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
             ))),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if args.checkpoint_every == Some(0) {
+        return Err(usage("--checkpoint-every must be at least 1".into()));
+    }
+    let out = match (&args.resume, args.out) {
+        (Some(resume), out) if out != Path::new(DEFAULT_OUT) && out != *resume => {
+            return Err(usage(format!(
+                "--resume {} and --out {} name different directories",
+                resume.display(),
+                out.display()
+            )));
+        }
+        (Some(resume), _) => resume.clone(),
+        (None, out) => out,
+    };
     if args.max_len == Some(0) {
         return Err(usage("--max-len must be at least 2".into()));
     }
@@ -180,10 +213,14 @@ fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
         batch_size: args.batch_size,
         seed: args.seed,
         max_train: args.max_train,
-        out: args.out,
+        out,
         pooling,
         overwrite: args.overwrite,
         replicas: args.replicas.unwrap_or_else(|| replicas_for(&devices[0])),
+        checkpoint_every: args.checkpoint_every,
+        resume: args.resume.is_some(),
+        init_adapter: args.init_adapter,
+        keep: Keep::parse(&args.keep)?,
         read: ReadOptions {
             format: args.format.as_deref().map(Format::parse).transpose()?,
             text_column: args.text_column,

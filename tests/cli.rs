@@ -124,7 +124,8 @@ impl Setup {
         ];
         let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
         for (flag, value) in defaults {
-            if !extra.contains(&flag) {
+            let resumed = flag == "--out" && extra.contains(&"--resume");
+            if !extra.contains(&flag) && !resumed {
                 args.extend([flag.to_string(), value.display().to_string()]);
             }
         }
@@ -706,10 +707,10 @@ fn sentiment_trains_three_classes_from_csv_and_jsonl_and_predict_names_them() {
     let rows = |copies: usize| {
         let mut rows = Vec::new();
         for i in 0..copies {
-            for k in 0..6 {
-                rows.push((format!("{} {i}", common::POSITIVE[k]), "pos"));
-                rows.push((format!("{} {i}", common::NEGATIVE[k]), "neg"));
-                rows.push((format!("{} {i}", neutral[k]), "neutral"));
+            for ((p, n), m) in common::POSITIVE.iter().zip(common::NEGATIVE).zip(neutral) {
+                rows.push((format!("{p} {i}"), "pos"));
+                rows.push((format!("{n} {i}"), "neg"));
+                rows.push((format!("{m} {i}"), "neutral"));
             }
         }
         rows
@@ -822,6 +823,295 @@ fn sentiment_trains_three_classes_from_csv_and_jsonl_and_predict_names_them() {
     fails(
         setup.sentiment(&[&["--data-file", s(&bad)][..], &columns].concat()),
         &["bad.csv:3: text after a closing quote"],
+    );
+}
+
+// ---- checkpoints and resume ----
+
+/// Runs the sentiment example with `args` and kills it (SIGKILL) as soon as its stdout
+/// shows `needle`, a line of its step log. Returns whether the kill is what ended it.
+fn kill_at(args: &[String], needle: &str) -> bool {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(example("sentiment"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines() {
+        if line.unwrap().contains(needle) {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    child.wait().unwrap().signal() == Some(9)
+}
+
+/// metrics.json without the fields that measure time and memory, which no two runs share.
+fn metrics_without_timings(out: &Path) -> serde_json::Value {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    for run in json["runs"].as_array_mut().unwrap() {
+        let run = run.as_object_mut().unwrap();
+        for timing in ["train_seconds", "median_step_seconds", "peak_rss_bytes"] {
+            assert!(run.remove(timing).is_some(), "{timing}");
+        }
+    }
+    json
+}
+
+fn full_model_values(out: &Path, base: &Path) -> Vec<burn::tensor::TensorData> {
+    use burn_lora_demo::train::sentiment::{BaseModel, LoadedModel, Trained, load_classifier};
+    let checkpoint = Trained::Checkpoint(out.join("full_model.bpk"));
+    let base = BaseModel::Gpt(base.to_path_buf());
+    let device = burn::tensor::Device::default();
+    let LoadedModel::Gpt(model, _) = load_classifier(&base, &checkpoint, None, &device)
+        .unwrap()
+        .model
+    else {
+        panic!("a GPT base loads a GPT classifier")
+    };
+    common::param_values(&model)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_bytes_and_metrics() {
+    let setup = setup();
+    let dir = scratch("cli", "resume");
+    let train = fs::read_to_string(setup.file("train.tsv")).unwrap();
+    fs::write(dir.join("train.tsv"), train.repeat(20)).unwrap(); // 108 steps an epoch
+    let (base, data, test) = (setup.base(), dir.join("train.tsv"), setup.file("test.tsv"));
+    for replicas in ["1", "2"] {
+        let args = |out: &Path, resume: bool| -> Vec<String> {
+            let mut args = vec![
+                "--base",
+                s(&base),
+                "--data-file",
+                s(&data),
+                "--test-file",
+                s(&test),
+                "--modes",
+                "full,lora,head",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--dropout",
+                "0.1",
+                "--replicas",
+                replicas,
+                "--checkpoint-every",
+                "5",
+            ];
+            match resume {
+                true => args.extend(["--resume", s(out)]),
+                false => args.extend(["--out", s(out)]),
+            }
+            args.into_iter().map(String::from).collect()
+        };
+        let reference = dir.join(format!("reference-{replicas}"));
+        let _ = fs::remove_dir_all(&reference);
+        succeeds(&run(
+            "sentiment",
+            &args(&reference, false)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ));
+        // Killed three times, at points read off the step log: in the first mode, in the
+        // second mode's first epoch, and in the last mode's second epoch.
+        let out = dir.join(format!("killed-{replicas}"));
+        let _ = fs::remove_dir_all(&out);
+        let points = [("full", 10), ("lora", 55), ("head", 150)];
+        for (i, (mode, step)) in points.into_iter().enumerate() {
+            let needle = format!(
+                "{mode}: checkpoint {}",
+                out.join("checkpoints")
+                    .join(mode)
+                    .join(format!("step-{step:08}"))
+                    .display()
+            );
+            assert!(
+                kill_at(&args(&out, i > 0), &needle),
+                "the kill at {mode} step {step} ended the run"
+            );
+            // The kill landed mid-run: no results yet, and that mode's latest checkpoint is
+            // at or after the step the kill was aimed at, short of the mode's 216 steps.
+            assert!(
+                !out.join("metrics.json").exists(),
+                "{mode} {step}: the run had finished"
+            );
+            let latest = fs::read_dir(out.join("checkpoints").join(mode))
+                .unwrap()
+                .filter_map(|e| e.unwrap().file_name().into_string().ok())
+                .filter_map(|n| {
+                    n.strip_prefix("step-")
+                        .and_then(|n| n.parse::<usize>().ok())
+                })
+                .max()
+                .unwrap();
+            assert!(
+                (step..216).contains(&latest),
+                "{mode}: latest checkpoint {latest}"
+            );
+        }
+        let resumed = succeeds(&run(
+            "sentiment",
+            &args(&out, true)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ));
+        assert!(resumed.contains("head: resumed from"), "{resumed}");
+        assert!(
+            resumed.contains("full finished before the interruption"),
+            "{resumed}"
+        );
+        for file in [
+            "lora_adapter/adapter_model.safetensors",
+            "lora_adapter/adapter_config.json",
+            "lora_adapter/labels.json",
+            "loss.csv",
+            "accuracy.csv",
+            "labels.json",
+        ] {
+            assert!(
+                fs::read(reference.join(file)).unwrap() == fs::read(out.join(file)).unwrap(),
+                "replicas {replicas}: {file} differs from the uninterrupted run's"
+            );
+        }
+        assert_eq!(
+            metrics_without_timings(&reference),
+            metrics_without_timings(&out)
+        );
+        // Burnpack files carry random parameter ids, so the full model is compared by value.
+        assert!(
+            full_model_values(&reference, &setup.base()) == full_model_values(&out, &setup.base())
+        );
+    }
+}
+
+#[test]
+fn resume_refuses_another_configuration_and_a_run_without_checkpoints() {
+    let setup = setup();
+    let dir = scratch("cli", "resume_refused");
+    let out = dir.join("out");
+    let first = [
+        "--modes",
+        "head",
+        "--checkpoint-every",
+        "3",
+        "--out",
+        s(&out),
+    ];
+    succeeds(&setup.sentiment(&first));
+    fails(
+        setup.sentiment(&[
+            "--modes",
+            "head",
+            "--checkpoint-every",
+            "3",
+            "--resume",
+            s(&out),
+            "--seed",
+            "9",
+            "--no-overwrite",
+        ]),
+        &[
+            "--resume",
+            "`seed` differs: the run was started with 42, this command gives 9",
+        ],
+    );
+    fails(
+        setup.sentiment(&[
+            "--modes",
+            "head",
+            "--checkpoint-every",
+            "3",
+            "--resume",
+            s(&dir),
+            "--no-overwrite",
+        ]),
+        &["no job.json there"],
+    );
+    let plain = dir.join("plain");
+    succeeds(&setup.sentiment(&["--modes", "head", "--out", s(&plain)]));
+    fails(
+        setup.sentiment(&["--modes", "head", "--resume", s(&plain), "--no-overwrite"]),
+        &["started without --checkpoint-every"],
+    );
+    // The same command resumes a finished run: every mode is read back, nothing retrains.
+    let again = succeeds(&setup.sentiment(&[
+        "--modes",
+        "head",
+        "--checkpoint-every",
+        "3",
+        "--resume",
+        s(&out),
+        "--no-overwrite",
+    ]));
+    assert!(
+        again.contains("head finished before the interruption"),
+        "{again}"
+    );
+}
+
+#[test]
+fn init_adapter_continues_training_an_adapter_with_its_factors_trainable() {
+    let setup = setup();
+    let dir = scratch("cli", "init_adapter");
+    let adapter = setup.adapter();
+    let out = dir.join("out");
+    let stdout = succeeds(&setup.sentiment(&[
+        "--modes",
+        "lora",
+        "--init-adapter",
+        s(&adapter),
+        "--rank",
+        "7",
+        "--out",
+        s(&out),
+    ]));
+    // The adapter's config wins over --rank, and its factors train with the head.
+    assert!(stdout.contains("LoRA starts from"), "{stdout}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("lora_adapter/adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["r"], config["r"]);
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    let head_params = 16 * 2 + 2;
+    let trainable = metrics["runs"][0]["trainable_params"].as_u64().unwrap();
+    assert!(
+        trainable > head_params,
+        "factors are trainable: {trainable}"
+    );
+    // It trained from the adapter: the new factors differ from the old ones.
+    let before = fs::read(adapter.join("adapter_model.safetensors")).unwrap();
+    let after = fs::read(out.join("lora_adapter/adapter_model.safetensors")).unwrap();
+    assert!(before != after);
+    // An adapter trained on other labels is refused, naming both.
+    let three = dir.join("three.tsv");
+    fs::write(&three, "a\tgood\nb\tbad\nc\tmeh\n").unwrap();
+    fails(
+        setup.sentiment(&[
+            "--modes",
+            "lora",
+            "--init-adapter",
+            s(&adapter),
+            "--data-file",
+            s(&three),
+            "--test-file",
+            s(&three),
+        ]),
+        &["--init-adapter", "labels [0, 1]", "the data has [a, b, c]"],
     );
 }
 

@@ -43,6 +43,7 @@ fn every_mode_runs_and_metrics_json_has_the_schema() {
                 "confusion_matrix",
                 "eval",
                 "frozen_params",
+                "kept_epoch",
                 "labels",
                 "macro_f1",
                 "median_step_seconds",
@@ -124,6 +125,9 @@ fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
         pad_id: tokenizer.pad_id(),
         replicas: 2,
         devices: Vec::new(),
+        checkpoint: None,
+        resume: false,
+        keep: burn_lora_demo::train::checkpoint::Keep::Last,
     };
     let (trained, history) =
         finetune(model, &encoded, &encoded, &finetune_options, "lora").unwrap();
@@ -276,4 +280,73 @@ fn a_random_bert_has_the_architecture_of_its_base_and_not_its_weights() {
     );
     // Same seed, same data: only the weights differ, so the losses do.
     assert_ne!(random_loss, pretrained_loss);
+}
+
+#[test]
+fn keep_best_returns_the_weights_of_the_best_validation_epoch() {
+    use burn_lora_demo::train::checkpoint::Keep;
+    use burn_lora_demo::train::{accuracy, predict};
+    const EPOCHS: usize = 4;
+    let dir = scratch("sentiment_job", "keep_best");
+    let options = tiny_job(&dir, vec![]);
+    let tokenizer =
+        burn_lora_demo::tokenizer::BpeTokenizer::load(dir.join("tokenizer.json")).unwrap();
+    let data = SentimentDataset::load(&options.train_file).unwrap();
+    let labels = burn_lora_demo::data::LabelSet::from_data(&data).unwrap();
+    let encoded = encode_dataset(&tokenizer, &data, &labels, 16).unwrap();
+    // Validation on a few examples, so that its accuracy moves from epoch to epoch.
+    let val = burn_lora_demo::train::Encoded {
+        tokens: encoded.tokens[..6].to_vec(),
+        labels: encoded.labels[..6].to_vec(),
+        truncated: 0,
+    };
+    let train = |keep: Keep| {
+        let device = Device::default().autodiff();
+        device.seed(3);
+        let (_, gpt) = burn_lora_demo::model::Gpt::load(&dir, "model.bpk", &device).unwrap();
+        let model = FinetuneMode::Full
+            .prepare(GptClassifier::new(gpt, 2, &device))
+            .unwrap();
+        let finetune_options = FinetuneOptions {
+            epochs: EPOCHS,
+            batch_size: 8,
+            lr: 3e-2,
+            weight_decay: 0.01,
+            warmup_ratio: 0.0,
+            seed: 7,
+            pooling: Pooling::LastToken,
+            pad_id: tokenizer.pad_id(),
+            replicas: 1,
+            devices: Vec::new(),
+            checkpoint: None,
+            resume: false,
+            keep,
+        };
+        let (model, history) = finetune(model, &encoded, &val, &finetune_options, "t").unwrap();
+        let kept = accuracy(
+            &predict(
+                &model.valid(),
+                &val.tokens,
+                Pooling::LastToken,
+                tokenizer.pad_id(),
+            ),
+            &val.labels,
+        );
+        (history, kept)
+    };
+    let (history, kept) = train(Keep::Best);
+    let scores = &history.epoch_val_accuracy;
+    let best = scores.iter().cloned().fold(f64::MIN, f64::max);
+    let first_best = scores.iter().position(|&a| a == best).unwrap() + 1;
+    assert_eq!(history.kept_epoch, first_best, "{scores:?}");
+    assert_eq!(
+        kept, best,
+        "the returned weights score the best epoch's accuracy"
+    );
+    // Not vacuous: here the best epoch is not the last, so the last scores less.
+    assert_ne!(first_best, EPOCHS, "{scores:?}");
+    let (history, kept) = train(Keep::Last);
+    assert_eq!(history.kept_epoch, EPOCHS);
+    assert_eq!(kept, *history.epoch_val_accuracy.last().unwrap());
+    assert!(kept < best, "{:?}", history.epoch_val_accuracy);
 }

@@ -1,12 +1,13 @@
 //! Supervised fine-tuning for classification: one loop for full fine-tuning, LoRA and
 //! head-only training.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::AdamWConfig;
-use burn::tensor::Device;
 use burn::tensor::activation::softmax;
+use burn::tensor::{Device, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -17,6 +18,9 @@ use crate::Error;
 use crate::data::{LabelSet, SentimentDataset, class_batch};
 use crate::model::{Classifier, Pooling};
 use crate::tokenizer::TextEncoder;
+use crate::train::checkpoint::{
+    self, BestEpoch, CheckpointOptions, Keep, TrainState, epoch_seed, step_seed,
+};
 use crate::train::metrics::argmax;
 use crate::train::parallel::{PartOutput, on_threads, parallel_grads};
 use crate::train::{check_finite, lr_at, progress};
@@ -145,6 +149,12 @@ pub struct FinetuneOptions {
     /// the model's device (`GradientsParams::to_device`). Empty or one: the model's device,
     /// with `replicas` threads.
     pub devices: Vec<Device>,
+    /// Write a checkpoint every so many steps; `None`: none.
+    pub checkpoint: Option<CheckpointOptions>,
+    /// Continue from the latest checkpoint in `checkpoint.dir`, when there is one.
+    pub resume: bool,
+    /// Which epoch's weights to return: the best on validation, or the last.
+    pub keep: Keep,
 }
 
 /// One replica per available core (2 on the machine the README's figures come from).
@@ -162,7 +172,7 @@ pub fn replicas_for(device: &Device) -> usize {
 }
 
 /// What happened during training.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct History {
     /// Loss of every step.
     pub step_loss: Vec<f64>,
@@ -176,6 +186,9 @@ pub struct History {
     pub train_seconds: f64,
     /// Training examples processed (every epoch's).
     pub examples: usize,
+    /// The epoch (from 1) whose weights were returned: the best on validation, or the
+    /// last (see [`Keep`]).
+    pub kept_epoch: usize,
 }
 
 impl History {
@@ -189,9 +202,16 @@ impl History {
 /// `train`, evaluating on `val` after each epoch. Frozen parameters get no gradient and so
 /// no update: one loop serves every mode.
 ///
+/// The data order of each epoch and the dropout masks of each step are drawn from
+/// generators seeded by the seed and the epoch or step (see [`checkpoint`]), and every
+/// `options.checkpoint.every` steps the whole training state is written: with
+/// `options.resume`, a run continues from its latest checkpoint and ends exactly as the run
+/// that was never stopped.
+///
 /// # Errors
 ///
-/// [`Error::NonFiniteLoss`] naming the step, when the loss becomes NaN or infinite.
+/// [`Error::NonFiniteLoss`] naming the step, when the loss becomes NaN or infinite; a
+/// checkpoint that cannot be written or read.
 pub fn finetune<C: Classifier>(
     mut model: C,
     train: &Encoded,
@@ -200,8 +220,7 @@ pub fn finetune<C: Classifier>(
     label: &str,
 ) -> Result<(C, History), Error> {
     let device = model.head_layer().weight.device();
-    let mut rng = StdRng::seed_from_u64(options.seed);
-    let steps_per_epoch = train.tokens.len().div_ceil(options.batch_size);
+    let steps_per_epoch = train.tokens.len().div_ceil(options.batch_size.max(1));
     let total = options.epochs * steps_per_epoch;
     let warmup = (options.warmup_ratio * total as f64).round() as usize;
     let mut optim = AdamWConfig::new()
@@ -215,14 +234,41 @@ pub fn finetune<C: Classifier>(
         true => options.devices.clone(),
         false => vec![device.clone(); options.replicas.max(1)],
     };
+    let track_best = options.keep == Keep::Best && options.epochs > 1;
     let mut history = History::default();
+    let (mut step, mut correct, mut seen) = (0, 0, 0);
+    let mut best: Option<BestEpoch> = None;
+    let mut best_values: Option<HashMap<u64, TensorData>> = None;
+    let latest = match (&options.checkpoint, options.resume) {
+        (Some(ck), true) => checkpoint::checkpoints(&ck.dir)?.pop(),
+        _ => None,
+    };
+    if let Some(dir) = latest {
+        let restored = checkpoint::load(&dir, model, optim)?;
+        (model, optim) = (restored.model, restored.optim);
+        let state = restored.state;
+        (step, correct, seen) = (state.step, state.epoch_correct, state.epoch_seen);
+        (history, best, best_values) = (state.history, state.best, restored.best_values);
+        println!(
+            "  {label}: resumed from {} at step {step} of {total}",
+            dir.display()
+        );
+    }
+    let param_ids = checkpoint::param_ids(&model);
+    let prior_seconds = history.train_seconds;
     let bar = progress(total as u64, label);
+    bar.set_position(step as u64);
     let start = Instant::now();
-    for epoch in 0..options.epochs {
-        let (mut correct, mut seen) = (0, 0);
-        for chunk in &length_grouped_batches(&train.tokens, options.batch_size, &mut rng) {
+    for epoch in step / steps_per_epoch.max(1)..options.epochs {
+        let mut rng = StdRng::seed_from_u64(epoch_seed(options.seed, epoch));
+        let batches = length_grouped_batches(&train.tokens, options.batch_size, &mut rng);
+        let done = step - epoch * steps_per_epoch; // > 0 only in the epoch a resume lands in
+        if done == 0 {
+            (correct, seen) = (0, 0);
+        }
+        for chunk in batches.iter().skip(done) {
             let step_start = Instant::now();
-            let step = history.step_loss.len();
+            device.seed(step_seed(options.seed, step));
             let lr = lr_at(step, total, warmup, options.lr, 0.0);
             // Each part's mean loss is weighted by its share, so they sum to the batch mean.
             let parts: Vec<&[usize]> = chunk
@@ -252,6 +298,7 @@ pub fn finetune<C: Classifier>(
             history.examples += chunk.len();
             check_finite(value, step, lr, &bar)?;
             model = optim.step(lr, model, grads);
+            step += 1;
             history.step_loss.push(value);
             history
                 .step_seconds
@@ -268,25 +315,66 @@ pub fn finetune<C: Classifier>(
                 correct as f64 / seen as f64
             ));
             bar.inc(1);
+            if step % steps_per_epoch == 0 {
+                let val_accuracy = accuracy(
+                    &predict(&model.valid(), &val.tokens, options.pooling, options.pad_id),
+                    &val.labels,
+                );
+                history
+                    .epoch_train_accuracy
+                    .push(correct as f64 / seen as f64);
+                history.epoch_val_accuracy.push(val_accuracy);
+                if best.is_none_or(|b| val_accuracy > b.val_accuracy) {
+                    best = Some(BestEpoch {
+                        epoch: epoch + 1,
+                        val_accuracy,
+                    });
+                    if track_best {
+                        best_values = Some(checkpoint::trainable_values(&model));
+                    }
+                }
+                bar.suspend(|| {
+                    println!(
+                        "  {label} epoch {}: train accuracy {:.4}, validation accuracy {val_accuracy:.4}",
+                        epoch + 1,
+                        correct as f64 / seen as f64
+                    )
+                });
+            }
+            if let Some(ck) = &options.checkpoint
+                && step % ck.every.max(1) == 0
+            {
+                history.train_seconds = prior_seconds + start.elapsed().as_secs_f64();
+                let state = TrainState {
+                    step,
+                    epoch_correct: correct,
+                    epoch_seen: seen,
+                    history: history.clone(),
+                    best,
+                    param_ids: param_ids.clone(),
+                };
+                let saved = checkpoint::save(ck, &model, &optim, &state, best_values.as_ref())?;
+                bar.suspend(|| println!("  {label}: checkpoint {}", saved.display()));
+            }
         }
-        let val_accuracy = accuracy(
-            &predict(&model.valid(), &val.tokens, options.pooling, options.pad_id),
-            &val.labels,
-        );
-        history
-            .epoch_train_accuracy
-            .push(correct as f64 / seen as f64);
-        history.epoch_val_accuracy.push(val_accuracy);
-        bar.suspend(|| {
-            println!(
-                "  {label} epoch {}: train accuracy {:.4}, validation accuracy {val_accuracy:.4}",
-                epoch + 1,
-                correct as f64 / seen as f64
-            )
-        });
     }
     bar.finish_and_clear();
-    history.train_seconds = start.elapsed().as_secs_f64();
+    history.train_seconds = prior_seconds + start.elapsed().as_secs_f64();
+    history.kept_epoch = options.epochs;
+    if let (true, Some(b), Some(values)) = (track_best, best, &best_values)
+        && b.epoch != options.epochs
+    {
+        let dir = options
+            .checkpoint
+            .as_ref()
+            .map_or(Default::default(), |c| c.dir.clone());
+        model = checkpoint::restore_values(model, None, values, &dir)?;
+        history.kept_epoch = b.epoch;
+        println!(
+            "  {label}: keeping epoch {} (validation accuracy {:.4}), the best",
+            b.epoch, b.val_accuracy
+        );
+    }
     Ok((model, history))
 }
 

@@ -2,6 +2,7 @@
 //! loop, plus the small pieces they share.
 
 pub mod baseline;
+pub mod checkpoint;
 mod finetune;
 pub mod metrics;
 pub(crate) mod parallel;

@@ -10,9 +10,12 @@ use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use burn_lora::{ParamReport, merge_lora, param_report, save_adapter_with};
+use burn_lora::{
+    LoraConfig, ParamReport, load_adapter_with, merge_lora, param_report, read_adapter_config,
+    save_adapter_with, set_lora_trainable,
+};
 
 use crate::Error;
 use crate::data::{Example, HeadRecord, LabelSet, ReadOptions, SentimentDataset};
@@ -21,6 +24,7 @@ use crate::model::bert::{Bert, BertClassifier, BertConfig, BertHead};
 use crate::model::{Classifier, Gpt, GptClassifier, GptConfig, Pooling};
 use crate::tokenizer::{BpeTokenizer, HfTokenizer, TextEncoder};
 use crate::train::baseline::NaiveBayes;
+use crate::train::checkpoint::{CheckpointOptions, Keep};
 use crate::train::metrics::{ClassMetrics, Classification, argmax};
 use crate::train::pretrain::to_json;
 use crate::train::{
@@ -68,6 +72,18 @@ pub struct SentimentOptions {
     pub replicas: usize,
     /// How the data files are read: format and columns.
     pub read: ReadOptions,
+    /// Write a training checkpoint every so many steps (see
+    /// [`checkpoint`](crate::train::checkpoint)), into `out/checkpoints/<mode>/`.
+    pub checkpoint_every: Option<usize>,
+    /// Continue the run in `out`: modes it finished are read back, the mode it was in
+    /// resumes from its latest checkpoint. The configuration must be the one `out/job.json`
+    /// records.
+    pub resume: bool,
+    /// Start LoRA from this PEFT adapter directory (ours or PEFT's), its factors and
+    /// modules to save trainable, instead of new factors.
+    pub init_adapter: Option<PathBuf>,
+    /// Which epoch's weights each mode keeps: the best on validation, or the last.
+    pub keep: Keep,
 }
 
 /// The default base of the sentiment job and `predict`: a three-layer encoder derived from
@@ -231,7 +247,7 @@ impl JobDefaults {
 }
 
 /// One row of `metrics.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunMetrics {
     /// `full`, `lora` or `head`.
     pub mode: String,
@@ -262,6 +278,9 @@ pub struct RunMetrics {
     pub peak_rss_bytes: u64,
     /// Bytes of what this mode must store: adapter + head, head, or the full model.
     pub artifact_bytes: u64,
+    /// The epoch (from 1) whose weights were kept: the best on validation, or the last
+    /// with `--keep last`.
+    pub kept_epoch: usize,
 }
 
 /// `metrics.json`.
@@ -296,7 +315,11 @@ pub fn run_sentiment(
     if devices.is_empty() {
         return Err(Error::Usage("the sentiment job needs a device".into()));
     }
-    crate::train::check_output_dir(&options.out, options.overwrite)?;
+    if options.resume {
+        check_resumable(options, devices)?;
+    } else {
+        crate::train::check_output_dir(&options.out, options.overwrite)?;
+    }
     let mut train = SentimentDataset::load_with(&options.train_file, &options.read)?;
     let labels = LabelSet::from_data(&train)?;
     if let Some(n) = options.max_train {
@@ -425,35 +448,74 @@ fn run_modes<C: Classifier>(
         labels: labels.names().to_vec(),
         pooling: pooling_name(options.pooling, options.base.bert_head()).into(),
     };
+    // `--init-adapter`: LoRA's config is the adapter's, and its labels must be the data's.
+    let init = match &options.init_adapter {
+        Some(dir) => Some((dir.clone(), init_adapter_config(dir, labels)?)),
+        None => None,
+    };
     // The LoRA head is always trained: a new classifier starts random.
     let modes: Vec<FinetuneMode> = options
         .modes
         .iter()
+        .map(|mode| match (mode, &init) {
+            (FinetuneMode::Lora(_), Some((_, config))) => FinetuneMode::Lora(config.clone()),
+            (other, _) => other.clone(),
+        })
         .map(|mode| match mode {
             FinetuneMode::Lora(config) if config.modules_to_save.is_empty() => {
-                FinetuneMode::Lora(config.clone().with_modules_to_save(vec![C::HEAD.into()]))
+                FinetuneMode::Lora(config.with_modules_to_save(vec![C::HEAD.into()]))
             }
-            other => other.clone(),
+            other => other,
         })
         .collect();
+    let init_dir = init.map(|(dir, _)| dir);
+    let prepare = |mode: &FinetuneMode, model: C| -> Result<C, Error> {
+        match (mode, &init_dir) {
+            (FinetuneMode::Lora(config), Some(dir)) => {
+                let model = load_adapter_with(model, dir, &C::peft_options())?;
+                Ok(set_lora_trainable(model, &config.modules_to_save)?)
+            }
+            _ => mode.prepare(model),
+        }
+    };
     // Every mode's set-up (LoRA targets, rank) is checked before any training, so a bad
     // flag fails in seconds, not after the first mode.
     // One model serves every check: building it may read a large checkpoint.
     let probe = build(device)?;
     for mode in &modes {
-        mode.prepare(probe.clone())?;
+        prepare(mode, probe.clone())?;
     }
     drop(probe);
     fs::create_dir_all(&options.out).map_err(|e| Error::io(&options.out, e))?;
+    if !options.resume {
+        write_atomic(
+            &options.out.join(JOB_FILE),
+            to_json(&job_record(options, devices)).as_bytes(),
+        )?;
+    }
 
     let mut runs = Vec::new();
     let mut details = Vec::new();
     let mut curves = Vec::new();
     for mode in &modes {
+        let checkpoints = options.out.join("checkpoints").join(mode.name());
+        let done_path = checkpoints.join(DONE_FILE);
+        if options.resume && done_path.is_file() {
+            let done: ModeResult = read_json(&done_path)?;
+            println!(
+                "\n== {} finished before the interruption: read back from {} ==",
+                mode.name(),
+                done_path.display()
+            );
+            runs.push(done.run);
+            details.push(done.details);
+            curves.push((mode.name(), done.history));
+            continue;
+        }
         reset_peak_rss();
         let train_device = device.clone().autodiff();
         train_device.seed(options.seed);
-        let model = mode.prepare(build(&train_device)?)?;
+        let model = prepare(mode, build(&train_device)?)?;
         let report = param_report(&model);
         let finetune_options = FinetuneOptions {
             epochs: options.epochs,
@@ -471,6 +533,12 @@ fn run_modes<C: Classifier>(
                 1 => Vec::new(),
                 _ => devices.iter().map(|d| d.clone().autodiff()).collect(),
             },
+            checkpoint: options.checkpoint_every.map(|every| CheckpointOptions {
+                dir: checkpoints.clone(),
+                every,
+            }),
+            resume: options.resume,
+            keep: options.keep,
         };
         println!(
             "\n== {} ({} trainable of {} parameters, lr {:e}) ==",
@@ -521,7 +589,7 @@ fn run_modes<C: Classifier>(
             _ => None,
         };
         let peak_rss_bytes = peak_rss().unwrap_or(0);
-        runs.push(RunMetrics {
+        let run = RunMetrics {
             mode: mode.name().into(),
             trainable_params: report.trainable,
             frozen_params: report.frozen,
@@ -536,14 +604,21 @@ fn run_modes<C: Classifier>(
             median_step_seconds: median(&history.step_seconds),
             peak_rss_bytes,
             artifact_bytes,
-        });
-        details.push(mode_details(
-            mode,
-            &report,
-            &history,
-            merge,
-            finetune_options.lr,
-        ));
+            kept_epoch: history.kept_epoch,
+        };
+        let detail = mode_details(mode, &report, &history, merge, finetune_options.lr);
+        if options.checkpoint_every.is_some() {
+            // What a resumed run reads back instead of training this mode again.
+            let done = ModeResult {
+                run: run.clone(),
+                details: detail.clone(),
+                history: history.clone(),
+            };
+            fs::create_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
+            write_atomic(&done_path, to_json(&done).as_bytes())?;
+        }
+        runs.push(run);
+        details.push(detail);
         curves.push((mode.name(), history));
     }
     let train_classes = labels.classes(train)?;
@@ -587,6 +662,128 @@ fn run_modes<C: Classifier>(
     )?;
     write_curves(&options.out, &curves)?;
     Ok((metrics.clone(), table(&metrics, &baseline)))
+}
+
+/// The file in `out` that records a run's configuration, for `--resume`.
+pub const JOB_FILE: &str = "job.json";
+
+/// The file in `out/checkpoints/<mode>/` that holds a finished mode's results.
+const DONE_FILE: &str = "done.json";
+
+/// A finished mode, as a resumed run reads it back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModeResult {
+    run: RunMetrics,
+    details: serde_json::Value,
+    history: History,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Every setting that changes what a run computes, as `job.json` records it. Output
+/// settings (`out`, `overwrite`, `resume`) are not among them.
+fn job_record(options: &SentimentOptions, devices: &[Device]) -> BTreeMap<&'static str, String> {
+    let paths = |p: &[PathBuf]| {
+        p.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let modes: Vec<String> = options.modes.iter().map(|m| format!("{m:?}")).collect();
+    BTreeMap::from([
+        ("dataset", options.dataset.clone()),
+        ("train_file", options.train_file.display().to_string()),
+        ("test_file", options.test_file.display().to_string()),
+        ("eval_files", paths(&options.eval_files)),
+        ("base", options.base.describe()),
+        ("max_len", format!("{:?}", options.max_len)),
+        ("modes", modes.join("; ")),
+        ("lr", format!("{:?}", options.lr)),
+        ("epochs", options.epochs.to_string()),
+        ("batch_size", options.batch_size.to_string()),
+        ("seed", options.seed.to_string()),
+        ("max_train", format!("{:?}", options.max_train)),
+        (
+            "pooling",
+            pooling_name(options.pooling, options.base.bert_head()).into(),
+        ),
+        ("replicas", options.replicas.to_string()),
+        ("read", format!("{:?}", options.read)),
+        (
+            "checkpoint_every",
+            format!("{:?}", options.checkpoint_every),
+        ),
+        ("init_adapter", format!("{:?}", options.init_adapter)),
+        ("keep", format!("{:?}", options.keep)),
+        (
+            "devices",
+            devices
+                .iter()
+                .map(crate::device::describe)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    ])
+}
+
+/// `--resume`: `out` must hold a run started with checkpoints, and this command's
+/// configuration must be the one it records.
+fn check_resumable(options: &SentimentOptions, devices: &[Device]) -> Result<(), Error> {
+    let path = options.out.join(JOB_FILE);
+    if !path.is_file() {
+        return Err(Error::Usage(format!(
+            "--resume {}: there is no {JOB_FILE} there, so no run to continue",
+            options.out.display()
+        )));
+    }
+    let recorded: BTreeMap<String, String> = read_json(&path)?;
+    if recorded.get("checkpoint_every").is_none_or(|v| v == "None") {
+        return Err(Error::Usage(format!(
+            "--resume {}: that run was started without --checkpoint-every, so it has no checkpoints",
+            options.out.display()
+        )));
+    }
+    for (field, value) in job_record(options, devices) {
+        let before = recorded.get(field).map_or("(not recorded)", String::as_str);
+        if before != value {
+            return Err(Error::Usage(format!(
+                "--resume {}: `{field}` differs: the run was started with {before}, this command gives {value}",
+                options.out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--init-adapter DIR`: the adapter's LoRA config, after checking that the labels it
+/// records (if any) are the data's.
+fn init_adapter_config(dir: &Path, labels: &LabelSet) -> Result<LoraConfig, Error> {
+    let config = read_adapter_config(dir)?;
+    if let Some(record) = HeadRecord::load(dir)?
+        && record.labels != labels.names()
+    {
+        return Err(Error::Usage(format!(
+            "--init-adapter {}: it was trained on the labels [{}] ({}), but the data has [{}]",
+            dir.display(),
+            record.labels.join(", "),
+            dir.join(HeadRecord::FILE).display(),
+            labels.names().join(", ")
+        )));
+    }
+    println!(
+        "LoRA starts from {}: r={}, alpha={}, targets {:?}",
+        dir.display(),
+        config.rank,
+        config.alpha,
+        config.target_modules
+    );
+    Ok(config)
 }
 
 /// A GPT base's config and tokenizer, checked against each other.

@@ -166,6 +166,10 @@ pub fn tiny_job(
         overwrite: true,
         replicas: 2,
         read: burn_lora_demo::data::ReadOptions::default(),
+        checkpoint_every: None,
+        resume: false,
+        init_adapter: None,
+        keep: burn_lora_demo::train::checkpoint::Keep::Best,
     }
 }
 
