@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn_lora::parse_adapter_config;
+use burn_lora_demo::data::{ReadOptions, SentimentDataset};
 use burn_lora_demo::tokenizer::{BpeTokenizer, HfTokenizer};
 
 fn input(name: &str) -> (PathBuf, Vec<u8>) {
@@ -54,4 +55,15 @@ fn an_invalid_value_in_adapter_config_json_names_the_file() {
         .to_string();
     assert!(err.starts_with("adapter_config.json: "), "{err}");
     assert!(err.contains("dropout"), "{err}");
+}
+
+/// The CSV reader counted only `\n` as a line end, but the `csv` crate also ends a record
+/// at a `\r` alone: two records on one `\n`-line were both called line 2. Lines now end
+/// where the crate ends them, so the examples' lines rise.
+#[test]
+fn csv_records_after_a_bare_carriage_return_get_their_own_line() {
+    let (_, bytes) = input("dataset_csv-bare-cr-line-numbers.csv");
+    let data = SentimentDataset::parse_with(&bytes, "fuzz.csv", &ReadOptions::default()).unwrap();
+    let lines: Vec<usize> = data.examples.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [2, 3]);
 }

@@ -100,7 +100,8 @@ pub(crate) fn parse_csv(
     Ok(examples)
 }
 
-/// 1-based line numbers of byte offsets, asked for in increasing order.
+/// 1-based line numbers of byte offsets, asked for in increasing order. A line ends, as
+/// the `csv` crate reads it, at `\n`, `\r\n` or a `\r` alone.
 #[derive(Default)]
 struct LineCounter {
     offset: usize,
@@ -111,14 +112,18 @@ impl LineCounter {
     fn line_at(&mut self, bytes: &[u8], offset: usize) -> usize {
         let offset = offset.min(bytes.len());
         if offset >= self.offset {
-            self.line += bytes[self.offset..offset]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
+            self.line += line_ends(bytes, self.offset, offset);
             self.offset = offset;
         }
         self.line + 1
     }
+}
+
+/// The line ends in `bytes[from..to]`: each `\n`, and each `\r` not followed by `\n`.
+fn line_ends(bytes: &[u8], from: usize, to: usize) -> usize {
+    (from..to)
+        .filter(|&i| bytes[i] == b'\n' || (bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n')))
+        .count()
 }
 
 /// Checks one raw CSV record (with its line ends) field by field: a quoted field is closed
@@ -271,6 +276,9 @@ mod tests {
         assert_eq!(data[0].text, "a \"gem\", with\nnewline");
         assert_eq!((data[0].label.as_str(), data[0].line), ("pos", 2));
         assert_eq!((data[1].text.as_str(), data[1].line), ("dull", 4));
+        // A `\r` alone ends a line too (old Mac files), as the `csv` crate reads it.
+        let data = csv("text,label\rgood,1\rbad,0\r").unwrap();
+        assert_eq!((data[1].text.as_str(), data[1].line), ("bad", 3));
         let options = ReadOptions {
             text_column: "review".into(),
             label_column: "stars".into(),

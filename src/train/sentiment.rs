@@ -487,6 +487,9 @@ fn run_modes<C: Classifier>(
     }
     drop(probe);
     fs::create_dir_all(&options.out).map_err(|e| Error::io(&options.out, e))?;
+    // The classes and head of everything this run writes: its checkpoints, full model and
+    // head (the adapter directory gets its own copy).
+    record.save(&options.out)?;
     if !options.resume {
         write_atomic(
             &options.out.join(JOB_FILE),
@@ -851,13 +854,11 @@ fn save_artifact<C: Classifier>(
             dir_bytes(&dir)
         }
         FinetuneMode::HeadOnly => {
-            record.save(out)?;
             let path = out.join("head.bpk");
             crate::model::save_module(model.head_layer().clone(), &path)?;
             file_bytes(&path)
         }
         FinetuneMode::Full => {
-            record.save(out)?;
             let path = out.join("full_model.bpk");
             crate::model::save_module(model.clone(), &path)?;
             file_bytes(&path)
