@@ -70,7 +70,10 @@ pub struct Loaded {
 }
 
 /// Loads the base and the trained part on top of it. `pooling` is the `--pooling` flag;
-/// without it the head follows the files (see the [module docs](self)).
+/// without it the head and the class names follow the files: the run's `labels.json`
+/// ([`HeadRecord`]), else the base's `config.json` (a `BertForSequenceClassification`
+/// checkpoint: its pooler, its `classifier`, the classes of `id2label`), else the
+/// defaults (`mean` for BERT, `last` for our GPT, classes `0` and `1`).
 ///
 /// # Errors
 ///
