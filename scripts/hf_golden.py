@@ -145,6 +145,35 @@ def write_seq_cls():
     print(f"wrote {SEQ_CLS}: probs {probs.tolist()}")
 
 
+def write_layers():
+    """A PEFT SEQ_CLS adapter on hf_tiny's encoder that adapts only layer 1
+    (layers_to_transform=[1], layers_pattern="layer"), and PEFT's logits. Written on its
+    own (`write-layers`), so hf_tiny's other files stay as they are."""
+    torch.manual_seed(2)
+    tok = tokenizer()
+    cfg = config(tok.get_vocab_size())
+    clf = BertForSequenceClassification(cfg.__class__(**{**cfg.to_dict(), "num_labels": 2}))
+    clf.bert.load_state_dict(BertModel.from_pretrained(OUT).state_dict())
+    peft_cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0,
+        target_modules=["query", "value"], layers_to_transform=[1], layers_pattern="layer",
+    )
+    peft_model = get_peft_model(clf, peft_cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or "classifier" in name:
+                p.copy_(torch.randn_like(p) * 0.3)
+    peft_model.eval()
+    ids, mask = batch(tok)
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids, attention_mask=mask).logits
+    adapted = sorted({n.split(".lora_A")[0] for n, _ in peft_model.named_parameters() if "lora_A" in n})
+    peft_model.save_pretrained(OUT / "peft_adapter_layer1")
+    (OUT / "peft_adapter_layer1" / "README.md").unlink()
+    save_file({"peft_logits": logits.contiguous()}, OUT / "golden_layer1.safetensors")
+    print(f"wrote {OUT / 'peft_adapter_layer1'}: adapted {adapted}")
+
+
 def check(adapter_dir):
     """Loads burn-lora's adapter with PEFT and compares with the logits burn-lora saved."""
     tok = tokenizer()
@@ -165,6 +194,9 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["write"]:
         write()
         write_seq_cls()
+        write_layers()
+    elif sys.argv[1:2] == ["write-layers"]:
+        write_layers()
     elif sys.argv[1:2] == ["check"]:
         check(sys.argv[2])
     else:

@@ -13,6 +13,11 @@ which writes
                                            an adapter written by PEFT save_pretrained, and
                                            the input and PEFT's output
 
+and, with `write-patterns` (on its own, so the files above stay as they are),
+  crates/burn-lora/tests/fixtures/peft_tiny/adapter_patterns/, io_patterns.safetensors
+                                           an adapter with per-module ranks and alphas
+                                           (rank_pattern, alpha_pattern) and PEFT's output
+
 The other direction (an adapter written by burn-lora, loaded by PEFT):
 
     cargo test -p burn-lora --test lora      # writes target/tmp/peft-export/
@@ -128,6 +133,31 @@ def write_tiny(out_dir):
     save_file({"x": x, "out": model(x).detach()}, out_dir / "io.safetensors")
 
 
+def patterns_config():
+    return LoraConfig(r=4, lora_alpha=8, target_modules=["query", "key", "value"],
+                      modules_to_save=["head"], rank_pattern={"key": 2, "attn.value": 6},
+                      alpha_pattern={"value": 3})
+
+
+def write_patterns():
+    """An adapter whose layers have different ranks and alphas, on peft_tiny's base."""
+    out_dir = FIXTURES / "peft_tiny"
+    torch.manual_seed(11)
+    base = Tiny()
+    base.load_state_dict(load_file(out_dir / "base.safetensors"))
+    model = get_peft_model(base, patterns_config())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.copy_(torch.randn_like(param) * 0.3)
+    ranks = {n: tuple(p.shape) for n, p in model.named_parameters() if "lora_A" in n}
+    model.save_pretrained(out_dir / "adapter_patterns")
+    (out_dir / "adapter_patterns" / "README.md").unlink()
+    x = torch.randn(3, 8)
+    save_file({"x": x, "out": model(x).detach()}, out_dir / "io_patterns.safetensors")
+    print(f"wrote {out_dir / 'adapter_patterns'}: A shapes {ranks}")
+
+
 def write():
     tensors, cases = layer_cases()
     FIXTURES.mkdir(parents=True, exist_ok=True)
@@ -156,6 +186,8 @@ def check(export_dir):
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "write":
         write()
+    elif len(sys.argv) >= 2 and sys.argv[1] == "write-patterns":
+        write_patterns()
     elif len(sys.argv) == 3 and sys.argv[1] == "check":
         check(sys.argv[2])
     else:

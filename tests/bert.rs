@@ -110,6 +110,39 @@ fn classifier(device: &Device) -> BertClassifier {
 }
 
 #[test]
+fn peft_layers_to_transform_adapts_only_those_layers_and_gives_peft_logits() {
+    // PEFT: target_modules ["query", "value"], layers_to_transform [1], layers_pattern
+    // "layer" (scripts/hf_golden.py write-layers).
+    let device = Device::default();
+    let names = BertClassifier::peft_options();
+    let dir = fixture().join("peft_adapter_layer1");
+    let model = load_adapter_with(classifier(&device), &dir, &names).unwrap();
+    let adapted: Vec<String> = burn_lora::adapters(&model)
+        .into_iter()
+        .map(|(site, _)| site.path)
+        .collect();
+    assert_eq!(
+        adapted,
+        [
+            "bert.encoder.layer.1.attention.self_.query",
+            "bert.encoder.layer.1.attention.self_.value"
+        ]
+    );
+    let g = golden();
+    let (tokens, padding) = inputs(&g, &device);
+    let bytes = fs::read(fixture().join("golden_layer1.safetensors")).unwrap();
+    let want = common::read(
+        &safetensors::SafeTensors::deserialize(&bytes).unwrap(),
+        "peft_logits",
+    );
+    assert_close(
+        "peft logits",
+        model.forward(tokens, padding).into_data(),
+        want,
+    );
+}
+
+#[test]
 fn peft_seq_cls_adapter_gives_peft_logits_and_round_trips() {
     let device = Device::default();
     let names = BertClassifier::peft_options();

@@ -294,15 +294,17 @@ fn keep_best_returns_the_weights_of_the_best_validation_epoch() {
     let data = SentimentDataset::load(&options.train_file).unwrap();
     let labels = burn_lora_demo::data::LabelSet::from_data(&data).unwrap();
     let encoded = encode_dataset(&tokenizer, &data, &labels, 16).unwrap();
-    // Validation on a few examples, so that its accuracy moves from epoch to epoch.
+    // Validation on the training texts with their labels flipped: the better training
+    // goes, the worse validation gets, so the best epoch comes early.
     let val = burn_lora_demo::train::Encoded {
-        tokens: encoded.tokens[..6].to_vec(),
-        labels: encoded.labels[..6].to_vec(),
+        tokens: encoded.tokens.clone(),
+        labels: encoded.labels.iter().map(|l| 1 - l).collect(),
         truncated: 0,
     };
-    let train = |keep: Keep| {
+    // The tests of this binary share the device's generator, so a seed does not fix a
+    // trajectory here: each property is checked on the run it comes from.
+    let train = |keep: Keep, seed: u64| {
         let device = Device::default().autodiff();
-        device.seed(3);
         let (_, gpt) = burn_lora_demo::model::Gpt::load(&dir, "model.bpk", &device).unwrap();
         let model = FinetuneMode::Full
             .prepare(GptClassifier::new(gpt, 2, &device))
@@ -310,10 +312,10 @@ fn keep_best_returns_the_weights_of_the_best_validation_epoch() {
         let finetune_options = FinetuneOptions {
             epochs: EPOCHS,
             batch_size: 8,
-            lr: 3e-2,
+            lr: 1e-2,
             weight_decay: 0.01,
             warmup_ratio: 0.0,
-            seed: 7,
+            seed,
             pooling: Pooling::LastToken,
             pad_id: tokenizer.pad_id(),
             replicas: 1,
@@ -334,19 +336,29 @@ fn keep_best_returns_the_weights_of_the_best_validation_epoch() {
         );
         (history, kept)
     };
-    let (history, kept) = train(Keep::Best);
-    let scores = &history.epoch_val_accuracy;
-    let best = scores.iter().cloned().fold(f64::MIN, f64::max);
-    let first_best = scores.iter().position(|&a| a == best).unwrap() + 1;
-    assert_eq!(history.kept_epoch, first_best, "{scores:?}");
-    assert_eq!(
-        kept, best,
-        "the returned weights score the best epoch's accuracy"
+    // Not vacuous: some run must have its best epoch before the last, scoring more than
+    // the last, so keeping it really changes the weights.
+    let mut restored = 0;
+    for seed in 0..20 {
+        let (history, kept) = train(Keep::Best, seed);
+        let scores = &history.epoch_val_accuracy;
+        let best = scores.iter().cloned().fold(f64::MIN, f64::max);
+        let first_best = scores.iter().position(|&a| a == best).unwrap() + 1;
+        assert_eq!(history.kept_epoch, first_best, "{scores:?}");
+        assert_eq!(
+            kept, best,
+            "the returned weights score the best epoch's accuracy"
+        );
+        if *scores.last().unwrap() < best {
+            restored += 1;
+            break;
+        }
+    }
+    assert!(
+        restored > 0,
+        "no run of 20 had a best epoch before the last"
     );
-    // Not vacuous: here the best epoch is not the last, so the last scores less.
-    assert_ne!(first_best, EPOCHS, "{scores:?}");
-    let (history, kept) = train(Keep::Last);
+    let (history, kept) = train(Keep::Last, 0);
     assert_eq!(history.kept_epoch, EPOCHS);
     assert_eq!(kept, *history.epoch_val_accuracy.last().unwrap());
-    assert!(kept < best, "{:?}", history.epoch_val_accuracy);
 }

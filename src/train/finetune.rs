@@ -27,6 +27,7 @@ use crate::train::{check_finite, lr_at, progress};
 
 /// What fine-tuning trains.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a few per job, made once
 pub enum FinetuneMode {
     /// Every parameter.
     Full,

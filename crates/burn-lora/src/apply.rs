@@ -99,29 +99,33 @@ pub(crate) fn apply_lora_renamed<M: Module>(
         .collect();
     let mut targets = HashMap::new();
     for site in &linears {
-        if !matcher.matches(&site.path) || config.excludes(&site.path) {
+        if !matcher.matches(&site.path)
+            || config.excludes(&site.path)
+            || !config.in_transformed_layers(&site.path)
+        {
             continue;
         }
         let [d_in, d_out] = site.dims;
-        config.validate_for_layer(d_in, d_out, &site.path)?;
+        let site_config = config.for_module(&site.path);
+        site_config.validate_for_layer(d_in, d_out, &site.path)?;
         if adapted.contains(&site.weight_id) {
             return Err(Error::AlreadyAdapted {
                 path: site.path.clone(),
             });
         }
-        targets.insert(site.weight_id, site.dims);
+        targets.insert(site.weight_id, (site.dims, site_config));
     }
-    let model = model.apply_reparameterization(Attach { targets, config });
+    let model = model.apply_reparameterization(Attach { targets });
     set_trainable_renamed(model, &config.modules_to_save, rename)
 }
 
-/// Attaches a fresh [`Adapter`] to each weight whose id is a target.
-struct Attach<'a> {
-    targets: HashMap<ParamId, [usize; 2]>,
-    config: &'a LoraConfig,
+/// Attaches a fresh [`Adapter`] to each weight whose id is a target, with that target's
+/// config (its rank and alpha after the patterns).
+struct Attach {
+    targets: HashMap<ParamId, ([usize; 2], LoraConfig)>,
 }
 
-impl Reparameterizer for Attach<'_> {
+impl Reparameterizer for Attach {
     type Reparam = Adapter;
 
     fn reparameterize<const D: usize>(
@@ -130,9 +134,9 @@ impl Reparameterizer for Attach<'_> {
         param: Param<Tensor<D>>,
     ) -> (Param<Tensor<D>>, Option<Adapter>) {
         match self.targets.get(&param.id) {
-            Some(&dims) => {
+            Some((dims, config)) => {
                 let base = param.base();
-                let adapter = Adapter::new(dims, base.dtype(), &base.device(), self.config);
+                let adapter = Adapter::new(*dims, base.dtype(), &base.device(), config);
                 (param, Some(adapter))
             }
             None => (param, None),
@@ -155,11 +159,21 @@ fn check_targets_exist(
     {
         return Err(unknown_target(name, available()));
     }
+    let matched = |site: &&LinearSite| matcher.matches(&site.path) && !config.excludes(&site.path);
     let selected = linears
         .iter()
-        .any(|site| matcher.matches(&site.path) && !config.excludes(&site.path));
+        .filter(matched)
+        .any(|site| config.in_transformed_layers(&site.path));
     match (selected, &config.target_regex) {
         (true, _) => Ok(()),
+        (false, _) if linears.iter().any(|site| matched(&site)) => Err(unknown_target(
+            &format!(
+                "{} in layers {:?}",
+                config.target_modules.join(","),
+                config.layers_to_transform
+            ),
+            available(),
+        )),
         (false, Some(pattern)) => Err(unknown_target(pattern, available())),
         (false, None) => Err(unknown_target(
             &config.target_modules.join(","),

@@ -65,6 +65,26 @@ pub struct LoraConfig {
     /// `target_modules` (PEFT: `exclude_modules`). Default empty.
     #[config(default = "Vec::new()")]
     pub exclude_modules: Vec<String>,
+    /// Per-module ranks (PEFT: `rank_pattern`): `(pattern, rank)` pairs. A target takes the
+    /// rank of the first pattern that matches its path as PEFT matches them, the regex
+    /// `(.*\.)?(pattern)$` over the whole path, and `rank` when none does.
+    #[config(default = "Vec::new()")]
+    pub rank_pattern: Vec<(String, usize)>,
+    /// Per-module alphas (PEFT: `alpha_pattern`), matched as `rank_pattern`.
+    #[config(default = "Vec::new()")]
+    pub alpha_pattern: Vec<(String, f64)>,
+    /// Only the layers with these indexes are adapted (PEFT: `layers_to_transform`); empty:
+    /// every layer. As in PEFT, it filters targets named by a suffix of their path (not a
+    /// regex, nor a target named by its whole path), and a layer's index is the number
+    /// after the first path segment named in `layers_pattern`, or with no
+    /// `layers_pattern`, the first number that follows two segments
+    /// (`model.layers.3.attn.q`).
+    #[config(default = "Vec::new()")]
+    pub layers_to_transform: Vec<usize>,
+    /// The names of the layer lists `layers_to_transform` counts in (PEFT:
+    /// `layers_pattern`), such as `layer` or `layers`.
+    #[config(default = "Vec::new()")]
+    pub layers_pattern: Vec<String>,
 }
 
 impl LoraConfig {
@@ -86,7 +106,38 @@ impl LoraConfig {
         if !self.dropout.is_finite() || !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::InvalidDropout(self.dropout));
         }
+        for pattern in &self.layers_pattern {
+            layer_regex(Some(pattern))?;
+        }
+        for (pattern, rank) in &self.rank_pattern {
+            pattern_regex(pattern)?;
+            if *rank == 0 {
+                return Err(Error::ZeroRank);
+            }
+        }
+        for (pattern, alpha) in &self.alpha_pattern {
+            pattern_regex(pattern)?;
+            if !alpha.is_finite() || *alpha <= 0.0 {
+                return Err(Error::InvalidAlpha(*alpha));
+            }
+        }
         self.target_matcher().map(|_| ())
+    }
+
+    /// The config of the adapter on the linear at `path`: this one with the rank and
+    /// alpha that `rank_pattern` and `alpha_pattern` give that path (PEFT's
+    /// `get_pattern_key`), and no patterns.
+    pub fn for_module(&self, path: &str) -> LoraConfig {
+        let mut config = self.clone();
+        if let Some(rank) = pattern_value(&self.rank_pattern, path) {
+            config.rank = rank;
+        }
+        if let Some(alpha) = pattern_value(&self.alpha_pattern, path) {
+            config.alpha = alpha;
+        }
+        config.rank_pattern.clear();
+        config.alpha_pattern.clear();
+        config
     }
 
     /// Checks the config against one layer: everything [`validate`](Self::validate)
@@ -117,11 +168,64 @@ impl LoraConfig {
         }
     }
 
+    /// Whether `layers_to_transform` keeps the target at `path` (PEFT's
+    /// `check_target_module_exists`).
+    pub(crate) fn in_transformed_layers(&self, path: &str) -> bool {
+        if self.layers_to_transform.is_empty()
+            || self.target_regex.is_some()
+            || self.target_modules.iter().any(|name| name == path)
+        {
+            return true;
+        }
+        let patterns: Vec<Option<&String>> = match self.layers_pattern.is_empty() {
+            true => vec![None],
+            false => self.layers_pattern.iter().map(Some).collect(),
+        };
+        let index = patterns.into_iter().find_map(|pattern| {
+            let re = layer_regex(pattern).ok()?;
+            let captures = re.captures(path)?;
+            captures.name("idx")?.as_str().parse::<usize>().ok()
+        });
+        index.is_some_and(|i| self.layers_to_transform.contains(&i))
+    }
+
     /// Whether the linear at `path` is excluded, by `exclude_modules` or by being (inside)
     /// a module to save.
     pub(crate) fn excludes(&self, path: &str) -> bool {
         within_any(path, &self.exclude_modules) || within_any(path, &self.modules_to_save)
     }
+}
+
+/// The regex PEFT finds a layer index with: the first number after a segment named
+/// `pattern`, or with none, the first number that follows two segments.
+fn layer_regex(pattern: Option<&String>) -> Result<regex::Regex, Error> {
+    let source = match pattern {
+        None => r"^.*?\.[^.]*\.(?P<idx>\d+)\.".to_string(),
+        Some(p) => format!(r"^(?:.*?\.)?(?:{p})\.(?P<idx>\d+)\."),
+    };
+    regex::Regex::new(&source).map_err(|e| Error::InvalidTargetRegex {
+        pattern: pattern.cloned().unwrap_or_default(),
+        message: e.to_string(),
+    })
+}
+
+/// A `rank_pattern` / `alpha_pattern` key compiled as PEFT matches it: `(.*\.)?(key)$`
+/// from the start of the path.
+fn pattern_regex(pattern: &str) -> Result<regex::Regex, Error> {
+    regex::Regex::new(&format!("^(?:.*\\.)?(?:{pattern})$")).map_err(|e| {
+        Error::InvalidTargetRegex {
+            pattern: pattern.to_string(),
+            message: e.to_string(),
+        }
+    })
+}
+
+/// The value of the first pattern that matches `path`.
+fn pattern_value<T: Copy>(patterns: &[(String, T)], path: &str) -> Option<T> {
+    patterns
+        .iter()
+        .find(|(pattern, _)| pattern_regex(pattern).is_ok_and(|re| re.is_match(path)))
+        .map(|(_, value)| *value)
 }
 
 /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA: the one formula for the branch's scale.
@@ -190,6 +294,53 @@ mod tests {
         assert_eq!(config.init, LoraInit::KaimingUniform);
         assert_eq!(config.target_modules, vec!["query", "value"]);
         assert!(config.exclude_modules.is_empty());
+    }
+
+    #[test]
+    fn patterns_match_as_peft_get_pattern_key() {
+        let config = LoraConfig::new()
+            .with_rank(4)
+            .with_alpha(8.0)
+            .with_rank_pattern(vec![("value".into(), 2), (r"layers\.1\..*".into(), 6)])
+            .with_alpha_pattern(vec![("attn.query".into(), 3.0)]);
+        assert!(config.validate().is_ok());
+        let at = |path: &str| {
+            let c = config.for_module(path);
+            (c.rank, c.alpha)
+        };
+        assert_eq!(at("layers.0.attn.value"), (2, 8.0)); // a dotted suffix
+        assert_eq!(at("layers.0.attn.my_value"), (4, 8.0)); // not a whole segment
+        assert_eq!(at("layers.1.attn.value"), (2, 8.0)); // the first match wins
+        assert_eq!(at("layers.1.attn.key"), (6, 8.0)); // a regex over the path
+        assert_eq!(at("layers.0.attn.query"), (4, 3.0));
+        assert!(config.for_module("x").rank_pattern.is_empty());
+        let bad = LoraConfig::new().with_rank_pattern(vec![("(".into(), 2)]);
+        assert!(bad.validate().is_err());
+        let zero = LoraConfig::new().with_rank_pattern(vec![("q".into(), 0)]);
+        assert!(matches!(zero.validate(), Err(Error::ZeroRank)));
+    }
+
+    #[test]
+    fn layers_to_transform_counts_layers_as_peft_does() {
+        let config = LoraConfig::new()
+            .with_target_modules(vec![
+                "query".into(),
+                "bert.encoder.layer.0.attention.self.value".into(),
+            ])
+            .with_layers_to_transform(vec![1]);
+        let keeps = |c: &LoraConfig, path: &str| c.in_transformed_layers(path);
+        assert!(keeps(&config, "bert.encoder.layer.1.attention.self.query"));
+        assert!(!keeps(&config, "bert.encoder.layer.0.attention.self.query"));
+        // The first number after two segments: here `encoder.layer` is not reached.
+        assert!(!keeps(&config, "layer.1.query"));
+        // A target named by its whole path is not filtered (PEFT's exact-key branch).
+        assert!(keeps(&config, "bert.encoder.layer.0.attention.self.value"));
+        let named = config.clone().with_layers_pattern(vec!["layer".into()]);
+        assert!(keeps(&named, "layer.1.query"));
+        assert!(keeps(&named, "bert.encoder.layer.1.attention.self.query"));
+        assert!(!keeps(&named, "bert.encoder.layer.10.attention.self.query"));
+        assert!(!keeps(&named, "bert.encoder.block.1.query"));
+        assert!(keeps(&LoraConfig::new(), "anything.0.query"));
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! PEFT's `adapter_config.json`: the keys burn-lora reads and writes, and the options it
 //! refuses by name.
+//!
+//! `rank_pattern` and `alpha_pattern` are read into key order (serde_json's map), where
+//! PEFT tries them in file order: the two differ only when two patterns match one module.
 
 use std::path::Path;
 
@@ -50,6 +53,8 @@ pub(crate) struct PeftConfigJson {
     pub alpha_pattern: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     pub layers_to_transform: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers_pattern: Option<serde_json::Value>,
     #[serde(default)]
     pub exclude_modules: Option<Names>,
 }
@@ -90,9 +95,20 @@ impl PeftConfigJson {
             use_dora: false,
             init_lora_weights: init,
             inference_mode: true,
-            rank_pattern: Default::default(),
-            alpha_pattern: Default::default(),
-            layers_to_transform: None,
+            rank_pattern: settings
+                .rank_pattern
+                .iter()
+                .map(|(k, r)| (k.clone(), serde_json::Value::from(*r)))
+                .collect(),
+            alpha_pattern: settings
+                .alpha_pattern
+                .iter()
+                .map(|(k, a)| (k.clone(), serde_json::Value::from(*a)))
+                .collect(),
+            layers_to_transform: (!settings.layers_to_transform.is_empty())
+                .then(|| serde_json::Value::from(settings.layers_to_transform.clone())),
+            layers_pattern: (!settings.layers_pattern.is_empty())
+                .then(|| serde_json::Value::from(settings.layers_pattern.clone())),
             exclude_modules: None,
         }
     }
@@ -118,14 +134,66 @@ impl PeftConfigJson {
         if self.fan_in_fan_out {
             return Err(unsupported("fan_in_fan_out = true".into()));
         }
-        if !self.rank_pattern.is_empty() || !self.alpha_pattern.is_empty() {
-            return Err(unsupported(
-                "a per-layer rank_pattern or alpha_pattern".into(),
-            ));
+        let mut rank_pattern = Vec::new();
+        for (key, value) in &self.rank_pattern {
+            let rank = value.as_u64().ok_or_else(|| Error::Json {
+                path: path.to_path_buf(),
+                message: format!("rank_pattern[\"{key}\"] must be a whole number, got {value}"),
+            })?;
+            rank_pattern.push((key.clone(), rank as usize));
         }
-        if self.layers_to_transform.is_some() {
-            return Err(unsupported("layers_to_transform".into()));
+        let mut alpha_pattern = Vec::new();
+        for (key, value) in &self.alpha_pattern {
+            let alpha = value.as_f64().ok_or_else(|| Error::Json {
+                path: path.to_path_buf(),
+                message: format!("alpha_pattern[\"{key}\"] must be a number, got {value}"),
+            })?;
+            alpha_pattern.push((key.clone(), alpha));
         }
+        let json_error = |message: String| Error::Json {
+            path: path.to_path_buf(),
+            message,
+        };
+        // PEFT takes an int or a list for `layers_to_transform`, a string or a list for
+        // `layers_pattern`.
+        let layers_to_transform: Vec<usize> = match &self.layers_to_transform {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Number(n)) => vec![n.as_u64().ok_or_else(|| {
+                json_error(format!(
+                    "layers_to_transform must be a layer index, got {n}"
+                ))
+            })? as usize],
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_u64().map(|i| i as usize).ok_or_else(|| {
+                        json_error(format!("layers_to_transform holds {v}, not a layer index"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(json_error(format!(
+                    "layers_to_transform must be an index or a list of indexes, got {other}"
+                )));
+            }
+        };
+        let layers_pattern: Vec<String> = match &self.layers_pattern {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(p)) => vec![p.clone()],
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| json_error(format!("layers_pattern holds {v}, not a name")))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(json_error(format!(
+                    "layers_pattern must be a name or a list of names, got {other}"
+                )));
+            }
+        };
         let init = match &self.init_lora_weights {
             serde_json::Value::String(s) if s == "gaussian" => LoraInit::Gaussian,
             serde_json::Value::String(s)
@@ -153,7 +221,11 @@ impl PeftConfigJson {
             .with_use_rslora(self.use_rslora)
             .with_init(init)
             .with_modules_to_save(self.modules_to_save.unwrap_or_default())
-            .with_exclude_modules(exclude_modules);
+            .with_exclude_modules(exclude_modules)
+            .with_rank_pattern(rank_pattern)
+            .with_alpha_pattern(alpha_pattern)
+            .with_layers_to_transform(layers_to_transform)
+            .with_layers_pattern(layers_pattern);
         let config = match self.target_modules {
             Names::List(names) => config.with_target_modules(names),
             Names::Regex(pattern) => config.with_target_regex(Some(pattern)),

@@ -38,8 +38,9 @@ pub fn save_adapter<M: Module>(model: &M, dir: impl AsRef<Path>) -> Result<(), E
 ///
 /// # Errors
 ///
-/// [`Error::NoAdapter`]; [`Error::Unsupported`] for adapters whose ranks or scalings
-/// differ; [`Error::NonFinite`] if any saved tensor holds NaN or infinity (a non-finite
+/// [`Error::NoAdapter`]; [`Error::Unsupported`] for adapters with and without rsLoRA
+/// (adapters of different ranks and alphas are written with PEFT's `rank_pattern` and
+/// `alpha_pattern`); [`Error::NonFinite`] if any saved tensor holds NaN or infinity (a non-finite
 /// adapter is never written); I/O failures.
 pub fn save_adapter_with<M: Module>(
     model: &M,
@@ -51,25 +52,41 @@ pub fn save_adapter_with<M: Module>(
     let Some((_, first)) = found.first() else {
         return Err(Error::NoAdapter);
     };
-    let settings = LoraConfig::new()
-        .with_rank(first.rank())
-        .with_alpha(first.alpha())
-        .with_dropout(first.dropout_prob())
-        .with_use_rslora(first.use_rslora())
-        .with_init(first.init());
-    if let Some((site, _)) = found.iter().find(|(_, a)| {
-        a.rank() != first.rank()
-            || a.alpha() != first.alpha()
-            || a.use_rslora() != first.use_rslora()
-    }) {
+    if let Some((site, _)) = found
+        .iter()
+        .find(|(_, a)| a.use_rslora() != first.use_rslora())
+    {
         return Err(Error::Unsupported {
             path: dir.to_path_buf(),
             what: format!(
-                "adapters of different ranks or scalings (`{}` differs from the first)",
+                "adapters with and without rsLoRA (`{}` differs from the first)",
                 site.path
             ),
         });
     }
+    // The most common rank and alpha are the config's; any other adapter's goes into
+    // PEFT's `rank_pattern` / `alpha_pattern` under its full module name.
+    let rank = most_common(found.iter().map(|(_, a)| a.rank()));
+    let alpha = most_common(found.iter().map(|(_, a)| a.alpha()));
+    let mut rank_pattern = Vec::new();
+    let mut alpha_pattern = Vec::new();
+    for (site, adapter) in &found {
+        let name = options.rename(&site.path);
+        if adapter.rank() != rank {
+            rank_pattern.push((name.clone(), adapter.rank()));
+        }
+        if adapter.alpha() != alpha {
+            alpha_pattern.push((name, adapter.alpha()));
+        }
+    }
+    let settings = LoraConfig::new()
+        .with_rank(rank)
+        .with_alpha(alpha)
+        .with_dropout(first.dropout_prob())
+        .with_use_rslora(first.use_rslora())
+        .with_init(first.init())
+        .with_rank_pattern(rank_pattern)
+        .with_alpha_pattern(alpha_pattern);
     let adapted: Vec<String> = found.iter().map(|(s, _)| options.rename(&s.path)).collect();
     let all: Vec<String> = linears(model)
         .iter()
@@ -100,6 +117,19 @@ pub fn save_adapter_with<M: Module>(
     let config_path = tmp.join(CONFIG_FILE);
     fs::write(&config_path, json.as_bytes()).map_err(|e| Error::io(&config_path, e))?;
     replace_dir(&tmp, dir)
+}
+
+/// The most frequent of `values` (the first of equally frequent ones).
+fn most_common<T: PartialEq + Copy>(values: impl Iterator<Item = T>) -> T {
+    let values: Vec<T> = values.collect();
+    let count = |v: &T| values.iter().filter(|w| *w == v).count();
+    let mut best = values[0];
+    for v in &values {
+        if count(v) > count(&best) {
+            best = *v;
+        }
+    }
+    best
 }
 
 /// The shortest names that select exactly `adapted` among `all` (PEFT's suffix rule): for

@@ -227,8 +227,68 @@ fn peft_saved_adapter_loads_and_reproduces_peft_outputs() {
     );
 }
 
+#[test]
+fn peft_rank_and_alpha_patterns_load_and_reproduce_peft_outputs() {
+    // PEFT's rank_pattern {"key": 2, "attn.value": 6} and alpha_pattern {"value": 3} on
+    // r=4, alpha=8 (scripts/peft_golden.py write-patterns).
+    let device = Device::default();
+    let dir = Path::new(FIXTURES).join("peft_tiny");
+    let base = Tiny::from_torch(&dir.join("base.safetensors"), &device);
+    let bytes = fs::read(dir.join("io_patterns.safetensors")).unwrap();
+    let io = SafeTensors::deserialize(&bytes).unwrap();
+    let x = tensor::<2>(&io, "x", &device);
+    let adapter = dir.join("adapter_patterns");
+    let model = load_adapter(base.clone().fast(), &adapter).unwrap();
+    let ranks: Vec<(String, usize, f64)> = burn_lora::adapters(&model)
+        .into_iter()
+        .map(|(site, a)| (site.path, a.rank(), a.alpha()))
+        .collect();
+    assert_eq!(
+        ranks,
+        [
+            ("attn.query".to_string(), 4, 8.0),
+            ("attn.key".to_string(), 2, 8.0),
+            ("attn.value".to_string(), 6, 3.0),
+        ]
+    );
+    assert_close(
+        "logits",
+        model.forward(x.clone()).into_data(),
+        read(&io, "out"),
+    );
+    let dense = load_adapter(base, &adapter).unwrap();
+    assert_close(
+        "dense logits",
+        dense.forward(x.clone()).into_data(),
+        read(&io, "out"),
+    );
+    // Saved again, the patterns are written under full module names, and read back the
+    // same model.
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("peft-patterns-roundtrip");
+    save_adapter(&model, &out).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(json["r"], 4);
+    assert_eq!(
+        json["rank_pattern"],
+        serde_json::json!({"attn.key": 2, "attn.value": 6})
+    );
+    assert_eq!(
+        json["alpha_pattern"],
+        serde_json::json!({"attn.value": 3.0})
+    );
+    let again = load_adapter(
+        Tiny::from_torch(&dir.join("base.safetensors"), &device).fast(),
+        &out,
+    )
+    .unwrap();
+    assert_close("round trip", again.forward(x).into_data(), read(&io, "out"));
+}
+
 /// Writes an adapter for PEFT to read (`scripts/peft_golden.py check <dir>`), with the base
-/// it adapts and the logits burn-lora computes, into `target/tmp/peft-export`.
+/// it adapts and the logits burn-lora computes, into `target/tmp/peft-export`. Its layers
+/// have different ranks and alphas, so PEFT must read our `rank_pattern` and
+/// `alpha_pattern`.
 #[test]
 fn export_adapter_for_peft_check() {
     let device = Device::default();
@@ -237,6 +297,9 @@ fn export_adapter_for_peft_check() {
     let config = LoraConfig::new()
         .with_rank(2)
         .with_alpha(6.0)
+        .with_target_modules(vec!["query".into(), "key".into(), "value".into()])
+        .with_rank_pattern(vec![("value".into(), 3)])
+        .with_alpha_pattern(vec![("attn.query".into(), 5.0)])
         .with_modules_to_save(vec!["head".into()]);
     device.seed(21);
     let mut model = perturb(apply_lora(base, &config).unwrap(), false, &device);
