@@ -59,6 +59,27 @@ pub(crate) struct PeftConfigJson {
     pub exclude_modules: Option<Names>,
 }
 
+/// A `rank_pattern` or `alpha_pattern` object as `(key, value)` pairs, each value read by
+/// `read`; a value it refuses is an error naming the file, the field, the key and what the
+/// value must be (`want`).
+fn read_pattern<T>(
+    map: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    want: &str,
+    path: &Path,
+    read: impl Fn(&serde_json::Value) -> Option<T>,
+) -> Result<Vec<(String, T)>, Error> {
+    map.iter()
+        .map(|(key, value)| {
+            let parsed = read(value).ok_or_else(|| Error::Json {
+                path: path.to_path_buf(),
+                message: format!("{field}[\"{key}\"] must be {want}, got {value}"),
+            })?;
+            Ok((key.clone(), parsed))
+        })
+        .collect()
+}
+
 fn bias_none() -> String {
     "none".to_string()
 }
@@ -134,22 +155,20 @@ impl PeftConfigJson {
         if self.fan_in_fan_out {
             return Err(unsupported("fan_in_fan_out = true".into()));
         }
-        let mut rank_pattern = Vec::new();
-        for (key, value) in &self.rank_pattern {
-            let rank = value.as_u64().ok_or_else(|| Error::Json {
-                path: path.to_path_buf(),
-                message: format!("rank_pattern[\"{key}\"] must be a whole number, got {value}"),
-            })?;
-            rank_pattern.push((key.clone(), rank as usize));
-        }
-        let mut alpha_pattern = Vec::new();
-        for (key, value) in &self.alpha_pattern {
-            let alpha = value.as_f64().ok_or_else(|| Error::Json {
-                path: path.to_path_buf(),
-                message: format!("alpha_pattern[\"{key}\"] must be a number, got {value}"),
-            })?;
-            alpha_pattern.push((key.clone(), alpha));
-        }
+        let rank_pattern = read_pattern(
+            &self.rank_pattern,
+            "rank_pattern",
+            "a whole number",
+            path,
+            |v| v.as_u64().map(|r| r as usize),
+        )?;
+        let alpha_pattern = read_pattern(
+            &self.alpha_pattern,
+            "alpha_pattern",
+            "a number",
+            path,
+            |v| v.as_f64(),
+        )?;
         let json_error = |message: String| Error::Json {
             path: path.to_path_buf(),
             message,
