@@ -5,6 +5,7 @@
 //! cargo run --release --example sentiment
 //! cargo run --release --example sentiment -- --dataset zh --modes lora --rank 16
 //! cargo run --release --example sentiment -- --dataset en3   # negative / neutral / positive
+//! cargo run --release --example sentiment -- --modes lora --dora   # DoRA instead of LoRA
 //! cargo run --release --example sentiment -- --data-file my.csv --test-file my_test.csv --text-column review --label-column stars
 //! cargo run --release --example sentiment -- --base fixtures/base   # our own pre-trained GPT
 //! cargo run --release --example sentiment -- --base random      # what pre-training is worth
@@ -71,6 +72,10 @@ struct Args {
     /// LoRA dropout (default: 0.1 for a BERT base, 0.05 for our GPT).
     #[arg(long, allow_negative_numbers = true)]
     dropout: Option<f64>,
+    /// DoRA instead of plain LoRA in the `lora` mode (PEFT's `use_dora=True`): each adapted
+    /// linear also learns a magnitude per output.
+    #[arg(long)]
+    dora: bool,
     /// LoRA targets: comma-separated names, or `all-linear` (default: `all-linear` for a
     /// BERT base, `query,value` for our GPT).
     #[arg(long)]
@@ -161,6 +166,7 @@ fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
         .with_rank(args.rank)
         .with_alpha(args.alpha)
         .with_dropout(args.dropout.unwrap_or(defaults.lora_dropout))
+        .with_use_dora(args.dora)
         .with_target_modules(targets);
     lora.validate()?;
     let modes = args

@@ -18,10 +18,25 @@ and, with `write-patterns` (on its own, so the files above stay as they are),
                                            an adapter with per-module ranks and alphas
                                            (rank_pattern, alpha_pattern) and PEFT's output
 
+with `write-dora`, DoRA (use_dora=True) cases:
+  crates/burn-lora/tests/fixtures/peft_dora.safetensors   single-layer cases as above, plus the
+                                           magnitude, its initial value and its gradient
+  crates/burn-lora/tests/fixtures/peft_tiny/adapter_dora/, io_dora.safetensors
+                                           a DoRA adapter on peft_tiny's base and PEFT's output
+
+and with `write-weighted`, PEFT's add_weighted_adapter:
+  crates/burn-lora/tests/fixtures/peft_tiny/weighted/     adapters first, second (rank 4) and third
+                                           (rank 2, rsLoRA), and the combinations lin (linear:
+                                           first 0.7, second -0.4) and cat (cat: first 0.6,
+                                           third 1.5), as save_pretrained
+                                           writes several adapters
+  crates/burn-lora/tests/fixtures/peft_tiny/io_weighted.safetensors  x and the output with each
+
 The other direction (an adapter written by burn-lora, loaded by PEFT):
 
-    cargo test -p burn-lora --test lora      # writes target/tmp/peft-export/
+    cargo test -p burn-lora --test lora      # writes target/tmp/peft-export/ and peft-export-dora/
     .venv/bin/python scripts/peft_golden.py check target/tmp/peft-export
+    .venv/bin/python scripts/peft_golden.py check target/tmp/peft-export-dora
 
 Everything is float32 and PyTorch layout ([d_out, d_in] weights).
 """
@@ -158,6 +173,113 @@ def write_patterns():
     print(f"wrote {out_dir / 'adapter_patterns'}: A shapes {ranks}")
 
 
+# (d_in, d_out, r, alpha, use_rslora, bias, input shape prefix)
+DORA_CASES = [
+    (16, 24, 2, 4.0, False, True, (5,)),
+    (32, 16, 4, 8.0, False, False, (7,)),
+    (24, 40, 4, 6.0, True, True, (2, 3)),
+]
+
+
+def dora_cases():
+    tensors, cases = {}, []
+    for i, (d_in, d_out, r, alpha, rslora, bias, prefix) in enumerate(DORA_CASES):
+        torch.manual_seed(300 + i)
+        model = get_peft_model(
+            Holder(d_in, d_out, bias),
+            LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, use_dora=True,
+                       target_modules=["layer"]),
+        )
+        lora = model.base_model.model.layer
+        magnitude = lora.lora_magnitude_vector["default"].weight
+        key = f"case{i}."
+        tensors[key + "lora_A_init"] = lora.lora_A["default"].weight.detach().clone()
+        tensors[key + "magnitude_init"] = magnitude.detach().clone()
+        with torch.no_grad():
+            # Non-zero B and a magnitude away from the weight's norm, as after training.
+            lora.lora_B["default"].weight.copy_(torch.randn_like(lora.lora_B["default"].weight) * 0.2)
+            magnitude.mul_(1.0 + 0.1 * torch.randn_like(magnitude))
+        x = torch.randn(*prefix, d_in, requires_grad=True)
+        out = model(x)
+        loss_weight = torch.randn_like(out)
+        (out * loss_weight).sum().backward()
+        a, b = lora.lora_A["default"].weight, lora.lora_B["default"].weight
+        tensors[key + "x"] = x.detach()
+        tensors[key + "weight"] = lora.base_layer.weight.detach().clone()
+        if bias:
+            tensors[key + "bias"] = lora.base_layer.bias.detach().clone()
+        tensors[key + "lora_A"] = a.detach().clone()
+        tensors[key + "lora_B"] = b.detach().clone()
+        tensors[key + "magnitude"] = magnitude.detach().clone()
+        tensors[key + "out"] = out.detach()
+        tensors[key + "loss_weight"] = loss_weight
+        tensors[key + "grad_x"] = x.grad.clone()
+        tensors[key + "grad_A"] = a.grad.clone()
+        tensors[key + "grad_B"] = b.grad.clone()
+        tensors[key + "grad_magnitude"] = magnitude.grad.clone()
+        model.eval()
+        with torch.no_grad():
+            model.merge_adapter()
+            tensors[key + "merged_weight"] = lora.base_layer.weight.detach().clone()
+            model.unmerge_adapter()
+            tensors[key + "unmerged_weight"] = lora.base_layer.weight.detach().clone()
+        cases.append({"d_in": d_in, "d_out": d_out, "r": r, "alpha": alpha,
+                      "use_rslora": rslora, "bias": bias, "scaling": lora.scaling["default"]})
+    return tensors, cases
+
+
+def write_dora():
+    tensors, cases = dora_cases()
+    save_file(tensors, FIXTURES / "peft_dora.safetensors", metadata={"cases": json.dumps(cases)})
+    out_dir = FIXTURES / "peft_tiny"
+    torch.manual_seed(13)
+    base = Tiny()
+    base.load_state_dict(load_file(out_dir / "base.safetensors"))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                        modules_to_save=["head"], use_dora=True)
+    model = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.copy_(torch.randn_like(param) * 0.3)
+            if "lora_magnitude_vector" in name:
+                param.mul_(1.0 + 0.1 * torch.randn_like(param))
+    model.save_pretrained(out_dir / "adapter_dora")
+    (out_dir / "adapter_dora" / "README.md").unlink()
+    x = torch.randn(3, 8)
+    save_file({"x": x, "out": model(x).detach()}, out_dir / "io_dora.safetensors")
+    print(f"wrote {len(cases)} DoRA layer cases and {out_dir / 'adapter_dora'}")
+
+
+def write_weighted():
+    """Three adapters on peft_tiny's base, and PEFT's linear and cat combinations."""
+    out_dir = FIXTURES / "peft_tiny"
+    torch.manual_seed(17)
+    base = Tiny()
+    base.load_state_dict(load_file(out_dir / "base.safetensors"))
+    targets = ["query", "value"]
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets), adapter_name="first")
+    model.add_adapter("second", LoraConfig(r=4, lora_alpha=16, target_modules=targets))
+    model.add_adapter("third", LoraConfig(r=2, lora_alpha=3, use_rslora=True, target_modules=targets))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn_like(param) * 0.3)
+    model.add_weighted_adapter(["first", "second"], [0.7, -0.4], "lin", combination_type="linear")
+    model.add_weighted_adapter(["first", "third"], [0.6, 1.5], "cat", combination_type="cat")
+    x = torch.randn(3, 8)
+    io = {"x": x}
+    with torch.no_grad():
+        for name in ["first", "second", "third", "lin", "cat"]:
+            model.set_adapter(name)
+            io[f"out_{name}"] = model(x).detach()
+    model.save_pretrained(out_dir / "weighted")
+    for readme in (out_dir / "weighted").rglob("README.md"):
+        readme.unlink()
+    save_file(io, out_dir / "io_weighted.safetensors")
+    print(f"wrote {out_dir / 'weighted'}")
+
+
 def write():
     tensors, cases = layer_cases()
     FIXTURES.mkdir(parents=True, exist_ok=True)
@@ -188,6 +310,10 @@ if __name__ == "__main__":
         write()
     elif len(sys.argv) >= 2 and sys.argv[1] == "write-patterns":
         write_patterns()
+    elif len(sys.argv) >= 2 and sys.argv[1] == "write-dora":
+        write_dora()
+    elif len(sys.argv) >= 2 and sys.argv[1] == "write-weighted":
+        write_weighted()
     elif len(sys.argv) == 3 and sys.argv[1] == "check":
         check(sys.argv[2])
     else:

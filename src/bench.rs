@@ -334,7 +334,7 @@ impl Reparameterizer for DenseAdapters {
         }
         let base = param.base();
         let dims = base.shape().dims::<2>();
-        let adapter = Adapter::new(dims, base.dtype(), &base.device(), &self.config);
+        let adapter = Adapter::new(&base.reshape(dims), &self.config);
         (param, Some(DenseAdapter(adapter)))
     }
 }

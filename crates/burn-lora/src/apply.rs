@@ -1,6 +1,7 @@
-//! LoRA on a whole model, whatever its types: [`apply_lora`] finds the linears by Burn's own
-//! traversal and attaches an [`Adapter`] to each target's weight; [`merge_lora`],
-//! [`merge_adapters`], [`unmerge_adapters`] and [`set_adapters_enabled`] change them after.
+//! LoRA on a whole model, whatever its types: [`apply_lora`] and [`add_adapter`] find the
+//! linears by Burn's own traversal and attach a named adapter to each target's weight;
+//! [`set_active_adapters`], [`delete_adapter`], [`merge_lora`], [`merge_adapters`],
+//! [`unmerge_adapters`] and [`set_adapters_enabled`] change them after.
 
 use std::collections::HashMap;
 
@@ -8,7 +9,7 @@ use burn::module::{Module, Param, ParamGroup, ParamId, Reparameterizer};
 use burn::tensor::Tensor;
 
 use crate::Error;
-use crate::adapter::Adapter;
+use crate::adapter::{Adapter, DEFAULT_ADAPTER, Lora};
 use crate::config::{ALL_LINEAR, LoraConfig, TargetMatcher, name_matches, within_any};
 use crate::lora_linear::all_finite;
 use crate::path::{OnParam, PathStack, visit_params};
@@ -73,17 +74,38 @@ pub fn linear_paths<M: Module>(model: &M) -> Vec<String> {
 /// error lists the model's linears); a rank too large for a target; a target that already
 /// carries an adapter.
 pub fn apply_lora<M: Module>(model: M, config: &LoraConfig) -> Result<M, Error> {
-    apply_lora_renamed(model, config, &|path| path.to_string())
+    if let Some((site, _)) = adapters(&model).into_iter().next() {
+        return Err(Error::AlreadyAdapted { path: site.path });
+    }
+    add_adapter_renamed(model, DEFAULT_ADAPTER, config, &|path| path.to_string())
 }
 
-/// [`apply_lora`] with `config`'s names matched against `rename(path)` of each Burn path:
+/// Adds a new adapter named `name` on the linears `config` targets (PEFT's `add_adapter`),
+/// beside any adapters the model already has; a linear may carry several.
+///
+/// The first adapter of a model becomes active and trainable, as with [`apply_lora`]. A later
+/// one is added inactive and frozen, as PEFT adds it: [`set_active_adapters`] switches to
+/// it. Every base parameter is frozen; `config.modules_to_save` becomes trainable. Modules
+/// to save are shared by all adapters of a model (PEFT keeps a copy per adapter).
+///
+/// # Errors
+///
+/// An empty name, `__base__`, or a name the model already has; everything [`apply_lora`]
+/// reports.
+pub fn add_adapter<M: Module>(model: M, name: &str, config: &LoraConfig) -> Result<M, Error> {
+    add_adapter_renamed(model, name, config, &|path| path.to_string())
+}
+
+/// [`add_adapter`] with `config`'s names matched against `rename(path)` of each Burn path:
 /// how a PEFT file's Hugging Face names find a model's layers.
-pub(crate) fn apply_lora_renamed<M: Module>(
+pub(crate) fn add_adapter_renamed<M: Module>(
     model: M,
+    name: &str,
     config: &LoraConfig,
     rename: &dyn Fn(&str) -> String,
 ) -> Result<M, Error> {
     config.validate()?;
+    check_new_name(&model, name)?;
     let matcher = config.target_matcher()?;
     let linears: Vec<LinearSite> = linears(&model)
         .into_iter()
@@ -93,10 +115,11 @@ pub(crate) fn apply_lora_renamed<M: Module>(
         })
         .collect();
     check_targets_exist(&linears, config, &matcher)?;
-    let adapted: Vec<ParamId> = adapters(&model)
-        .into_iter()
-        .map(|(site, _)| site.weight_id)
-        .collect();
+    let first = adapters(&model)
+        .first()
+        .map(|(_, a)| a.active_names().to_vec());
+    let active = first.clone().unwrap_or_else(|| vec![name.to_string()]);
+    let trainable = first.is_none();
     let mut targets = HashMap::new();
     for site in &linears {
         if !matcher.matches(&site.path)
@@ -108,20 +131,56 @@ pub(crate) fn apply_lora_renamed<M: Module>(
         let [d_in, d_out] = site.dims;
         let site_config = config.for_module(&site.path);
         site_config.validate_for_layer(d_in, d_out, &site.path)?;
-        if adapted.contains(&site.weight_id) {
-            return Err(Error::AlreadyAdapted {
-                path: site.path.clone(),
-            });
-        }
         targets.insert(site.weight_id, (site.dims, site_config));
     }
-    let model = model.apply_reparameterization(Attach { targets });
-    set_trainable_renamed(model, &config.modules_to_save, rename)
+    // Weights that already carry adapters get the new one beside them; the others get a
+    // fresh holder.
+    let model = replace_adapters(model, |site, weight, adapter| {
+        match targets.remove(&site.weight_id) {
+            Some((_, config)) => {
+                let lora = Lora::new(name, weight, &config).with_trainable(trainable);
+                (adapter.push(lora), None)
+            }
+            None => (adapter, None),
+        }
+    });
+    let model = model.apply_reparameterization(Attach {
+        name: name.to_string(),
+        active,
+        trainable,
+        targets,
+    });
+    if trainable {
+        return set_trainable_renamed(model, &config.modules_to_save, rename);
+    }
+    // A later adapter leaves what trains as it was, and adds its modules to save.
+    let saved = param_ids(&model, |module, _| {
+        within_any(&rename(module), &config.modules_to_save)
+    });
+    Ok(model.set_require_grad_group(ParamGroup::from_ids(saved), true))
 }
 
-/// Attaches a fresh [`Adapter`] to each weight whose id is a target, with that target's
-/// config (its rank and alpha after the patterns).
+/// Errors unless `name` can name a new adapter of `model`.
+pub(crate) fn check_new_name<M: Module>(model: &M, name: &str) -> Result<(), Error> {
+    if name.is_empty() || name == crate::adapter::BASE_ADAPTER || name.contains('.') {
+        return Err(Error::InvalidAdapterName {
+            name: name.to_string(),
+        });
+    }
+    if list_adapters(model).iter().any(|n| n == name) {
+        return Err(Error::AdapterExists {
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Attaches a fresh [`Adapter`] holding one adapter named `name` to each weight whose id is
+/// a target, with that target's config (its rank and alpha after the patterns).
 struct Attach {
+    name: String,
+    active: Vec<String>,
+    trainable: bool,
     targets: HashMap<ParamId, ([usize; 2], LoraConfig)>,
 }
 
@@ -135,9 +194,9 @@ impl Reparameterizer for Attach {
     ) -> (Param<Tensor<D>>, Option<Adapter>) {
         match self.targets.get(&param.id) {
             Some((dims, config)) => {
-                let base = param.base();
-                let adapter = Adapter::new(*dims, base.dtype(), &base.device(), config);
-                (param, Some(adapter))
+                let base = param.base().reshape(*dims);
+                let lora = Lora::new(&self.name, &base, config).with_trainable(self.trainable);
+                (param, Some(Adapter::with_lora(lora, self.active.clone())))
             }
             None => (param, None),
         }
@@ -208,9 +267,15 @@ pub(crate) fn set_trainable_renamed<M: Module>(
     modules_to_save: &[String],
     rename: &dyn Fn(&str) -> String,
 ) -> Result<M, Error> {
-    let trainable = param_ids(&model, |module, name| {
-        is_factor(name) || within_any(&rename(module), modules_to_save)
-    });
+    // Without an `Adapter` (LoraLinear, or an adapter wrapped in a reparameterization of
+    // another name) every factor trains.
+    let active: Option<Vec<String>> = adapters(&model)
+        .first()
+        .map(|(_, a)| a.active_names().to_vec());
+    let mut trainable = active_factor_ids(&model, active.as_deref());
+    trainable.extend(param_ids(&model, |module, _| {
+        within_any(&rename(module), modules_to_save)
+    }));
     // PEFT lists candidates (`["classifier", "score"]` for sequence classification) and
     // keeps those that exist; a list none of whose names exists is a mistake.
     let found = |name: &String| {
@@ -230,9 +295,29 @@ pub(crate) fn set_trainable_renamed<M: Module>(
 }
 
 /// Whether a parameter's name is a LoRA factor's (in an [`Adapter`] or a
-/// [`LoraLinear`](crate::LoraLinear)).
+/// [`LoraLinear`](crate::LoraLinear)), DoRA's magnitude included.
 pub(crate) fn is_factor(name: &str) -> bool {
-    matches!(name, "lora_a" | "lora_b")
+    matches!(name, "lora_a" | "lora_b" | "lora_magnitude")
+}
+
+/// The ids of the factors of the adapters named in `active`, or with `None` of every
+/// adapter (and always of every [`LoraLinear`](crate::LoraLinear)'s, which has no name).
+fn active_factor_ids<M: Module>(model: &M, active: Option<&[String]>) -> Vec<ParamId> {
+    struct Collect<'a>(Option<&'a [String]>, Vec<ParamId>);
+    impl OnParam for Collect<'_> {
+        fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
+            let in_active = match (path.adapter_name(), self.0) {
+                (Some(name), Some(active)) => active.iter().any(|a| a == name),
+                _ => true,
+            };
+            if is_factor(&path.split_last().1) && in_active {
+                self.1.push(param.id);
+            }
+        }
+    }
+    let mut collect = Collect(active, Vec::new());
+    visit_params(model, &mut collect);
+    collect.1
 }
 
 /// The ids of the float parameters for which `select(owning_module, param_name)` holds.
@@ -254,16 +339,22 @@ fn param_ids<M: Module>(model: &M, select: impl Fn(&str, &str) -> bool) -> Vec<P
 /// or infinity.
 fn check_adapters_finite<M: Module>(model: &M) -> Result<(), Error> {
     for (site, adapter) in adapters(model) {
-        if !all_finite(&adapter.lora_a().val()) || !all_finite(&adapter.lora_b().val()) {
-            return Err(Error::NonFinite { layer: site.path });
+        for lora in adapter.computing() {
+            let magnitude_finite = lora.magnitude().is_none_or(|m| all_finite(&m.val()));
+            if !all_finite(&lora.lora_a().val())
+                || !all_finite(&lora.lora_b().val())
+                || !magnitude_finite
+            {
+                return Err(Error::NonFinite { layer: site.path });
+            }
         }
     }
     Ok(())
 }
 
-/// Merges every adapter into its weight and removes it (PEFT's `merge_and_unload`): the
-/// result holds no adapter and computes the same outputs. Merged weights keep their ids and
-/// stay frozen.
+/// Merges every active adapter into its weight and removes every adapter (PEFT's
+/// `merge_and_unload`): the result holds no adapter and computes the same outputs. Merged
+/// weights keep their ids and stay frozen.
 ///
 /// # Errors
 ///
@@ -276,37 +367,139 @@ pub fn merge_lora<M: Module>(model: M) -> Result<M, Error> {
 
 /// Folds every active adapter into its weight but keeps it, marked merged (PEFT's
 /// `merge_adapter`): the model computes the same outputs at the cost of a plain linear, and
-/// [`unmerge_adapters`] restores the base weights.
+/// [`unmerge_adapters`] restores the base weights. DoRA adapters merge as PEFT merges them,
+/// `m / ‖W + s·A·B‖ · (W + s·A·B)`, keeping the norm for the unmerge.
 ///
 /// # Errors
 ///
 /// [`Error::NonFinite`] as for [`merge_lora`].
 pub fn merge_adapters<M: Module>(model: M) -> Result<M, Error> {
     check_adapters_finite(&model)?;
-    Ok(replace_adapters(model, |_, adapter| {
-        match adapter.is_active() {
-            true => {
-                let delta = adapter.delta_weight().detach();
-                (adapter.with_merged(true), Some(delta))
-            }
-            false => (adapter, None),
+    Ok(replace_adapters(model, |_, weight, mut adapter| {
+        let names: Vec<String> = adapter.computing().map(|l| l.name().to_string()).collect();
+        if names.is_empty() {
+            return (adapter, None);
         }
+        let mut merged = weight.clone();
+        let mut done = adapter.merged_names().to_vec();
+        for lora in adapter.loras_mut() {
+            if !names.contains(&lora.name().to_string()) {
+                continue;
+            }
+            let (new_weight, norm) = lora.merged_weight(weight, merged);
+            merged = new_weight;
+            lora.set_merged_norm(norm.map(|n| n.into_data()));
+            done.push(lora.name().to_string());
+        }
+        (adapter.with_merged(done), Some(merged))
     }))
 }
 
-/// Undoes [`merge_adapters`]: subtracts each merged adapter's update from its weight.
+/// Undoes [`merge_adapters`]: takes each merged adapter's update back out of its weight, in
+/// the reverse order of the merge.
 pub fn unmerge_adapters<M: Module>(model: M) -> M {
-    replace_adapters(model, |_, adapter| match adapter.is_merged() {
-        true => {
-            let delta = adapter.delta_weight().detach().neg();
-            (adapter.with_merged(false), Some(delta))
+    replace_adapters(model, |_, weight, mut adapter| {
+        let merged = adapter.merged_names().to_vec();
+        if merged.is_empty() {
+            return (adapter, None);
         }
-        false => (adapter, None),
+        let mut weight = weight.clone();
+        for name in merged.iter().rev() {
+            if let Some(lora) = adapter.loras_mut().iter_mut().find(|l| l.name() == name) {
+                weight = lora.unmerged_weight(weight);
+                lora.set_merged_norm(None);
+            }
+        }
+        (adapter.with_merged(Vec::new()), Some(weight))
     })
 }
 
-/// Switches every adapter in `model` on or off; off, the model computes its base outputs.
-/// The factors are kept, and nothing else is rebuilt.
+/// Switches every adapter in `model` on or off (PEFT's `disable_adapter` /
+/// `enable_adapters`); off, the model computes its base outputs. The factors are kept, and
+/// nothing else is rebuilt.
 pub fn set_adapters_enabled<M: Module>(model: M, enabled: bool) -> M {
-    replace_adapters(model, |_, adapter| (adapter.with_enabled(enabled), None))
+    replace_adapters(model, |_, _, adapter| (adapter.with_enabled(enabled), None))
+}
+
+/// The names of the adapters in `model`, in the order they were added (PEFT's
+/// `peft_config.keys()`).
+pub fn list_adapters<M: Module>(model: &M) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (_, adapter) in adapters(model) {
+        for name in adapter.names() {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// The names of the active adapters of `model` (PEFT's `active_adapters`).
+pub fn active_adapters<M: Module>(model: &M) -> Vec<String> {
+    adapters(model)
+        .first()
+        .map(|(_, a)| a.active_names().to_vec())
+        .unwrap_or_default()
+}
+
+/// Makes `names` the active adapters (PEFT's `set_adapter`): a forward pass adds the
+/// updates of all of them, only their factors are trainable, and every other adapter is
+/// kept, frozen. Nothing of the base is rebuilt, and what else trains (modules to save)
+/// is left as it was.
+///
+/// # Errors
+///
+/// [`Error::UnknownAdapter`] for a name the model lacks; [`Error::MergedAdapters`] while
+/// adapters are merged (unmerge first).
+pub fn set_active_adapters<M: Module>(model: M, names: &[&str]) -> Result<M, Error> {
+    let known = list_adapters(&model);
+    if let Some(name) = names.iter().find(|n| !known.iter().any(|k| k == *n)) {
+        return Err(Error::UnknownAdapter {
+            name: name.to_string(),
+            available: known,
+        });
+    }
+    if adapters(&model).iter().any(|(_, a)| a.is_merged()) {
+        return Err(Error::MergedAdapters);
+    }
+    let active: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let model = replace_adapters(model, |_, _, adapter| {
+        (adapter.with_active(active.clone()), None)
+    });
+    let all = list_adapters(&model);
+    let on = active_factor_ids(&model, Some(&active));
+    let off: Vec<ParamId> = active_factor_ids(&model, Some(&all))
+        .into_iter()
+        .filter(|id| !on.contains(id))
+        .collect();
+    Ok(model
+        .set_require_grad_group(ParamGroup::from_ids(off), false)
+        .set_require_grad_group(ParamGroup::from_ids(on), true))
+}
+
+/// Deletes the adapter `name` from every layer (PEFT's `delete_adapter`): its factors are
+/// dropped, so their memory is freed once nothing else holds them, and nothing of the base
+/// is rebuilt. It leaves the active set too.
+///
+/// # Errors
+///
+/// [`Error::UnknownAdapter`]; [`Error::MergedAdapters`] when it is merged.
+pub fn delete_adapter<M: Module>(model: M, name: &str) -> Result<M, Error> {
+    let known = list_adapters(&model);
+    if !known.iter().any(|k| k == name) {
+        return Err(Error::UnknownAdapter {
+            name: name.to_string(),
+            available: known,
+        });
+    }
+    if adapters(&model)
+        .iter()
+        .any(|(_, a)| a.merged_names().iter().any(|n| n == name))
+    {
+        return Err(Error::MergedAdapters);
+    }
+    Ok(replace_adapters(model, |_, _, adapter| {
+        (adapter.without(name), None)
+    }))
 }

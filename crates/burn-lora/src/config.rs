@@ -42,6 +42,11 @@ pub struct LoraConfig {
     /// Default false.
     #[config(default = false)]
     pub use_rslora: bool,
+    /// DoRA, weight-decomposed LoRA (PEFT: `use_dora`): each adapted linear also learns a
+    /// magnitude per output, and the update is applied to the weight's direction only.
+    /// Default false.
+    #[config(default = false)]
+    pub use_dora: bool,
     /// Initialisation of `A` (PEFT: `init_lora_weights`). Default
     /// [`LoraInit::KaimingUniform`].
     #[config(default = "LoraInit::KaimingUniform")]

@@ -63,13 +63,19 @@ pub fn is_cpu_device(device: &Device) -> bool {
     name.contains("Flex") || name.contains("NdArray")
 }
 
+/// Whether [`dropout`] changes `x`: in training, on an autodiff device, with a non-zero
+/// probability.
+pub fn drops<const D: usize>(module: &Dropout, x: &Tensor<D>) -> bool {
+    module.training.is_enabled() && x.device().is_autodiff() && module.prob > 0.0
+}
+
 /// Applies `module`'s dropout to `x` exactly when `Dropout::forward` would: in training (on
 /// an autodiff device, in a layer that takes part in the backward pass) with a non-zero
 /// probability. Each element is kept with probability `1 - prob` and scaled by
 /// `1 / (1 - prob)`, else zeroed. The mask is built on the host on a CPU device and by
 /// `Dropout::forward` on the device anywhere else.
 pub fn dropout<const D: usize>(module: &Dropout, x: Tensor<D>) -> Tensor<D> {
-    if !module.training.is_enabled() || !x.device().is_autodiff() || module.prob == 0.0 {
+    if !drops(module, &x) {
         return x;
     }
     let device = x.device();

@@ -154,12 +154,64 @@ pub enum Error {
     /// The model holds no LoRA adapter where one was needed (saving, merging).
     #[error("the model holds no LoRA adapter: call apply_lora or load_adapter first")]
     NoAdapter,
-    /// A target is already adapted: burn-lora attaches one adapter per weight.
-    #[error("`{path}` already carries an adapter; merge_lora or a fresh base first")]
+    /// `apply_lora` on a model that already has adapters.
+    #[error(
+        "`{path}` already carries an adapter; add_adapter adds another beside it, merge_lora or a fresh base starts over"
+    )]
     AlreadyAdapted {
         /// The linear's module path.
         path: String,
     },
+    /// An adapter name that cannot be used: empty, `__base__`, or holding a `.`.
+    #[error(
+        "`{name}` cannot name an adapter: it must be non-empty, not `__base__`, and hold no `.`"
+    )]
+    InvalidAdapterName {
+        /// The name.
+        name: String,
+    },
+    /// `add_adapter` with a name the model already has.
+    #[error("the model already has an adapter named `{name}`")]
+    AdapterExists {
+        /// The name.
+        name: String,
+    },
+    /// An adapter name the model does not have.
+    #[error("no adapter named `{name}`; the model has: {}", available.join(", "))]
+    UnknownAdapter {
+        /// The name asked for.
+        name: String,
+        /// The model's adapters.
+        available: Vec<String>,
+    },
+    /// An operation that needs unmerged adapters, while some are merged.
+    #[error("adapters are merged into the weights: unmerge_adapters first")]
+    MergedAdapters,
+    /// A mixed batch reached an adapter on a stock `burn::nn::Linear`, which computes the
+    /// update densely and cannot give each example its own.
+    #[error(
+        "a mixed batch needs burn_lora::nn::Linear: an adapter was computed densely by a stock burn::nn::Linear"
+    )]
+    MixedBatchDense,
+    /// A mixed batch during which no adapted layer ran on the calling thread.
+    #[error(
+        "a mixed batch reached no adapted layer on this thread: run the forward pass inside the closure, on the calling thread"
+    )]
+    MixedBatchUnrouted,
+    /// A mixed batch's adapter names do not match the batch.
+    #[error("a mixed batch names {expected} adapters, but a layer's input has {found} examples")]
+    MixedBatchSize {
+        /// The rows of the input.
+        found: usize,
+        /// The names given.
+        expected: usize,
+    },
+    /// An option this API does not offer, with where to find it.
+    #[error("{0}")]
+    NotOffered(String),
+    /// Weighted adapters that cannot be combined.
+    #[error("cannot combine adapters: {0}")]
+    Combine(String),
     /// An `adapter_config.json` holds an invalid value (rank 0, a dropout of 5, ...).
     #[error("{}: {source}", path.display())]
     AdapterConfig {

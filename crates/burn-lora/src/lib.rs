@@ -50,25 +50,30 @@
 
 mod adapter;
 mod apply;
+mod combine;
 mod config;
 pub mod dropout;
 mod error;
 pub mod io;
 mod lora_linear;
+mod mixed;
 pub mod nn;
 mod path;
 mod peft;
 mod report;
 mod sites;
 
-pub use adapter::{Adapter, LoraFactors};
+pub use adapter::{Adapter, BASE_ADAPTER, DEFAULT_ADAPTER, Lora, LoraFactors};
 pub use apply::{
-    apply_lora, linear_paths, merge_adapters, merge_lora, set_adapters_enabled, set_lora_trainable,
+    active_adapters, add_adapter, apply_lora, delete_adapter, linear_paths, list_adapters,
+    merge_adapters, merge_lora, set_active_adapters, set_adapters_enabled, set_lora_trainable,
     unmerge_adapters,
 };
+pub use combine::{Combination, add_weighted_adapter};
 pub use config::{ALL_LINEAR, LoraConfig, LoraInit, name_matches};
 pub use error::Error;
 pub use lora_linear::LoraLinear;
+pub use mixed::with_adapter_names;
 pub use path::join_path;
 pub use peft::{
     CONFIG_FILE, KEY_PREFIX, PeftOptions, WEIGHTS_FILE, load_adapter, load_adapter_weights,

@@ -71,6 +71,11 @@ impl LoraLinear {
     ) -> Result<Self, Error> {
         let [d_in, d_out] = linear.weight.dims();
         config.validate_for_layer(d_in, d_out, path)?;
+        if config.use_dora {
+            return Err(Error::NotOffered(
+                "LoraLinear is plain LoRA: for DoRA, use apply_lora on a model with burn_lora::nn::Linear".into(),
+            ));
+        }
         let device = linear.weight.device();
         let dtype = linear.weight.val().dtype();
         let (lora_a, lora_b) = init_factors([d_in, d_out], dtype, &device, config);

@@ -13,15 +13,17 @@
 //! | `burn::nn::Linear` (dense path) | builds `W + s·A·B` `[d_in, d_out]`, then `x·W'` | the `[d_in, d_out]` gradient of `W'`, then `dA`, `dB` from it | not applied |
 //! | `burn_lora::nn::Linear` (factored path) | `x·W + s·(x·A)·B` | `dA`, `dB` from `[tokens, r]` products | applied |
 //!
-//! Without an adapter, or with a disabled or merged one, both are a plain `x·W + b`.
+//! Without an adapter, or with a disabled or merged one, both are a plain `x·W + b`. DoRA
+//! adapters build `A·B` on both paths, for the weight norm, as PEFT does.
 
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LinearLayout};
 use burn::tensor::module::linear;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
-use crate::adapter::Adapter;
+use crate::adapter::{Adapter, Lora};
+use crate::sites;
 
 /// Configuration of a [`Linear`]: the fields and defaults of [`burn::nn::LinearConfig`].
 #[derive(Config, Debug)]
@@ -66,7 +68,9 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Applies the layer.
+    /// Applies the layer: `x·W + b`, plus what each active adapter adds (see
+    /// [`Adapter::forward_delta`]). While [`with_adapter_names`](crate::with_adapter_names)
+    /// serves a mixed batch, each example gets its own adapter instead.
     ///
     /// # Shapes
     ///
@@ -74,19 +78,84 @@ impl Linear {
     /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let bias = self.bias.as_ref().map(Param::val);
-        match self.weight.reparameterization::<Adapter>() {
-            Some(adapter) if adapter.is_active() => {
-                let base = linear(x.clone(), self.weight.base(), bias); // [..., d_output]
-                base + adapter.branch(x)
-            }
-            _ => linear(x, self.weight.val(), bias),
+        let Some(adapter) = self.adapter() else {
+            return linear(x, self.weight.val(), bias);
+        };
+        if let Some(names) = sites::routed_names() {
+            return forward_mixed(x, self.weight.base(), bias, adapter, &names);
         }
+        if !adapter.is_active() {
+            return linear(x, self.weight.val(), bias);
+        }
+        let weight = self.weight.base();
+        let result = linear(x.clone(), weight.clone(), bias.clone()); // [..., d_output]
+        let base = without_bias(&result, bias, adapter.computing().any(Lora::use_dora));
+        let delta = adapter.forward_delta(x, &base, &weight);
+        result + delta.expect("an active adapter computes")
     }
 
-    /// The attached adapter, if any.
+    /// The attached adapters, if any are left.
     pub fn adapter(&self) -> Option<&Adapter> {
-        self.weight.reparameterization::<Adapter>()
+        self.weight
+            .reparameterization::<Adapter>()
+            .filter(|adapter| !adapter.loras().is_empty())
     }
+}
+
+/// `x·W` from `x·W + b`, as PEFT's DoRA takes it (`result - bias`), when `needed`; else
+/// `result` as it is (nothing reads it).
+fn without_bias<const D: usize>(
+    result: &Tensor<D>,
+    bias: Option<Tensor<1>>,
+    needed: bool,
+) -> Tensor<D> {
+    match (bias, needed) {
+        (Some(bias), true) => result.clone() - bias.unsqueeze(),
+        _ => result.clone(),
+    }
+}
+
+/// A mixed batch: `x·W + b` for every example, plus for each example the update of the
+/// adapter `names` gives it (none for `__base__`, or for an adapter this layer lacks), as
+/// PEFT's `_mixed_batch_forward`: each adapter computes on its own rows only.
+fn forward_mixed<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    adapter: &Adapter,
+    names: &[String],
+) -> Tensor<D> {
+    sites::note_routed();
+    let mut result = linear(x.clone(), weight.clone(), bias.clone());
+    if !adapter.is_enabled() {
+        return result;
+    }
+    let batch = x.dims()[0];
+    if batch != names.len() {
+        sites::note_wrong_batch(batch, names.len());
+        return result;
+    }
+    let dora = adapter.loras().iter().any(Lora::use_dora);
+    let base = without_bias(&result, bias, dora);
+    let device = x.device();
+    for lora in adapter.loras() {
+        let rows: Vec<i64> = (0..batch)
+            .filter(|&i| names[i] == lora.name())
+            .map(|i| i as i64)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let n = rows.len();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device);
+        let delta = lora.forward_delta(
+            x.clone().select(0, rows.clone()),
+            &base.clone().select(0, rows.clone()),
+            &weight,
+        );
+        result = result.select_assign(0, rows, delta, IndexingUpdateOp::Add);
+    }
+    result
 }
 
 impl From<burn::nn::Linear> for Linear {

@@ -3,8 +3,8 @@
 //!
 //! Burn's traversal also enters enum variants (`query.Base.weight`); those are skipped, so a
 //! path names the same layer whichever variant it currently is. An adapter's factors sit
-//! below the weight they adapt (`query.weight.lora.lora_a`, the `lora` entered with the
-//! container type `Reparameterization`); [`PathStack::adapter_owner`] names the linear.
+//! below the weight they adapt (`query.weight.lora.default.lora_a`, the `lora` entered with the
+//! container type `Reparameterization`, then the adapter's name); [`PathStack::adapter_owner`] names the linear.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
@@ -65,6 +65,15 @@ impl PathStack {
             .position(|c| c == REPARAMETERIZATION)?;
         let param = at.checked_sub(1)?;
         Some((self.parts[..param].join("."), self.parts[param].clone()))
+    }
+
+    /// Inside a named adapter (an adapter's factor): the adapter's name, e.g. `default`.
+    pub(crate) fn adapter_name(&self) -> Option<&str> {
+        let at = self
+            .containers
+            .iter()
+            .position(|c| c == REPARAMETERIZATION)?;
+        self.parts.get(at + 1).map(String::as_str)
     }
 
     /// The module a parameter is counted under: its own module, or for an adapter's factor

@@ -22,6 +22,76 @@ thread_local! {
     static COLLECTED: RefCell<Option<Vec<Adapter>>> = const { RefCell::new(None) };
     /// While [`replace_adapters`] maps a model: what each adapter met becomes, in order.
     static REPLACEMENTS: RefCell<Option<VecDeque<Adapter>>> = const { RefCell::new(None) };
+    /// While [`with_adapter_names`](crate::with_adapter_names) runs: the adapter of each
+    /// example of the batch, and whether an adapter was computed densely meanwhile.
+    static ROUTING: RefCell<Option<Routing>> = const { RefCell::new(None) };
+}
+
+/// A mixed batch's adapter per example, and what went wrong while serving it.
+#[derive(Debug, Default)]
+pub(crate) struct Routing {
+    /// One adapter name per example (`__base__` for none).
+    pub names: Vec<String>,
+    /// Set when a stock `Linear` computed an adapter densely, which cannot route.
+    pub dense_used: bool,
+    /// Set when an input's leading dimension was not the batch: `(found, expected)`.
+    pub wrong_batch: Option<(usize, usize)>,
+    /// Layers that served the batch by the names, on this thread.
+    pub routed: usize,
+}
+
+/// Runs `f` with `names` routing each example of a batch; returns what went wrong.
+pub(crate) fn with_routing<T>(names: Vec<String>, f: impl FnOnce() -> T) -> (T, Routing) {
+    /// Puts the previous routing back, also when `f` panics.
+    struct Restore(Option<Option<Routing>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(previous) = self.0.take() {
+                ROUTING.set(previous);
+            }
+        }
+    }
+    let routing = Routing {
+        names,
+        ..Routing::default()
+    };
+    let restore = Restore(Some(ROUTING.replace(Some(routing))));
+    let out = f();
+    let routing = ROUTING.take().unwrap_or_default();
+    drop(restore);
+    (out, routing)
+}
+
+/// The adapter of each example while a mixed batch is served; `None` otherwise.
+pub(crate) fn routed_names() -> Option<Vec<String>> {
+    ROUTING.with_borrow(|r| r.as_ref().map(|r| r.names.clone()))
+}
+
+/// Notes that a layer served a mixed batch by the names.
+pub(crate) fn note_routed() {
+    ROUTING.with_borrow_mut(|r| {
+        if let Some(r) = r {
+            r.routed += 1;
+        }
+    });
+}
+
+/// Notes that an input of a routed forward had `found` rows where the batch has `expected`.
+pub(crate) fn note_wrong_batch(found: usize, expected: usize) {
+    ROUTING.with_borrow_mut(|r| {
+        if let Some(r) = r {
+            r.wrong_batch.get_or_insert((found, expected));
+        }
+    });
+}
+
+/// Called by [`Adapter`]'s dense `apply`: notes it while a mixed batch is served.
+pub(crate) fn note_dense_use() {
+    ROUTING.with_borrow_mut(|r| {
+        if let Some(r) = r {
+            r.dense_used = true;
+        }
+    });
 }
 
 /// Where an adapter sits in a model.
@@ -43,10 +113,10 @@ pub struct AdapterSite {
 #[derive(Default)]
 struct SiteTracker {
     path: PathStack,
-    last: Option<(ParamId, Vec<usize>, String)>,
-    sites: Vec<AdapterSite>,
-    /// Updates added to adapted weights, by id, while mapping.
-    deltas: HashMap<ParamId, Tensor<2>>,
+    last: Option<(ParamId, Vec<usize>, String, Tensor<2>)>,
+    sites: Vec<(AdapterSite, Tensor<2>)>,
+    /// New values of adapted weights, by id, while mapping.
+    weights: HashMap<ParamId, Tensor<2>>,
 }
 
 impl SiteTracker {
@@ -55,22 +125,31 @@ impl SiteTracker {
         if container_type != "Reparameterization" || name != Adapter::NAME {
             return;
         }
-        if let (Some((path, param)), Some((id, dims, container))) =
+        if let (Some((path, param)), Some((id, dims, container, weight))) =
             (self.path.adapter_owner(), self.last.take())
         {
-            self.sites.push(AdapterSite {
+            let site = AdapterSite {
                 path,
                 param,
                 weight_id: id,
                 dims,
                 container,
-            });
+            };
+            self.sites.push((site, weight));
         }
     }
 
     fn note<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.path.adapter_owner().is_some() {
+            return; // a factor, not an adapted weight
+        }
         let container = self.path.parent_type().to_string();
-        self.last = Some((param.id, param.lazy_shape().to_vec(), container));
+        let dims = param.lazy_shape().to_vec();
+        // Adapters sit on linear weights; a weight of another rank is seen as one row.
+        let n = dims.iter().product::<usize>();
+        let rows = if D == 2 { dims[0] } else { 1 };
+        let weight = param.base().reshape([rows, n / rows.max(1)]);
+        self.last = Some((param.id, dims, container, weight));
     }
 }
 
@@ -94,15 +173,21 @@ impl ModuleMapper for SiteTracker {
         self.path.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        self.note(&param);
-        match self.deltas.remove(&param.id) {
-            Some(delta) => param.map(|old| {
-                let grad = old.is_require_grad();
-                let delta = delta.reshape(old.shape()).cast(old.dtype());
-                (old + delta).detach().set_require_grad(grad)
-            }),
-            None => param,
+        if !self.weights.contains_key(&param.id) {
+            self.note(&param);
+            return param;
         }
+        let weight = self.weights.remove(&param.id).expect("checked above");
+        let param = param.map(|old| {
+            let grad = old.is_require_grad();
+            weight
+                .reshape(old.shape())
+                .cast(old.dtype())
+                .detach()
+                .set_require_grad(grad)
+        });
+        self.note(&param);
+        param
     }
 }
 
@@ -120,29 +205,46 @@ pub(crate) fn replacement() -> Option<Adapter> {
     REPLACEMENTS.with_borrow_mut(|queue| queue.as_mut().and_then(VecDeque::pop_front))
 }
 
-/// Every adapter in `model` with its site, in traversal order.
+/// Every adapter in `model` with its site, in traversal order (a weight whose adapters
+/// were all deleted is left out).
 pub fn adapters<M: Module>(model: &M) -> Vec<(AdapterSite, Adapter)> {
+    all_adapters(model)
+        .into_iter()
+        .filter(|(_, adapter, _)| !adapter.loras().is_empty())
+        .map(|(site, adapter, _)| (site, adapter))
+        .collect()
+}
+
+/// Every adapter holder in `model`, empty ones too, with its site and the adapted
+/// weight's base value as `[d_in, d_out]`, in traversal order.
+pub(crate) fn all_adapters<M: Module>(model: &M) -> Vec<(AdapterSite, Adapter, Tensor<2>)> {
     let mut tracker = SiteTracker::default();
     let previous = COLLECTED.replace(Some(Vec::new()));
     model.visit(&mut tracker);
     let collected = COLLECTED.replace(previous).unwrap_or_default();
-    tracker.sites.into_iter().zip(collected).collect()
+    tracker
+        .sites
+        .into_iter()
+        .zip(collected)
+        .map(|((site, weight), adapter)| (site, adapter, weight))
+        .collect()
 }
 
-/// `model` with each adapter replaced by `f(site, adapter)` and, where `f` also returns an
-/// update for the adapted weight, that update added to it (same id, same trainability).
-/// Nothing else is rebuilt: every other tensor is the same allocation as before.
+/// `model` with each adapter holder replaced by `f(site, base weight, adapter)` and, where
+/// `f` also returns one, the adapted weight given a new value (same id, same
+/// trainability). Nothing else is rebuilt: every other tensor is the same allocation as
+/// before.
 pub(crate) fn replace_adapters<M: Module>(
     model: M,
-    mut f: impl FnMut(&AdapterSite, Adapter) -> (Adapter, Option<Tensor<2>>),
+    mut f: impl FnMut(&AdapterSite, &Tensor<2>, Adapter) -> (Adapter, Option<Tensor<2>>),
 ) -> M {
     let mut tracker = SiteTracker::default();
     let mut queue = VecDeque::new();
-    for (site, adapter) in adapters(&model) {
-        let (adapter, base) = f(&site, adapter);
+    for (site, adapter, weight) in all_adapters(&model) {
+        let (adapter, new_weight) = f(&site, &weight, adapter);
         queue.push_back(adapter);
-        if let Some(delta) = base {
-            tracker.deltas.insert(site.weight_id, delta);
+        if let Some(new_weight) = new_weight {
+            tracker.weights.insert(site.weight_id, new_weight);
         }
     }
     let previous = REPLACEMENTS.replace(Some(queue));

@@ -113,7 +113,7 @@ impl PeftConfigJson {
             bias: bias_none(),
             modules_to_save: (!modules_to_save.is_empty()).then_some(modules_to_save),
             fan_in_fan_out: false,
-            use_dora: false,
+            use_dora: settings.use_dora,
             init_lora_weights: init,
             inference_mode: true,
             rank_pattern: settings
@@ -148,9 +148,6 @@ impl PeftConfigJson {
         }
         if self.bias != "none" {
             return Err(unsupported(format!("bias = \"{}\"", self.bias)));
-        }
-        if self.use_dora {
-            return Err(unsupported("use_dora = true".into()));
         }
         if self.fan_in_fan_out {
             return Err(unsupported("fan_in_fan_out = true".into()));
@@ -238,6 +235,7 @@ impl PeftConfigJson {
             .with_alpha(self.lora_alpha)
             .with_dropout(self.lora_dropout)
             .with_use_rslora(self.use_rslora)
+            .with_use_dora(self.use_dora)
             .with_init(init)
             .with_modules_to_save(self.modules_to_save.unwrap_or_default())
             .with_exclude_modules(exclude_modules)

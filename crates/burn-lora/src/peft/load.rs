@@ -11,11 +11,11 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::{PeftOptions, WEIGHTS_FILE, file_key, read_adapter_config};
 use crate::Error;
-use crate::apply::apply_lora_renamed;
+use crate::apply::add_adapter_renamed;
 use crate::config::{LoraConfig, within_any};
 use crate::path::{OnParam, PathStack, visit_params};
 
-/// Loads a PEFT-format adapter from `dir` onto `model`, an un-adapted base, with Burn's
+/// Loads a PEFT-format adapter from `dir` onto `model` as the adapter `default`, with Burn's
 /// module paths as names. See [`load_adapter_with`].
 ///
 /// # Errors
@@ -25,17 +25,23 @@ pub fn load_adapter<M: Module>(model: M, dir: impl AsRef<Path>) -> Result<M, Err
     load_adapter_with(model, dir, &PeftOptions::default())
 }
 
-/// Loads a PEFT-format adapter from `dir` onto `model`: reads the config, attaches adapters
-/// to the linears it targets (matched against `options`' PEFT names), then sets every
-/// factor and saved module from the weights file, cast to each parameter's dtype (the file
-/// may hold F32, F16 or BF16). The factors and modules to save come back trainable, as
-/// after [`apply_lora`](crate::apply_lora), so training can continue.
+/// Loads a PEFT-format adapter from `dir` onto `model` under the name
+/// `options.adapter_name()` (PEFT's `load_adapter(dir, adapter_name)`): reads the config,
+/// attaches an adapter of that name to the linears it targets (matched against `options`'
+/// PEFT names), then sets every factor, DoRA magnitude and saved module from the weights
+/// file, cast to each parameter's dtype (the file may hold F32, F16 or BF16).
+///
+/// The model may already hold other adapters: the new one goes beside them, as
+/// [`add_adapter`](crate::add_adapter) puts it (the first adapter of a model is active and
+/// trainable, so training can continue; a later one is added inactive). Nothing of the
+/// base is rebuilt.
 ///
 /// # Errors
 ///
 /// Everything [`read_adapter_config`] reports; a missing, corrupt or truncated weights
 /// file; a tensor the model needs that the file lacks; a tensor the model does not have (an
-/// adapter trained for another base); a shape or rank that does not match the model.
+/// adapter trained for another base); a shape or rank that does not match the model; a
+/// name the model already has.
 pub fn load_adapter_with<M: Module>(
     model: M,
     dir: impl AsRef<Path>,
@@ -81,8 +87,9 @@ pub fn load_adapter_weights_with<M: Module>(
         path: path.clone(),
         message: e.to_string(),
     })?;
-    let model = apply_lora_renamed(model, config, &|p| options.rename(p))?;
-    let expected = adapter_slots(&model, &config.modules_to_save, options);
+    let name = options.adapter_name();
+    let model = add_adapter_renamed(model, name, config, &|p| options.rename(p))?;
+    let expected = adapter_slots(&model, &config.modules_to_save, options, name);
     let mut values: HashMap<ParamId, (TensorData, bool)> = HashMap::new();
     for (key, slot) in &expected {
         let view = file.tensor(key).map_err(|_| Error::MissingKey {
@@ -138,15 +145,17 @@ fn adapter_slots<M: Module>(
     model: &M,
     modules_to_save: &[String],
     options: &PeftOptions,
+    adapter: &str,
 ) -> BTreeMap<String, Slot> {
     struct Collect<'a> {
         modules_to_save: &'a [String],
         options: &'a PeftOptions,
+        adapter: &'a str,
         out: BTreeMap<String, Slot>,
     }
     impl OnParam for Collect<'_> {
         fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
-            let Some(found) = file_key(path, D, self.options) else {
+            let Some(found) = file_key(path, D, self.options, self.adapter) else {
                 return;
             };
             if let Some(module) = &found.module
@@ -169,6 +178,7 @@ fn adapter_slots<M: Module>(
     let mut collect = Collect {
         modules_to_save,
         options,
+        adapter,
         out: BTreeMap::new(),
     };
     visit_params(model, &mut collect);

@@ -3,11 +3,16 @@
 //! PEFT's `save_pretrained`.
 //!
 //! **Keys.** `base_model.model.<path>.lora_A.weight` `[r, d_in]` and `...lora_B.weight`
-//! `[d_out, r]`, with `<path>` the layer's Burn module path, and
+//! `[d_out, r]`, with `<path>` the layer's Burn module path, DoRA's
+//! `base_model.model.<path>.lora_magnitude_vector` `[d_out]`, and
 //! `base_model.model.<path>.<param>` for the parameters of modules to save. A model whose
 //! Burn paths differ from the Hugging Face names passes a [`KeyRemapper`] in
 //! [`PeftOptions`]; it renames Burn paths to PEFT names, on saving (keys, targets, modules
 //! to save) and on loading (to find the file's names in the model).
+//!
+//! **Several adapters.** As PEFT's `save_pretrained`, the adapter named `default` is written
+//! in the directory itself and each other adapter in a subdirectory of its name; each file
+//! holds one adapter's keys, without its name.
 //!
 //! **Layout at the border.** Burn stores a linear weight as `[d_in, d_out]`; PyTorch and
 //! PEFT store `[d_out, d_in]`. Every linear weight that crosses the border here (`lora_A`,
@@ -57,6 +62,8 @@ pub struct PeftOptions {
     pub task_type: Option<String>,
     /// PEFT's `base_model_name_or_path` to write. Default none.
     pub base_model_name_or_path: Option<String>,
+    /// The name an adapter is loaded under (PEFT's `adapter_name`). Default `default`.
+    pub adapter_name: Option<String>,
 }
 
 impl PeftOptions {
@@ -80,6 +87,19 @@ impl PeftOptions {
                 message: e.to_string(),
             })?;
         Ok(self)
+    }
+
+    /// Sets the name [`load_adapter_with`] loads the adapter under.
+    pub fn with_adapter_name(mut self, name: impl Into<String>) -> Self {
+        self.adapter_name = Some(name.into());
+        self
+    }
+
+    /// The name an adapter is loaded under: `adapter_name`, or `default`.
+    pub fn adapter_name(&self) -> &str {
+        self.adapter_name
+            .as_deref()
+            .unwrap_or(crate::adapter::DEFAULT_ADAPTER)
     }
 
     /// Sets `task_type`.
@@ -126,7 +146,7 @@ pub fn parse_adapter_config(bytes: &[u8], path: &Path) -> Result<LoraConfig, Err
     json.into_config(path)
 }
 
-/// Where a parameter goes in an adapter file.
+/// Where a parameter goes in the file of the adapter named `adapter`.
 struct FileKey {
     /// `base_model.model.<path>...`.
     key: String,
@@ -138,14 +158,23 @@ struct FileKey {
 
 /// The file key of the parameter at `path`: a factor's, or a plain parameter's (which the
 /// caller keeps if it is a module to save); `None` for anything else inside an adapter.
-fn file_key(path: &PathStack, rank: usize, options: &PeftOptions) -> Option<FileKey> {
+fn file_key(
+    path: &PathStack,
+    rank: usize,
+    options: &PeftOptions,
+    adapter: &str,
+) -> Option<FileKey> {
     let (module, name) = path.split_last();
     match path.adapter_owner() {
-        Some((layer, _)) if is_factor(&name) => {
-            let part = if name == "lora_a" { "lora_A" } else { "lora_B" };
+        Some((layer, _)) if is_factor(&name) && path.adapter_name() == Some(adapter) => {
+            let (part, transposed) = match name.as_str() {
+                "lora_a" => ("lora_A.weight", true),
+                "lora_b" => ("lora_B.weight", true),
+                _ => ("lora_magnitude_vector", false),
+            };
             Some(FileKey {
-                key: format!("{KEY_PREFIX}{}.{part}.weight", options.rename(&layer)),
-                transposed: true,
+                key: format!("{KEY_PREFIX}{}.{part}", options.rename(&layer)),
+                transposed,
                 module: None,
             })
         }

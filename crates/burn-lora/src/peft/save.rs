@@ -12,12 +12,13 @@ use safetensors::{Dtype, tensor::TensorView};
 use super::config_json::PeftConfigJson;
 use super::{CONFIG_FILE, PeftOptions, WEIGHTS_FILE, file_key};
 use crate::Error;
-use crate::apply::linears;
+use crate::adapter::{DEFAULT_ADAPTER, Lora};
+use crate::apply::{linears, list_adapters};
 use crate::config::{LoraConfig, name_matches};
 use crate::io::{fresh_temp_dir, replace_dir};
 use crate::lora_linear::all_finite;
 use crate::path::{OnParam, PathStack, visit_params};
-use crate::sites::adapters;
+use crate::sites::{AdapterSite, adapters};
 
 /// Writes `model`'s adapters in PEFT's format into `dir` (created if needed), with Burn's
 /// module paths as names. See [`save_adapter_with`].
@@ -29,37 +30,69 @@ pub fn save_adapter<M: Module>(model: &M, dir: impl AsRef<Path>) -> Result<(), E
     save_adapter_with(model, dir, &PeftOptions::default())
 }
 
-/// Writes `model`'s adapters in PEFT's format into `dir` (created if needed): every LoRA
-/// factor, and every other trainable parameter (PEFT's `modules_to_save`, such as a
-/// classification head), in `adapter_model.safetensors`, each in its own dtype; and
-/// `adapter_config.json`. Rank, alpha, rsLoRA, dropout, targets and modules to save are
-/// read from the model itself, so the config can never disagree with the weights beside it.
-/// Both files are written into a temporary directory that is renamed into place.
+/// Writes `model`'s adapters in PEFT's format into `dir` (created if needed): per adapter,
+/// every LoRA factor and DoRA magnitude, and every other trainable parameter (PEFT's
+/// `modules_to_save`, such as a classification head), in `adapter_model.safetensors`, each
+/// in its own dtype; and `adapter_config.json`. Rank, alpha, rsLoRA, DoRA, dropout, targets
+/// and modules to save are read from the model itself, so the config can never disagree
+/// with the weights beside it.
+///
+/// With several adapters the layout is PEFT's `save_pretrained`: `default` in `dir`, each
+/// other adapter in `dir/<name>/`. Everything is written into a temporary directory that is
+/// renamed into place.
 ///
 /// # Errors
 ///
-/// [`Error::NoAdapter`]; [`Error::Unsupported`] for adapters with and without rsLoRA
-/// (adapters of different ranks and alphas are written with PEFT's `rank_pattern` and
-/// `alpha_pattern`); [`Error::NonFinite`] if any saved tensor holds NaN or infinity (a non-finite
-/// adapter is never written); I/O failures.
+/// [`Error::NoAdapter`]; [`Error::Unsupported`] for adapters of one name with and without
+/// rsLoRA or DoRA (adapters of different ranks and alphas are written with PEFT's
+/// `rank_pattern` and `alpha_pattern`); [`Error::NonFinite`] if any saved tensor holds NaN
+/// or infinity (a non-finite adapter is never written); I/O failures.
 pub fn save_adapter_with<M: Module>(
     model: &M,
     dir: impl AsRef<Path>,
     options: &PeftOptions,
 ) -> Result<(), Error> {
     let dir = dir.as_ref();
-    let found = adapters(model);
-    let Some((_, first)) = found.first() else {
+    let names = list_adapters(model);
+    if names.is_empty() {
         return Err(Error::NoAdapter);
-    };
+    }
+    let tmp = fresh_temp_dir(dir)?;
+    for name in &names {
+        let out = match name == DEFAULT_ADAPTER {
+            true => tmp.clone(),
+            false => {
+                let sub = tmp.join(name);
+                fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+                sub
+            }
+        };
+        write_one(model, name, &out, dir, options)?;
+    }
+    replace_dir(&tmp, dir)
+}
+
+/// Writes the adapter `name` of `model` into `out`; `dir` names the destination in errors.
+fn write_one<M: Module>(
+    model: &M,
+    name: &str,
+    out: &Path,
+    dir: &Path,
+    options: &PeftOptions,
+) -> Result<(), Error> {
+    let found: Vec<(AdapterSite, Lora)> = adapters(model)
+        .into_iter()
+        .filter_map(|(site, adapter)| adapter.get(name).cloned().map(|l| (site, l)))
+        .collect();
+    let first = &found[0].1;
     if let Some((site, _)) = found
         .iter()
-        .find(|(_, a)| a.use_rslora() != first.use_rslora())
+        .find(|(_, a)| a.use_rslora() != first.use_rslora() || a.use_dora() != first.use_dora())
     {
         return Err(Error::Unsupported {
             path: dir.to_path_buf(),
             what: format!(
-                "adapters with and without rsLoRA (`{}` differs from the first)",
+                "adapters of one name with and without rsLoRA or DoRA (`{}` differs from the first)",
                 site.path
             ),
         });
@@ -84,6 +117,7 @@ pub fn save_adapter_with<M: Module>(
         .with_alpha(alpha)
         .with_dropout(first.dropout_prob())
         .with_use_rslora(first.use_rslora())
+        .with_use_dora(first.use_dora())
         .with_init(first.init())
         .with_rank_pattern(rank_pattern)
         .with_alpha_pattern(alpha_pattern);
@@ -92,7 +126,7 @@ pub fn save_adapter_with<M: Module>(
         .iter()
         .map(|s| options.rename(&s.path))
         .collect();
-    let tensors = adapter_tensors(model, options)?;
+    let tensors = adapter_tensors(model, options, name)?;
     let mut modules_to_save: Vec<String> = Vec::new();
     for module in tensors.values().filter_map(|t| t.saved_module.clone()) {
         if !modules_to_save.contains(&module) {
@@ -106,17 +140,15 @@ pub fn save_adapter_with<M: Module>(
         options.task_type.clone(),
         options.base_model_name_or_path.clone(),
     );
-    let tmp = fresh_temp_dir(dir)?;
-    let weights_path = tmp.join(WEIGHTS_FILE);
+    let weights_path = out.join(WEIGHTS_FILE);
     let weights = serialize(&tensors).map_err(|message| Error::Safetensors {
         path: weights_path.clone(),
         message,
     })?;
     fs::write(&weights_path, &weights).map_err(|e| Error::io(&weights_path, e))?;
     let json = serde_json::to_string_pretty(&json).expect("the adapter config always serializes");
-    let config_path = tmp.join(CONFIG_FILE);
-    fs::write(&config_path, json.as_bytes()).map_err(|e| Error::io(&config_path, e))?;
-    replace_dir(&tmp, dir)
+    let config_path = out.join(CONFIG_FILE);
+    fs::write(&config_path, json.as_bytes()).map_err(|e| Error::io(&config_path, e))
 }
 
 /// The most frequent of `values` (the first of equally frequent ones).
@@ -161,20 +193,22 @@ struct FileTensor {
     saved_module: Option<String>,
 }
 
-/// The adapter tensors of `model`, keyed as PEFT keys them, in PyTorch layout: every
-/// factor and every other trainable parameter.
+/// The tensors of `model`'s adapter `adapter`, keyed as PEFT keys them, in PyTorch layout:
+/// its factors and magnitudes, and every trainable parameter outside the adapters.
 fn adapter_tensors<M: Module>(
     model: &M,
     options: &PeftOptions,
+    adapter: &str,
 ) -> Result<BTreeMap<String, FileTensor>, Error> {
     struct Collect<'a> {
         options: &'a PeftOptions,
+        adapter: &'a str,
         out: BTreeMap<String, FileTensor>,
         non_finite: Option<String>,
     }
     impl OnParam for Collect<'_> {
         fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
-            let Some(found) = file_key(path, D, self.options) else {
+            let Some(found) = file_key(path, D, self.options, self.adapter) else {
                 return;
             };
             if found.module.is_some() && !param.is_require_grad() {
@@ -195,6 +229,7 @@ fn adapter_tensors<M: Module>(
     }
     let mut collect = Collect {
         options,
+        adapter,
         out: BTreeMap::new(),
         non_finite: None,
     };

@@ -188,3 +188,65 @@ pub fn scratch(group: &str, name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Writes `x` and `out` as `io.safetensors` for `scripts/peft_golden.py check`.
+pub fn write_io(path: &Path, x: Tensor<2>, out: Tensor<2>) {
+    let to_bytes = |t: Tensor<2>| -> (Vec<usize>, Vec<u8>) {
+        let data = t.into_data();
+        let bytes = data
+            .try_to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        (data.shape().to_vec(), bytes)
+    };
+    let (x_shape, x_bytes) = to_bytes(x);
+    let (out_shape, out_bytes) = to_bytes(out);
+    let view = |shape, bytes| {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, bytes).unwrap()
+    };
+    let io = vec![
+        ("x", view(x_shape, &x_bytes)),
+        ("out", view(out_shape, &out_bytes)),
+    ];
+    std::fs::write(path, safetensors::serialize(io, None).unwrap()).unwrap();
+}
+
+/// Sets the factors of every adapter named `adapter` (Burn layout): `A`, `B` and, given,
+/// DoRA's magnitude.
+pub struct SetFactors {
+    pub adapter: String,
+    pub a: Tensor<2>,
+    pub b: Tensor<2>,
+    pub magnitude: Option<Tensor<1>>,
+    pub names: Vec<String>,
+}
+
+impl ModuleMapper for SetFactors {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.names.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.names.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let n = self.names.len();
+        if n < 2 || self.names[n - 2] != self.adapter {
+            return param;
+        }
+        let value: Tensor<D> = match self.names[n - 1].as_str() {
+            "lora_a" => self.a.clone().reshape(param.lazy_shape()),
+            "lora_b" => self.b.clone().reshape(param.lazy_shape()),
+            "lora_magnitude" => match &self.magnitude {
+                Some(m) => m.clone().reshape(param.lazy_shape()),
+                None => return param,
+            },
+            _ => return param,
+        };
+        param.map(|t| {
+            let grad = t.is_require_grad();
+            value.detach().set_require_grad(grad)
+        })
+    }
+}

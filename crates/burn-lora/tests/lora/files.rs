@@ -288,7 +288,11 @@ fn non_finite_adapter_is_never_saved() {
 #[test]
 fn refused_peft_options_are_named() {
     for (from, to, what) in [
-        ("\"use_dora\": false", "\"use_dora\": true", "use_dora"),
+        (
+            "\"fan_in_fan_out\": false",
+            "\"fan_in_fan_out\": true",
+            "fan_in_fan_out",
+        ),
         (
             "\"init_lora_weights\": true",
             "\"init_lora_weights\": \"pissa\"",
@@ -303,6 +307,16 @@ fn refused_peft_options_are_named() {
             "\"init_lora_weights\": true",
             "\"init_lora_weights\": \"loftq\"",
             "loftq",
+        ),
+        (
+            "\"init_lora_weights\": true",
+            "\"init_lora_weights\": \"eva\"",
+            "eva",
+        ),
+        (
+            "\"init_lora_weights\": true",
+            "\"init_lora_weights\": \"corda\"",
+            "corda",
         ),
     ] {
         let dir = saved(&format!("refused_{what}"), &Device::default());

@@ -2,7 +2,9 @@
 //! files (`files`) and parity with PEFT's golden files (`parity`).
 
 mod common;
+mod dora;
 mod files;
 mod linear;
 mod model;
+mod multi;
 mod parity;

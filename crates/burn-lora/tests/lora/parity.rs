@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use burn_lora::{
@@ -11,7 +11,7 @@ use burn_lora::{
 };
 use safetensors::SafeTensors;
 
-use crate::common::{Tiny, assert_close, perturb, read, tensor};
+use crate::common::{SetFactors, Tiny, assert_close, perturb, read, tensor, write_io};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -67,33 +67,6 @@ impl Layer {
     }
 }
 
-/// Sets every adapter's `A` and `B` (Burn layout) to the given values.
-struct SetFactors {
-    names: Vec<String>,
-    a: Tensor<2>,
-    b: Tensor<2>,
-}
-
-impl ModuleMapper for SetFactors {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.names.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.names.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let value = match self.names.last().map(String::as_str) {
-            Some("lora_a") => self.a.clone(),
-            Some("lora_b") => self.b.clone(),
-            _ => return param,
-        };
-        param.map(|t| {
-            let grad = t.is_require_grad();
-            value.reshape(t.shape()).detach().set_require_grad(grad)
-        })
-    }
-}
-
 #[derive(serde::Deserialize)]
 struct Case {
     r: usize,
@@ -135,9 +108,11 @@ fn layers(st: &SafeTensors, i: usize, case: &Case, device: &Device) -> Vec<(&'st
     one.lora_b = Param::from_tensor(b.clone());
     let every = config.with_target_regex(Some(".*".into()));
     let dense = apply_lora(linear, &every).unwrap().map(&mut SetFactors {
-        names: Vec::new(),
+        adapter: "default".into(),
         a,
         b,
+        magnitude: None,
+        names: Vec::new(),
     });
     let fast = burn_lora::nn::Linear::from(dense.clone());
     vec![
@@ -316,30 +291,7 @@ fn export_adapter_for_peft_check() {
     .unwrap();
     let x = Tensor::<2>::random([4, 8], Distribution::Normal(0.0, 1.0), &device);
     let out = model.forward(x.clone());
-    let to_bytes = |t: Tensor<2>| -> (Vec<usize>, Vec<u8>) {
-        let data = t.into_data();
-        let bytes = data
-            .try_to_vec::<f32>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        (data.shape().to_vec(), bytes)
-    };
-    let (x_shape, x_bytes) = to_bytes(x);
-    let (out_shape, out_bytes) = to_bytes(out.clone());
-    let view = |shape, bytes| {
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, bytes).unwrap()
-    };
-    let io = vec![
-        ("x", view(x_shape, &x_bytes)),
-        ("out", view(out_shape, &out_bytes)),
-    ];
-    fs::write(
-        out_dir.join("io.safetensors"),
-        safetensors::serialize(io, None).unwrap(),
-    )
-    .unwrap();
+    write_io(&out_dir.join("io.safetensors"), x, out.clone());
 
     // The export reloads here too, so a broken file fails this test before Python sees it.
     let reloaded = load_adapter(
