@@ -6,14 +6,22 @@
 //! echo "Dull and far too long." | cargo run --release --example predict -- --adapter runs/sentiment/lora_adapter --json
 //! cargo run --release --example predict -- --checkpoint runs/sentiment/full_model.bpk "Loved it"
 //! cargo run --release --example predict -- --base hf:PATH/bert-seq-cls --adapter PATH/peft-adapter "Loved it"
+//! printf 'en\tLoved it\nzh\t很好用\n' | cargo run --release --example predict -- \
+//!     --adapter en=runs/multi_adapter/en --adapter zh=runs/multi_adapter/zh --json
 //! ```
+//!
+//! With several `--adapter NAME=DIR`, each input line may start with an adapter's name and
+//! a tab (`en<TAB>text`, or `__base__` for none); a line without one goes to the first
+//! adapter. All lines are answered in mixed batches through one base.
 
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use burn::tensor::activation::softmax;
 use burn_lora::merge_lora;
 use burn_lora_demo::Error;
+use burn_lora_demo::data::class_batch;
 use burn_lora_demo::device::parse_one_device;
 use burn_lora_demo::model::Classifier;
 use burn_lora_demo::model::bert::BertHead;
@@ -40,9 +48,10 @@ struct Args {
     /// default) or a directory made by the pretrain example; `hf:DIR` forces BERT.
     #[arg(long, default_value = DEFAULT_BASE)]
     base: String,
-    /// A LoRA run's PEFT-format adapter directory (ours or PEFT's).
+    /// A LoRA run's PEFT-format adapter directory (ours or PEFT's); repeat as `NAME=DIR`
+    /// to serve several adapters on one base.
     #[arg(long, conflicts_with = "checkpoint")]
-    adapter: Option<PathBuf>,
+    adapter: Vec<String>,
     /// A full fine-tuned checkpoint (`full_model.bpk`).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
@@ -59,15 +68,27 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<(), Error> {
-    let trained = match (args.adapter.clone(), args.checkpoint.clone()) {
-        (Some(dir), None) => Trained::Adapter(dir),
-        (None, Some(path)) => Trained::Checkpoint(path),
+    let named: Vec<(String, PathBuf)> = args
+        .adapter
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some((name, dir)) if !name.is_empty() && !name.contains('/') => {
+                (name.to_string(), PathBuf::from(dir))
+            }
+            _ => (burn_lora::DEFAULT_ADAPTER.to_string(), PathBuf::from(a)),
+        })
+        .collect();
+    let trained = match (named.len(), args.checkpoint.clone()) {
+        (1, None) if !args.adapter[0].contains('=') => Trained::Adapter(named[0].1.clone()),
+        (n, None) if n >= 1 => Trained::Adapters(named.clone()),
+        (0, Some(path)) => Trained::Checkpoint(path),
         _ => {
             return Err(Error::Usage(
-                "give --adapter DIR or --checkpoint PATH".into(),
+                "give --adapter DIR (or several --adapter NAME=DIR) or --checkpoint PATH".into(),
             ));
         }
     };
+    let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
     let texts = match args.texts.is_empty() {
         false => args.texts.clone(),
         true => std::io::stdin()
@@ -90,10 +111,10 @@ fn run(args: Args) -> Result<(), Error> {
     );
     match &loaded.model {
         LoadedModel::Gpt(model, tokenizer) => {
-            classify(model.clone(), tokenizer, &loaded, &texts, &args)
+            classify(model.clone(), tokenizer, &loaded, &texts, &names, &args)
         }
         LoadedModel::Bert(model, tokenizer) => {
-            classify(model.clone(), tokenizer, &loaded, &texts, &args)
+            classify(model.clone(), tokenizer, &loaded, &texts, &names, &args)
         }
     }
 }
@@ -103,8 +124,18 @@ fn classify<C: Classifier>(
     tokenizer: &impl TextEncoder,
     loaded: &Loaded,
     texts: &[String],
+    adapters: &[String],
     args: &Args,
 ) -> Result<(), Error> {
+    if adapters.len() > 1 {
+        if args.merge {
+            return Err(Error::Usage(
+                "--merge folds one adapter into the base; with several, each is served unmerged"
+                    .into(),
+            ));
+        }
+        return classify_mixed(model, tokenizer, loaded, texts, adapters, args);
+    }
     let model = if args.merge {
         merge_lora(model)?
     } else {
@@ -129,6 +160,68 @@ fn classify<C: Classifier>(
             println!("{json}");
         } else {
             println!("{:<8} {:.3}  {text}", names[class], p[class]);
+        }
+    }
+    Ok(())
+}
+
+/// Several adapters on one base: each line's adapter is the name before its tab, or the
+/// first adapter; lines are answered in mixed batches of 32 (PEFT's `adapter_names`).
+fn classify_mixed<C: Classifier>(
+    model: C,
+    tokenizer: &impl TextEncoder,
+    loaded: &Loaded,
+    lines: &[String],
+    adapters: &[String],
+    args: &Args,
+) -> Result<(), Error> {
+    let mut routed: Vec<(&str, &str)> = Vec::new();
+    for line in lines {
+        let (name, text) = match line.split_once('\t') {
+            Some((name, text))
+                if adapters.iter().any(|a| a == name) || name == burn_lora::BASE_ADAPTER =>
+            {
+                (name, text)
+            }
+            _ => (adapters[0].as_str(), line.as_str()),
+        };
+        routed.push((name, text));
+    }
+    let texts: Vec<&str> = routed.iter().map(|(_, t)| *t).collect();
+    let (tokens, _) = encode_texts(tokenizer, &texts, loaded.max_len)?;
+    let device = model.head_layer().weight.device();
+    let names = loaded.labels.names();
+    for (chunk, pairs) in tokens.chunks(32).zip(routed.chunks(32)) {
+        let seqs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        let batch = class_batch(
+            &seqs,
+            &vec![0; seqs.len()],
+            tokenizer.padding_id(),
+            loaded.pooling,
+            &device,
+        );
+        let batch_names: Vec<&str> = pairs.iter().map(|(n, _)| *n).collect();
+        let logits = burn_lora::with_adapter_names(&model, &batch_names, || {
+            model.classify(
+                batch.tokens.clone(),
+                batch.padding.clone(),
+                batch.pool.clone(),
+            )
+        })?;
+        let probs = softmax(logits, 1).into_data().convert::<f32>();
+        let probs = probs.try_to_vec::<f32>().unwrap_or_default();
+        let classes = names.len();
+        for (row, (adapter, text)) in pairs.iter().enumerate() {
+            let p = &probs[row * classes..(row + 1) * classes];
+            let class = argmax(p);
+            if args.json {
+                let json = serde_json::json!({
+                    "text": text, "adapter": adapter, "label": names[class], "class": class, "probs": p,
+                });
+                println!("{json}");
+            } else {
+                println!("{adapter:<8} {:<8} {:.3}  {text}", names[class], p[class]);
+            }
         }
     }
     Ok(())

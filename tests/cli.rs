@@ -1219,3 +1219,93 @@ fn custom_model_trains_reloads_and_merges_a_stock_burn_model() {
     assert!(max_diff("merged") < 1e-4, "{out}");
     assert!(out.contains(", 0 adapters left"), "{out}");
 }
+
+// ---- several adapters ----
+
+/// Probabilities of predict's `--json` lines, with the adapter that answered.
+fn answers(out: &str) -> Vec<(String, Vec<f64>)> {
+    out.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let probs = v["probs"].as_array().unwrap();
+            let probs = probs.iter().map(|p| p.as_f64().unwrap()).collect();
+            (v["adapter"].as_str().unwrap_or("").to_string(), probs)
+        })
+        .collect()
+}
+
+#[test]
+fn multi_adapter_serves_a_mixed_batch_and_predict_routes_each_line() {
+    let dir = scratch("cli", "multi_adapter");
+    let out = dir.join("adapters");
+    let args = [
+        "--train-examples",
+        "64",
+        "--test-examples",
+        "16",
+        "--out",
+        s(&out),
+    ];
+    let report = succeeds(&run("multi_adapter", &args));
+    let diff: f64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("largest |mixed - alone| logit difference: "))
+        .unwrap_or_else(|| panic!("no mixed-batch line: {report}"))
+        .parse()
+        .unwrap();
+    assert!(diff < 1e-5, "{report}");
+    assert!(report.contains("adapters left: [\"en\"]"), "{report}");
+
+    // predict serves both adapters through one base, line by line.
+    let (en, zh) = (
+        format!("en={}", s(&out.join("en"))),
+        format!("zh={}", s(&out.join("zh"))),
+    );
+    let lines =
+        "en\tA gem of a film.\nzh\t性能很好。\n__base__\tDull.\nNo tab: the first adapter.\n";
+    let both = ["--adapter", &en, "--adapter", &zh, "--json"];
+    let mixed = answers(&succeeds(&run_with_stdin("predict", &both, lines)));
+    let routed: Vec<&str> = mixed.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(routed, ["en", "zh", "__base__", "en"]);
+    // Each line as its adapter alone answers it.
+    for (i, (adapter, text)) in [
+        ("en", "A gem of a film."),
+        ("zh", "性能很好。"),
+        ("en", "No tab: the first adapter."),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let one = if *adapter == "en" { &en } else { &zh };
+        let alone = answers(&succeeds(&run_with_stdin(
+            "predict",
+            &["--adapter", one, "--json"],
+            text,
+        )));
+        let row = if i == 2 { 3 } else { i };
+        for (m, a) in mixed[row].1.iter().zip(&alone[0].1) {
+            assert!(
+                (m - a).abs() < 1e-5,
+                "line {row}: {:?} vs {:?}",
+                mixed[row],
+                alone[0]
+            );
+        }
+    }
+    // The bare base has a zero head: even odds.
+    assert!(
+        mixed[2].1.iter().all(|p| (p - 0.5).abs() < 1e-6),
+        "{:?}",
+        mixed[2]
+    );
+}
+
+#[test]
+fn predict_refuses_two_adapters_that_each_carry_a_head() {
+    let setup = setup();
+    let base = setup.base();
+    let adapter = setup.adapter();
+    let (a, b) = (format!("a={}", s(&adapter)), format!("b={}", s(&adapter)));
+    let args = ["--base", s(&base), "--adapter", &a, "--adapter", &b, "hi"];
+    fails(run("predict", &args), &["modules", "a base of its own"]);
+}

@@ -118,6 +118,11 @@ pub struct HeadRecord {
     pub labels: Vec<String>,
     /// The `--pooling` value the classifier was trained with.
     pub pooling: String,
+    /// Whether the base's classifier was all zeros under the adapter, which then learned
+    /// the whole head by adapting it (the `multi_adapter` example's adapters, which carry
+    /// no head of their own). Omitted when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zero_head: bool,
 }
 
 impl HeadRecord {

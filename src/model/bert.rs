@@ -605,7 +605,7 @@ pub struct BertClassifier {
     /// Dropout before the classifier.
     pub dropout: Dropout,
     /// `[hidden] -> [classes]`.
-    pub classifier: Linear,
+    pub classifier: burn_lora::nn::Linear,
     /// How hidden states become one vector.
     #[module(skip)]
     pub head: BertHead,
@@ -623,7 +623,7 @@ impl BertClassifier {
         Self {
             bert,
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
-            classifier: config.linear(config.hidden_size, classes, device),
+            classifier: config.linear(config.hidden_size, classes, device).into(),
             head,
         }
     }

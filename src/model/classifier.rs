@@ -1,8 +1,8 @@
 //! A sequence classifier on top of [`Gpt`]: pool the hidden states, then a linear head.
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Bool, Device, Int, Tensor};
+use burn_lora::nn::{Linear, LinearConfig};
 
 use burn_lora::PeftOptions;
 

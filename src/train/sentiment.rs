@@ -32,7 +32,7 @@ use crate::train::{
     svg_line_plot,
 };
 
-pub use crate::train::trained::{Loaded, LoadedModel, Trained, load_classifier};
+pub use crate::train::trained::{Loaded, LoadedModel, Trained, load_classifier, zero_head};
 
 /// Everything the sentiment job needs.
 #[derive(Debug, Clone)]
@@ -447,6 +447,7 @@ fn run_modes<C: Classifier>(
     let record = HeadRecord {
         labels: labels.names().to_vec(),
         pooling: pooling_name(options.pooling, options.base.bert_head()).into(),
+        zero_head: false,
     };
     // `--init-adapter`: LoRA's config is the adapter's, and its labels must be the data's.
     let init = match &options.init_adapter {

@@ -29,6 +29,10 @@ pub enum Trained {
     Adapter(PathBuf),
     /// A `full_model.bpk` written by full fine-tuning.
     Checkpoint(PathBuf),
+    /// Several adapter directories, each loaded under its name beside the others (the
+    /// first is active). They must agree on the labels and the pooling, and carry no head
+    /// of their own (see [`burn_lora::load_adapter_with`]).
+    Adapters(Vec<(String, PathBuf)>),
 }
 
 impl Trained {
@@ -38,6 +42,7 @@ impl Trained {
         match self {
             Trained::Adapter(dir) => dir,
             Trained::Checkpoint(path) => path.parent().unwrap_or(Path::new(".")),
+            Trained::Adapters(named) => named.first().map_or(Path::new("."), |(_, dir)| dir),
         }
     }
 }
@@ -114,7 +119,8 @@ pub fn load_classifier(
             let config = crate::model::load_config(&dir.join("config.json"))?;
             check_vocab(&tokenizer, &config, dir)?;
             let (config, gpt) = Gpt::load(dir, "model.bpk", device)?;
-            let model = on_top(GptClassifier::new(gpt, labels.len(), device), trained)?;
+            let model = GptClassifier::new(gpt, labels.len(), device);
+            let model = on_top(model, trained, record.as_ref())?;
             Ok(Loaded {
                 model: LoadedModel::Gpt(model, tokenizer),
                 labels,
@@ -162,7 +168,7 @@ pub fn load_classifier(
                 }
             }
             Ok(Loaded {
-                model: LoadedModel::Bert(on_top(model, trained)?, tokenizer),
+                model: LoadedModel::Bert(on_top(model, trained, record.as_ref())?, tokenizer),
                 labels,
                 pooling,
                 pooling_name: name,
@@ -173,13 +179,72 @@ pub fn load_classifier(
     }
 }
 
-fn on_top<C: Classifier>(model: C, trained: &Trained) -> Result<C, Error> {
+fn on_top<C: Classifier>(
+    model: C,
+    trained: &Trained,
+    record: Option<&HeadRecord>,
+) -> Result<C, Error> {
     match trained {
-        Trained::Adapter(dir) => Ok(burn_lora::load_adapter_with(
-            model,
-            dir,
-            &C::peft_options(),
-        )?),
+        Trained::Adapter(dir) => {
+            let model = match record.is_some_and(|r| r.zero_head) {
+                true => zero_head(model),
+                false => model,
+            };
+            Ok(burn_lora::load_adapter_with(
+                model,
+                dir,
+                &C::peft_options(),
+            )?)
+        }
         Trained::Checkpoint(path) => crate::model::load_module(model, path),
+        Trained::Adapters(named) => {
+            let mut model = match record.is_some_and(|r| r.zero_head) {
+                true => zero_head(model),
+                false => model,
+            };
+            for (name, dir) in named {
+                let other = HeadRecord::load(dir)?;
+                if other.as_ref() != record {
+                    return Err(Error::Usage(format!(
+                        "{} and {} record different labels, pooling or head: one base serves adapters of one kind",
+                        dir.display(),
+                        named[0].1.display()
+                    )));
+                }
+                let options = C::peft_options().with_adapter_name(name.clone());
+                model = burn_lora::load_adapter_with(model, dir, &options)?;
+            }
+            Ok(model)
+        }
     }
+}
+
+/// `model` with its classifier's weight and bias all zeros: the base under an adapter that
+/// learned the whole head (see [`HeadRecord::zero_head`]).
+pub fn zero_head<C: Classifier>(model: C) -> C {
+    struct Zero {
+        path: Vec<String>,
+        head: &'static str,
+    }
+    impl burn::module::ModuleMapper for Zero {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<burn::tensor::Tensor<D>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+            match self.path.first().map(String::as_str) == Some(self.head) {
+                true => param.map(|t| t.zeros_like()),
+                false => param,
+            }
+        }
+    }
+    model.map(&mut Zero {
+        path: Vec::new(),
+        head: C::HEAD,
+    })
 }

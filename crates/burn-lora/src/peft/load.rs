@@ -41,7 +41,8 @@ pub fn load_adapter<M: Module>(model: M, dir: impl AsRef<Path>) -> Result<M, Err
 /// Everything [`read_adapter_config`] reports; a missing, corrupt or truncated weights
 /// file; a tensor the model needs that the file lacks; a tensor the model does not have (an
 /// adapter trained for another base); a shape or rank that does not match the model; a
-/// name the model already has.
+/// name the model already has; an adapter with modules to save onto a model that already
+/// holds adapters ([`Error::NotOffered`]: they would share one copy).
 pub fn load_adapter_with<M: Module>(
     model: M,
     dir: impl AsRef<Path>,
@@ -88,6 +89,17 @@ pub fn load_adapter_weights_with<M: Module>(
         message: e.to_string(),
     })?;
     let name = options.adapter_name();
+    let others = crate::apply::list_adapters(&model);
+    if !config.modules_to_save.is_empty() && !others.is_empty() {
+        return Err(Error::NotOffered(format!(
+            "{}: this adapter saves modules ({}) besides its factors, but the model already holds adapters ({}); \
+             burn-lora keeps one copy of modules to save per model (PEFT keeps one per adapter), so loading it \
+             would change what they compute: load it onto a base of its own",
+            path.display(),
+            config.modules_to_save.join(", "),
+            others.join(", ")
+        )));
+    }
     let model = add_adapter_renamed(model, name, config, &|p| options.rename(p))?;
     let expected = adapter_slots(&model, &config.modules_to_save, options, name);
     let mut values: HashMap<ParamId, (TensorData, bool)> = HashMap::new();
