@@ -110,11 +110,15 @@ pub struct AdapterSite {
 }
 
 /// Follows Burn's traversal and notes the site of each reparameterization it enters.
+/// The base value of a visited weight as `[d_in, d_out]`, read only for the weights that
+/// carry adapters (reading a lazily initialised parameter initialises it).
+type BaseWeight = Box<dyn Fn() -> Tensor<2>>;
+
 #[derive(Default)]
 struct SiteTracker {
     path: PathStack,
-    last: Option<(ParamId, Vec<usize>, String, Tensor<2>)>,
-    sites: Vec<(AdapterSite, Tensor<2>)>,
+    last: Option<(ParamId, Vec<usize>, String, BaseWeight)>,
+    sites: Vec<(AdapterSite, BaseWeight)>,
     /// New values of adapted weights, by id, while mapping.
     weights: HashMap<ParamId, Tensor<2>>,
 }
@@ -145,11 +149,13 @@ impl SiteTracker {
         }
         let container = self.path.parent_type().to_string();
         let dims = param.lazy_shape().to_vec();
+        let param_id = param.id;
         // Adapters sit on linear weights; a weight of another rank is seen as one row.
         let n = dims.iter().product::<usize>();
         let rows = if D == 2 { dims[0] } else { 1 };
-        let weight = param.base().reshape([rows, n / rows.max(1)]);
-        self.last = Some((param.id, dims, container, weight));
+        let param = param.clone();
+        let weight: BaseWeight = Box::new(move || param.base().reshape([rows, n / rows.max(1)]));
+        self.last = Some((param_id, dims, container, weight));
     }
 }
 
@@ -226,7 +232,7 @@ pub(crate) fn all_adapters<M: Module>(model: &M) -> Vec<(AdapterSite, Adapter, T
         .sites
         .into_iter()
         .zip(collected)
-        .map(|((site, weight), adapter)| (site, adapter, weight))
+        .map(|((site, weight), adapter)| (site, adapter, weight()))
         .collect()
 }
 
