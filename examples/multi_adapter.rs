@@ -184,6 +184,7 @@ fn run(args: Args) -> Result<(), Error> {
             labels: task.labels.names().to_vec(),
             pooling: "mean".into(),
             zero_head: true,
+            max_len: Some(MAX_LEN),
         };
         record.save(&args.out.join(task.name))?;
     }

@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo run --release --example pretrain -- --overwrite      # rebuilds fixtures/base/
 //! cargo run --release --example pretrain -- --out runs/base --epochs 1
+//! cargo run --release --example pretrain -- --init fixtures/base --datasets fixtures/data/zh/train.tsv --out runs/base_zh --epochs 1   # continued PT
 //! ```
 
 use std::path::PathBuf;
@@ -22,6 +23,14 @@ struct Args {
     /// Output directory for config.json, model.bpk, tokenizer.json and metrics.
     #[arg(long, default_value = "fixtures/base")]
     out: PathBuf,
+    /// Continue pre-training this base directory (its tokenizer and sizes are kept; the size
+    /// flags are ignored) instead of starting from scratch.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// The labelled files whose texts (labels dropped) make the corpus (default: the
+    /// English and Chinese training splits).
+    #[arg(long, num_args = 1..)]
+    datasets: Vec<PathBuf>,
     /// Extra UTF-8 text files (one document per line) to add to the corpus.
     #[arg(long, num_args = 1..)]
     corpus: Vec<PathBuf>,
@@ -92,6 +101,11 @@ fn main() -> ExitCode {
         lr: args.lr,
         seed: args.seed,
         overwrite: args.overwrite,
+        init: args.init,
+        datasets: match args.datasets.is_empty() {
+            true => PretrainOptions::default().datasets,
+            false => args.datasets,
+        },
         ..PretrainOptions::default()
     };
     match pretrain(&options, &device) {

@@ -1309,3 +1309,51 @@ fn predict_refuses_two_adapters_that_each_carry_a_head() {
     let args = ["--base", s(&base), "--adapter", &a, "--adapter", &b, "hi"];
     fails(run("predict", &args), &["modules", "a base of its own"]);
 }
+
+#[test]
+fn pretrain_init_continues_a_base_on_new_text() {
+    let dir = scratch("cli", "pretrain_init");
+    let corpus = dir.join("zh.tsv");
+    let lines: Vec<String> = (0..400)
+        .map(|i| format!("{}\t这本书第{i}页很好看，物流也很快。", i % 2))
+        .collect();
+    fs::write(&corpus, lines.join("\n")).unwrap();
+    let out = dir.join("base_zh");
+    let args = [
+        "--init",
+        "fixtures/base",
+        "--datasets",
+        s(&corpus),
+        "--out",
+        s(&out),
+        "--max-steps",
+        "2",
+    ];
+    let report = succeeds(&run("pretrain", &args));
+    assert!(report.contains("continuing from fixtures/base"), "{report}");
+    // The base's tokenizer and sizes are kept; the weights moved.
+    let read = |p: &Path| fs::read(p).unwrap();
+    assert_eq!(
+        read(&out.join("tokenizer.json")),
+        read(Path::new("fixtures/base/tokenizer.json"))
+    );
+    assert_eq!(
+        read(&out.join("config.json")),
+        read(Path::new("fixtures/base/config.json"))
+    );
+    assert_ne!(
+        read(&out.join("model.bpk")),
+        read(Path::new("fixtures/base/model.bpk"))
+    );
+    // A base that is not one is a clean error.
+    let x = dir.join("x");
+    let missing = [
+        "--init",
+        s(&dir),
+        "--datasets",
+        s(&corpus),
+        "--out",
+        s(&x),
+    ];
+    fails(run("pretrain", &missing), &["tokenizer.json"]);
+}

@@ -123,6 +123,10 @@ pub struct HeadRecord {
     /// no head of their own). Omitted when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub zero_head: bool,
+    /// The longest input, in tokens, the classifier was trained on; `predict` reads the
+    /// same. Absent in files from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<usize>,
 }
 
 impl HeadRecord {

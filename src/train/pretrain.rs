@@ -63,6 +63,11 @@ pub struct PretrainOptions {
     pub max_steps: Option<usize>,
     /// Replace the files of an existing, non-empty `out` (refused otherwise).
     pub overwrite: bool,
+    /// Continue pre-training this base directory (`config.json`, `model.bpk`,
+    /// `tokenizer.json`) instead of starting from scratch: its tokenizer and sizes are
+    /// kept, and the size fields above are ignored. This is continued pre-training (PT on
+    /// new unlabelled text before fine-tuning).
+    pub init: Option<PathBuf>,
 }
 
 impl Default for PretrainOptions {
@@ -88,6 +93,7 @@ impl Default for PretrainOptions {
             seed: 42,
             max_steps: None,
             overwrite: false,
+            init: None,
         }
     }
 }
@@ -161,7 +167,29 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<PretrainRe
         train_docs.len(),
         val_docs.len()
     );
-    let tokenizer = train_tokenizer(&train_docs, options.vocab_size, &SPECIAL_TOKENS)?;
+    let init = match &options.init {
+        Some(dir) => {
+            let tokenizer = BpeTokenizer::load(dir.join("tokenizer.json"))?;
+            let (config, gpt) = Gpt::load(dir, "model.bpk", device)?;
+            println!(
+                "continuing from {}: its tokenizer ({} tokens) and model (d_model {}, {} layers, context {})",
+                dir.display(),
+                tokenizer.vocab_size(),
+                config.d_model,
+                config.n_layers,
+                config.max_seq_len
+            );
+            Some((tokenizer, config, gpt))
+        }
+        None => None,
+    };
+    let (tokenizer, init) = match init {
+        Some((tokenizer, config, gpt)) => (tokenizer, Some((config, gpt))),
+        None => (
+            train_tokenizer(&train_docs, options.vocab_size, &SPECIAL_TOKENS)?,
+            None,
+        ),
+    };
     let mut rng = StdRng::seed_from_u64(options.seed);
     let mut order: Vec<usize> = (0..train_docs.len()).collect();
     order.shuffle(&mut rng);
@@ -174,20 +202,22 @@ pub fn pretrain(options: &PretrainOptions, device: &Device) -> Result<PretrainRe
         val_stream.len()
     );
 
-    let config = model_config(options, tokenizer.vocab_size());
-    config.validate().map_err(Error::Usage)?;
     let train_device = device.clone().autodiff();
     train_device.seed(options.seed);
-    let mut model = config.init(&train_device);
+    let (config, mut model) = match init {
+        Some((config, gpt)) => (config, gpt.train()),
+        None => {
+            let config = model_config(options, tokenizer.vocab_size());
+            config.validate().map_err(Error::Usage)?;
+            let model = config.init(&train_device);
+            (config, model)
+        }
+    };
+    let seq_len = config.max_seq_len;
     let samples_before = samples(&model.valid(), &tokenizer);
 
-    let batches = lm_batches(
-        &train_stream,
-        options.seq_len,
-        options.batch_size,
-        &train_device,
-    );
-    let val_batches = lm_batches(&val_stream, options.seq_len, options.batch_size, device);
+    let batches = lm_batches(&train_stream, seq_len, options.batch_size, &train_device);
+    let val_batches = lm_batches(&val_stream, seq_len, options.batch_size, device);
     let planned = options.epochs * batches.len();
     let total = options.max_steps.map_or(planned, |max| max.min(planned));
     let mut optim = AdamWConfig::new()

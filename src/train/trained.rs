@@ -126,7 +126,11 @@ pub fn load_classifier(
                 labels,
                 pooling,
                 pooling_name: name,
-                max_len: config.max_seq_len,
+                max_len: record
+                    .as_ref()
+                    .and_then(|r| r.max_len)
+                    .unwrap_or(config.max_seq_len)
+                    .min(config.max_seq_len),
                 source,
             })
         }
@@ -172,7 +176,11 @@ pub fn load_classifier(
                 labels,
                 pooling,
                 pooling_name: name,
-                max_len: BERT_MAX_LEN.min(config.max_position_embeddings),
+                max_len: record
+                    .as_ref()
+                    .and_then(|r| r.max_len)
+                    .unwrap_or(BERT_MAX_LEN)
+                    .min(config.max_position_embeddings),
                 source,
             })
         }
