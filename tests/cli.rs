@@ -1347,13 +1347,6 @@ fn pretrain_init_continues_a_base_on_new_text() {
     );
     // A base that is not one is a clean error.
     let x = dir.join("x");
-    let missing = [
-        "--init",
-        s(&dir),
-        "--datasets",
-        s(&corpus),
-        "--out",
-        s(&x),
-    ];
+    let missing = ["--init", s(&dir), "--datasets", s(&corpus), "--out", s(&x)];
     fails(run("pretrain", &missing), &["tokenizer.json"]);
 }

@@ -279,6 +279,11 @@ pub(crate) fn column_norm(w: Tensor<2>) -> Tensor<1> {
 /// `linear.weight.reparameterization::<Adapter>()`. With one adapter, the usual case, the
 /// accessors `lora_a`, `rank`, `alpha`, ... read it; with several, they read the first
 /// active one (see [`get`](Self::get) for the others).
+///
+/// A holder whose adapters were all deleted while the model keeps others is empty: it
+/// computes the base, [`adapters`](crate::adapters) and `nn::Linear::adapter` skip it, and
+/// its single-adapter accessors panic (check [`loras`](Self::loras) first when reading
+/// `reparameterization::<Adapter>()` directly).
 #[derive(Clone, Debug)]
 pub struct Adapter {
     loras: Vec<Lora>,

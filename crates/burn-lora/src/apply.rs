@@ -480,7 +480,10 @@ pub fn set_active_adapters<M: Module>(model: M, names: &[&str]) -> Result<M, Err
 
 /// Deletes the adapter `name` from every layer (PEFT's `delete_adapter`): its factors are
 /// dropped, so their memory is freed once nothing else holds them, and nothing of the base
-/// is rebuilt. It leaves the active set too.
+/// is rebuilt. It leaves the active set too. When it was the model's last adapter, the
+/// model is plain again (no reparameterization left); otherwise a weight that held only it
+/// keeps an empty holder, which computes the base and which [`adapters`] and
+/// [`crate::nn::Linear::adapter`] skip.
 ///
 /// # Errors
 ///
@@ -499,7 +502,11 @@ pub fn delete_adapter<M: Module>(model: M, name: &str) -> Result<M, Error> {
     {
         return Err(Error::MergedAdapters);
     }
-    Ok(replace_adapters(model, |_, _, adapter| {
-        (adapter.without(name), None)
-    }))
+    let model = replace_adapters(model, |_, _, adapter| (adapter.without(name), None));
+    // With no adapter left anywhere the model is a plain one again: materializing folds
+    // nothing (empty holders compute their base) and takes the holders off.
+    Ok(match list_adapters(&model).is_empty() {
+        true => model.materialize(),
+        false => model,
+    })
 }

@@ -95,6 +95,14 @@ fn adapters_stay_independent() {
     assert!(adapters(&none).is_empty());
     assert_eq!(out(&none), base);
     assert!(none.attn.query.adapter().is_none());
+    // The last deletion leaves a plain model: no holder on any weight.
+    assert!(
+        none.attn
+            .query
+            .weight
+            .reparameterization::<burn_lora::Adapter>()
+            .is_none()
+    );
 
     // Names are checked.
     assert!(matches!(
