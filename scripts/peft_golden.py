@@ -72,6 +72,29 @@ class Holder(torch.nn.Module):
         return self.layer(x)
 
 
+def forward_backward(model, lora, key, prefix, d_in, bias, tensors):
+    """Runs a random input of shape `prefix + (d_in,)` through `model`, backpropagates a
+    random weighting of its output, and records under `key` what every layer case holds:
+    the input, the base weights, the factors, the output, the loss weights and the
+    gradients of the input and the factors."""
+    x = torch.randn(*prefix, d_in, requires_grad=True)
+    out = model(x)
+    loss_weight = torch.randn_like(out)
+    (out * loss_weight).sum().backward()
+    a, b = lora.lora_A["default"].weight, lora.lora_B["default"].weight
+    tensors[key + "x"] = x.detach()
+    tensors[key + "weight"] = lora.base_layer.weight.detach().clone()
+    if bias:
+        tensors[key + "bias"] = lora.base_layer.bias.detach().clone()
+    tensors[key + "lora_A"] = a.detach().clone()
+    tensors[key + "lora_B"] = b.detach().clone()
+    tensors[key + "out"] = out.detach()
+    tensors[key + "loss_weight"] = loss_weight
+    tensors[key + "grad_x"] = x.grad.clone()
+    tensors[key + "grad_A"] = a.grad.clone()
+    tensors[key + "grad_B"] = b.grad.clone()
+
+
 def layer_cases():
     tensors, cases = {}, []
     for i, (d_in, d_out, r, alpha, rslora, bias, prefix) in enumerate(LAYER_CASES):
@@ -84,23 +107,8 @@ def layer_cases():
         with torch.no_grad():
             # Non-zero B, so the branch and its gradients are exercised.
             lora.lora_B["default"].weight.copy_(torch.randn_like(lora.lora_B["default"].weight) * 0.2)
-        x = torch.randn(*prefix, d_in, requires_grad=True)
-        out = model(x)
-        loss_weight = torch.randn_like(out)
-        (out * loss_weight).sum().backward()
-        a, b = lora.lora_A["default"].weight, lora.lora_B["default"].weight
         key = f"case{i}."
-        tensors[key + "x"] = x.detach()
-        tensors[key + "weight"] = lora.base_layer.weight.detach().clone()
-        if bias:
-            tensors[key + "bias"] = lora.base_layer.bias.detach().clone()
-        tensors[key + "lora_A"] = a.detach().clone()
-        tensors[key + "lora_B"] = b.detach().clone()
-        tensors[key + "out"] = out.detach()
-        tensors[key + "loss_weight"] = loss_weight
-        tensors[key + "grad_x"] = x.grad.clone()
-        tensors[key + "grad_A"] = a.grad.clone()
-        tensors[key + "grad_B"] = b.grad.clone()
+        forward_backward(model, lora, key, prefix, d_in, bias, tensors)
         tensors[key + "merged_weight"] = model.merge_and_unload().layer.weight.detach().clone()
         cases.append({"d_in": d_in, "d_out": d_out, "r": r, "alpha": alpha,
                       "use_rslora": rslora, "bias": bias, "scaling": lora.scaling["default"]})
@@ -199,23 +207,8 @@ def dora_cases():
             # Non-zero B and a magnitude away from the weight's norm, as after training.
             lora.lora_B["default"].weight.copy_(torch.randn_like(lora.lora_B["default"].weight) * 0.2)
             magnitude.mul_(1.0 + 0.1 * torch.randn_like(magnitude))
-        x = torch.randn(*prefix, d_in, requires_grad=True)
-        out = model(x)
-        loss_weight = torch.randn_like(out)
-        (out * loss_weight).sum().backward()
-        a, b = lora.lora_A["default"].weight, lora.lora_B["default"].weight
-        tensors[key + "x"] = x.detach()
-        tensors[key + "weight"] = lora.base_layer.weight.detach().clone()
-        if bias:
-            tensors[key + "bias"] = lora.base_layer.bias.detach().clone()
-        tensors[key + "lora_A"] = a.detach().clone()
-        tensors[key + "lora_B"] = b.detach().clone()
+        forward_backward(model, lora, key, prefix, d_in, bias, tensors)
         tensors[key + "magnitude"] = magnitude.detach().clone()
-        tensors[key + "out"] = out.detach()
-        tensors[key + "loss_weight"] = loss_weight
-        tensors[key + "grad_x"] = x.grad.clone()
-        tensors[key + "grad_A"] = a.grad.clone()
-        tensors[key + "grad_B"] = b.grad.clone()
         tensors[key + "grad_magnitude"] = magnitude.grad.clone()
         model.eval()
         with torch.no_grad():

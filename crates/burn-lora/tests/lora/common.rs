@@ -250,3 +250,43 @@ impl ModuleMapper for SetFactors {
         })
     }
 }
+
+/// One single-layer case of a golden file from `scripts/peft_golden.py` (its `cases`
+/// metadata): the layer's shape of LoRA, and PEFT's scaling for it.
+#[derive(serde::Deserialize)]
+pub struct GoldenCase {
+    pub r: usize,
+    pub alpha: f64,
+    pub use_rslora: bool,
+    pub bias: bool,
+    pub scaling: f64,
+}
+
+impl GoldenCase {
+    /// The cases listed in the metadata of the golden file `bytes`.
+    pub fn read_all(bytes: &[u8]) -> Vec<GoldenCase> {
+        let (_, metadata) = SafeTensors::read_metadata(bytes).unwrap();
+        serde_json::from_str(&metadata.metadata().as_ref().unwrap()["cases"]).unwrap()
+    }
+
+    /// Case `i`'s base linear (PyTorch `[out, in]` transposed) and its LoRA config.
+    pub fn base(
+        &self,
+        st: &SafeTensors,
+        i: usize,
+        device: &Device,
+    ) -> (burn::nn::Linear, burn_lora::LoraConfig) {
+        let key = |name: &str| format!("case{i}.{name}");
+        let linear = burn::nn::Linear {
+            weight: Param::from_tensor(tensor::<2>(st, &key("weight"), device).transpose()),
+            bias: self
+                .bias
+                .then(|| Param::from_tensor(tensor::<1>(st, &key("bias"), device))),
+        };
+        let config = burn_lora::LoraConfig::new()
+            .with_rank(self.r)
+            .with_alpha(self.alpha)
+            .with_use_rslora(self.use_rslora);
+        (linear, config)
+    }
+}

@@ -13,40 +13,18 @@ use burn_lora::{
 };
 use safetensors::SafeTensors;
 
-use crate::common::{SetFactors, Tiny, assert_close, perturb, read, tensor, write_io};
+use crate::common::{GoldenCase, SetFactors, Tiny, assert_close, perturb, read, tensor, write_io};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-#[derive(serde::Deserialize)]
-struct Case {
-    r: usize,
-    alpha: f64,
-    use_rslora: bool,
-    bias: bool,
-}
 
 fn golden() -> Vec<u8> {
     fs::read(format!("{FIXTURES}/peft_dora.safetensors")).unwrap()
 }
 
-fn cases(bytes: &[u8]) -> Vec<Case> {
-    let (_, metadata) = SafeTensors::read_metadata(bytes).unwrap();
-    serde_json::from_str(&metadata.metadata().as_ref().unwrap()["cases"]).unwrap()
-}
-
-/// The base linear of case `i` (PyTorch `[out, in]` transposed) and its DoRA config.
-fn base(st: &SafeTensors, i: usize, case: &Case, device: &Device) -> (Linear, LoraConfig) {
-    let key = |name: &str| format!("case{i}.{name}");
-    let linear = Linear {
-        weight: Param::from_tensor(tensor::<2>(st, &key("weight"), device).transpose()),
-        bias: case
-            .bias
-            .then(|| Param::from_tensor(tensor::<1>(st, &key("bias"), device))),
-    };
-    let config = LoraConfig::new()
-        .with_rank(case.r)
-        .with_alpha(case.alpha)
-        .with_use_rslora(case.use_rslora)
+/// The base linear of case `i` and its DoRA config, on every linear.
+fn base(st: &SafeTensors, i: usize, case: &GoldenCase, device: &Device) -> (Linear, LoraConfig) {
+    let (linear, config) = case.base(st, i, device);
+    let config = config
         .with_use_dora(true)
         .with_target_regex(Some(".*".into()));
     (linear, config)
@@ -56,7 +34,7 @@ fn base(st: &SafeTensors, i: usize, case: &Case, device: &Device) -> (Linear, Lo
 fn layers(
     st: &SafeTensors,
     i: usize,
-    case: &Case,
+    case: &GoldenCase,
     device: &Device,
 ) -> (Linear, burn_lora::nn::Linear) {
     let key = |name: &str| format!("case{i}.{name}");
@@ -81,7 +59,7 @@ fn dora_matches_peft_outputs_gradients_init_and_merge() {
     let device = Device::default().autodiff();
     let bytes = golden();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let cases = cases(&bytes);
+    let cases = GoldenCase::read_all(&bytes);
     assert_eq!(cases.len(), 3);
     for (i, case) in cases.iter().enumerate() {
         let want = |name: &str| read(&st, &format!("case{i}.{name}"));

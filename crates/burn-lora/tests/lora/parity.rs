@@ -11,7 +11,7 @@ use burn_lora::{
 };
 use safetensors::SafeTensors;
 
-use crate::common::{SetFactors, Tiny, assert_close, perturb, read, tensor, write_io};
+use crate::common::{GoldenCase, SetFactors, Tiny, assert_close, perturb, read, tensor, write_io};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -67,40 +67,20 @@ impl Layer {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Case {
-    r: usize,
-    alpha: f64,
-    use_rslora: bool,
-    bias: bool,
-    scaling: f64,
-}
-
-fn cases(st: &SafeTensors) -> Vec<Case> {
-    let (_, metadata) = SafeTensors::read_metadata(&fs::read(golden_layers()).unwrap()).unwrap();
-    let _ = st;
-    let json = metadata.metadata().as_ref().unwrap()["cases"].clone();
-    serde_json::from_str(&json).unwrap()
-}
-
 fn golden_layers() -> String {
     format!("{FIXTURES}/peft_layers.safetensors")
 }
 
 /// The PEFT layer of case `i`, rebuilt each of the three ways (PyTorch `[out, in]`
 /// transposed).
-fn layers(st: &SafeTensors, i: usize, case: &Case, device: &Device) -> Vec<(&'static str, Layer)> {
+fn layers(
+    st: &SafeTensors,
+    i: usize,
+    case: &GoldenCase,
+    device: &Device,
+) -> Vec<(&'static str, Layer)> {
     let key = |name: &str| format!("case{i}.{name}");
-    let linear = Linear {
-        weight: Param::from_tensor(tensor::<2>(st, &key("weight"), device).transpose()),
-        bias: case
-            .bias
-            .then(|| Param::from_tensor(tensor::<1>(st, &key("bias"), device))),
-    };
-    let config = LoraConfig::new()
-        .with_rank(case.r)
-        .with_alpha(case.alpha)
-        .with_use_rslora(case.use_rslora);
+    let (linear, config) = case.base(st, i, device);
     let a = tensor::<2>(st, &key("lora_A"), device).transpose();
     let b = tensor::<2>(st, &key("lora_B"), device).transpose();
     let mut one = LoraLinear::from_linear(linear.clone(), &config).unwrap();
@@ -158,7 +138,7 @@ fn layers_match_peft_outputs_gradients_and_merges() {
     let device = Device::default().autodiff();
     let bytes = fs::read(golden_layers()).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let cases = cases(&st);
+    let cases = GoldenCase::read_all(&bytes);
     assert_eq!(cases.len(), 5);
     for (i, case) in cases.iter().enumerate() {
         for (path, layer) in layers(&st, i, case, &device) {
