@@ -11,7 +11,8 @@
 //!
 //! `--out` writes `{"backend", "cases": [{"name", "median_seconds", "min_seconds",
 //! "max_seconds", "peak_rss_bytes", "trainable_params"}]}`, the shape
-//! `scripts/peft_bench.py` writes for PyTorch + PEFT.
+//! `scripts/peft_bench.py` writes for PyTorch + PEFT; with `--floor`, the last case is
+//! `floor_qv`.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -228,7 +229,15 @@ fn parent(args: &Args) -> Result<(), String> {
         "\nratio: training cases against full fine-tuning, inference cases against infer_base"
     );
     if args.floor {
-        let (floor, _) = in_process(args, Case::FloorQv)?;
+        let (floor, rss) = in_process(args, Case::FloorQv)?;
+        cases.push(serde_json::json!({
+            "name": floor.case,
+            "median_seconds": floor.median_s,
+            "min_seconds": floor.min_s,
+            "max_seconds": floor.max_s,
+            "peak_rss_bytes": rss,
+            "trainable_params": floor.trainable,
+        }));
         let (lora, builtin) = (median("lora_qv"), median("burn_apply_lora_qv"));
         println!(
             "\nfloor_qv (q,v biases only) median {:.1} ms: lora_qv {:.2}x of it, \

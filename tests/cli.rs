@@ -1141,7 +1141,7 @@ fn bench_writes_the_documented_json_shape() {
         "--warmup",
         "1",
     ];
-    let args = [&sizes[..], &["--out", s(&out)]].concat();
+    let args = [&sizes[..], &["--out", s(&out), "--floor"]].concat();
     succeeds(&run("bench", &args));
     let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
     let mut top: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
@@ -1160,7 +1160,8 @@ fn bench_writes_the_documented_json_shape() {
             "burn_apply_lora_qv",
             "infer_base",
             "infer_lora_unmerged",
-            "infer_lora_merged"
+            "infer_lora_merged",
+            "floor_qv"
         ]
     );
     for case in cases {
