@@ -62,6 +62,28 @@ def batch(tok):
     return ids, mask
 
 
+def peft_seq_cls(clf, tok, adapter_dir, **lora_options):
+    """PEFT's SEQ_CLS LoRA (r=4, alpha=8, query and value, plus `lora_options`) on `clf`,
+    with non-zero B and a trained-looking classifier, saved to `adapter_dir` without
+    PEFT's model-card template. Returns the model and its logits on `batch(tok)`."""
+    peft_cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0,
+        target_modules=["query", "value"], **lora_options,
+    )
+    peft_model = get_peft_model(clf, peft_cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or "classifier" in name:
+                p.copy_(torch.randn_like(p) * 0.3)
+    peft_model.eval()
+    ids, mask = batch(tok)
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids, attention_mask=mask).logits
+    peft_model.save_pretrained(adapter_dir)
+    (adapter_dir / "README.md").unlink()
+    return peft_model, logits
+
+
 def write():
     torch.manual_seed(0)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -82,20 +104,7 @@ def write():
     # PEFT: sequence classification on the same encoder, LoRA on query/value, non-zero B.
     clf = BertForSequenceClassification(cfg.__class__(**{**cfg.to_dict(), "num_labels": 2}))
     clf.bert.load_state_dict(model.state_dict())
-    peft_cfg = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0,
-        target_modules=["query", "value"],
-    )
-    peft_model = get_peft_model(clf, peft_cfg)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name or "classifier" in name:
-                p.copy_(torch.randn_like(p) * 0.3)
-    peft_model.eval()
-    with torch.no_grad():
-        logits = peft_model(input_ids=ids, attention_mask=mask).logits
-    peft_model.save_pretrained(OUT / "peft_adapter")
-    (OUT / "peft_adapter" / "README.md").unlink()  # PEFT's model-card template
+    _, logits = peft_seq_cls(clf, tok, OUT / "peft_adapter")
     save_file(
         {
             "input_ids": ids.to(torch.int64).contiguous(),
@@ -126,21 +135,8 @@ def write_seq_cls():
             base = 1.0 if name.endswith("LayerNorm.weight") else 0.0
             p.copy_(base + torch.randn_like(p) * 0.1)
     clf.save_pretrained(SEQ_CLS, safe_serialization=True)
-    peft_cfg = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0,
-        target_modules=["query", "value"],
-    )
-    peft_model = get_peft_model(clf, peft_cfg)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name or "classifier" in name:
-                p.copy_(torch.randn_like(p) * 0.3)
-    peft_model.eval()
-    ids, mask = batch(tok)
-    with torch.no_grad():
-        probs = peft_model(input_ids=ids, attention_mask=mask).logits.softmax(-1)
-    peft_model.save_pretrained(SEQ_CLS / "peft_adapter")
-    (SEQ_CLS / "peft_adapter" / "README.md").unlink()
+    _, logits = peft_seq_cls(clf, tok, SEQ_CLS / "peft_adapter")
+    probs = logits.softmax(-1)
     save_file({"peft_probs": probs.contiguous()}, SEQ_CLS / "golden.safetensors")
     print(f"wrote {SEQ_CLS}: probs {probs.tolist()}")
 
@@ -154,22 +150,10 @@ def write_layers():
     cfg = config(tok.get_vocab_size())
     clf = BertForSequenceClassification(cfg.__class__(**{**cfg.to_dict(), "num_labels": 2}))
     clf.bert.load_state_dict(BertModel.from_pretrained(OUT).state_dict())
-    peft_cfg = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0,
-        target_modules=["query", "value"], layers_to_transform=[1], layers_pattern="layer",
+    peft_model, logits = peft_seq_cls(
+        clf, tok, OUT / "peft_adapter_layer1", layers_to_transform=[1], layers_pattern="layer"
     )
-    peft_model = get_peft_model(clf, peft_cfg)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name or "classifier" in name:
-                p.copy_(torch.randn_like(p) * 0.3)
-    peft_model.eval()
-    ids, mask = batch(tok)
-    with torch.no_grad():
-        logits = peft_model(input_ids=ids, attention_mask=mask).logits
     adapted = sorted({n.split(".lora_A")[0] for n, _ in peft_model.named_parameters() if "lora_A" in n})
-    peft_model.save_pretrained(OUT / "peft_adapter_layer1")
-    (OUT / "peft_adapter_layer1" / "README.md").unlink()
     save_file({"peft_logits": logits.contiguous()}, OUT / "golden_layer1.safetensors")
     print(f"wrote {OUT / 'peft_adapter_layer1'}: adapted {adapted}")
 
