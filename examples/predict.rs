@@ -142,27 +142,46 @@ fn classify<C: Classifier>(
         model
     };
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let (tokens, truncated) = encode_texts(tokenizer, &refs, loaded.max_len)?;
-    if truncated > 0 {
-        eprintln!(
-            "note: {truncated} text(s) longer than {} tokens were truncated",
-            loaded.max_len
-        );
-    }
+    let tokens = encode(tokenizer, &refs, loaded.max_len)?;
     let probs = predict(&model, &tokens, loaded.pooling, tokenizer.padding_id());
-    let names = loaded.labels.names();
     for (text, p) in texts.iter().zip(probs) {
-        let class = argmax(&p);
-        if args.json {
-            let json = serde_json::json!({
-                "text": text, "label": names[class], "class": class, "probs": p,
-            });
-            println!("{json}");
-        } else {
-            println!("{:<8} {:.3}  {text}", names[class], p[class]);
-        }
+        answer(text, None, loaded.labels.names(), &p, args.json);
     }
     Ok(())
+}
+
+/// The ids of `texts` as the classifier reads them; notes on stderr how many were cut.
+fn encode(
+    tokenizer: &impl TextEncoder,
+    texts: &[&str],
+    max_len: usize,
+) -> Result<Vec<Vec<u32>>, Error> {
+    let (tokens, truncated) = encode_texts(tokenizer, texts, max_len)?;
+    if truncated > 0 {
+        eprintln!("note: {truncated} text(s) longer than {max_len} tokens were truncated");
+    }
+    Ok(tokens)
+}
+
+/// Prints one text's answer: its most likely class by name and that probability, or with
+/// `json` one object (`text`, `label`, `class`, `probs`, and `adapter` when one was named).
+fn answer(text: &str, adapter: Option<&str>, names: &[String], p: &[f32], json: bool) {
+    let class = argmax(p);
+    match (json, adapter) {
+        (true, _) => {
+            let mut line = serde_json::json!({
+                "text": text, "label": names[class], "class": class, "probs": p,
+            });
+            if let Some(adapter) = adapter {
+                line["adapter"] = adapter.into();
+            }
+            println!("{line}");
+        }
+        (false, Some(adapter)) => {
+            println!("{adapter:<8} {:<8} {:.3}  {text}", names[class], p[class])
+        }
+        (false, None) => println!("{:<8} {:.3}  {text}", names[class], p[class]),
+    }
 }
 
 /// Several adapters on one base: each line's adapter is the name before its tab, or the
@@ -188,7 +207,7 @@ fn classify_mixed<C: Classifier>(
         routed.push((name, text));
     }
     let texts: Vec<&str> = routed.iter().map(|(_, t)| *t).collect();
-    let (tokens, _) = encode_texts(tokenizer, &texts, loaded.max_len)?;
+    let tokens = encode(tokenizer, &texts, loaded.max_len)?;
     let device = model.head_layer().weight.device();
     let names = loaded.labels.names();
     for (chunk, pairs) in tokens.chunks(32).zip(routed.chunks(32)) {
@@ -213,15 +232,7 @@ fn classify_mixed<C: Classifier>(
         let classes = names.len();
         for (row, (adapter, text)) in pairs.iter().enumerate() {
             let p = &probs[row * classes..(row + 1) * classes];
-            let class = argmax(p);
-            if args.json {
-                let json = serde_json::json!({
-                    "text": text, "adapter": adapter, "label": names[class], "class": class, "probs": p,
-                });
-                println!("{json}");
-            } else {
-                println!("{adapter:<8} {:<8} {:.3}  {text}", names[class], p[class]);
-            }
+            answer(text, Some(adapter), names, p, args.json);
         }
     }
     Ok(())
