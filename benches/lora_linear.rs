@@ -16,6 +16,9 @@ use burn::tensor::{Device, Distribution, Tensor};
 use burn_lora::{LoraConfig, LoraLinear};
 use criterion::{Criterion, criterion_group, criterion_main};
 
+#[path = "../examples/common/allocator.rs"]
+mod allocator;
+
 fn input(tokens: usize, d: usize, device: &Device) -> Tensor<2> {
     Tensor::random([tokens, d], Distribution::Normal(0.0, 1.0), device)
 }
@@ -46,7 +49,7 @@ fn train_step(forward: impl Fn(Tensor<2>) -> Tensor<2>, x: &Tensor<2>) {
 
 fn bench(c: &mut Criterion) {
     // The allocator setting every example uses (buffers reused rather than freshly mapped).
-    burn_lora_demo::memory::retain_freed_memory();
+    allocator::retain_freed_memory();
     let device = Device::default();
     let train = device.clone().autodiff();
     let mut group = c.benchmark_group("linear");

@@ -24,11 +24,13 @@ use burn_lora::{
 };
 use burn_lora_demo::Error;
 use burn_lora_demo::data::{HeadRecord, LabelSet, SentimentDataset, class_batch};
+use burn_lora_demo::memory::{peak_rss, reset_peak_rss};
+use burn_lora_demo::model::Pooling;
 use burn_lora_demo::model::bert::{Bert, BertClassifier, BertHead};
-use burn_lora_demo::model::{Classifier, Pooling};
 use burn_lora_demo::tokenizer::HfTokenizer;
+use burn_lora_demo::train::Classifier;
 use burn_lora_demo::train::checkpoint::Keep;
-use burn_lora_demo::train::sentiment::{peak_rss, reset_peak_rss, zero_head};
+use burn_lora_demo::train::sentiment::zero_head;
 use burn_lora_demo::train::{
     Encoded, FinetuneOptions, accuracy, encode_dataset, finetune, predict, replicas_for,
 };
@@ -36,6 +38,9 @@ use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+
+#[path = "common/allocator.rs"]
+mod allocator;
 
 /// Train an English and a Chinese adapter on one base; serve a mixed batch.
 #[derive(Parser, Debug)]
@@ -67,7 +72,7 @@ struct Args {
 const MAX_LEN: usize = 128;
 
 fn main() -> ExitCode {
-    burn_lora_demo::memory::retain_freed_memory();
+    allocator::retain_freed_memory();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -225,13 +230,10 @@ fn run(args: Args) -> Result<(), Error> {
         .map(|(_, t, i)| t.test.tokens[*i].as_slice())
         .collect();
     let names: Vec<&str> = rows.iter().map(|(n, _, _)| *n).collect();
-    let batch = class_batch(&seqs, &vec![0; seqs.len()], pad_id, Pooling::Mean, &device);
+    let batch = class_batch(&seqs, &vec![0; seqs.len()], pad_id, &device);
+    let pool = Pooling::Mean.weights(&batch.lengths, batch.seq_len(), &device);
     let logits = with_adapter_names(&model, &names, || {
-        model.classify(
-            batch.tokens.clone(),
-            batch.padding.clone(),
-            batch.pool.clone(),
-        )
+        model.classify(batch.tokens.clone(), batch.padding.clone(), pool.clone())
     })?;
     let probs = softmax(logits.clone(), 1)
         .into_data()
@@ -245,8 +247,9 @@ fn run(args: Args) -> Result<(), Error> {
             "__base__" => burn_lora::set_adapters_enabled(model.clone(), false),
             name => set_active_adapters(model.clone(), &[name])?,
         };
-        let one = class_batch(&seqs[row..row + 1], &[0], pad_id, Pooling::Mean, &device);
-        let solo = alone.classify(one.tokens, one.padding, one.pool);
+        let one = class_batch(&seqs[row..row + 1], &[0], pad_id, &device);
+        let pool = Pooling::Mean.weights(&one.lengths, one.seq_len(), &device);
+        let solo = alone.classify(one.tokens, one.padding, pool);
         let diff = (logits.clone().narrow(0, row, 1) - solo)
             .abs()
             .max()

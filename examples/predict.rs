@@ -23,15 +23,18 @@ use burn_lora::merge_lora;
 use burn_lora_demo::Error;
 use burn_lora_demo::data::class_batch;
 use burn_lora_demo::device::parse_one_device;
-use burn_lora_demo::model::Classifier;
 use burn_lora_demo::model::bert::BertHead;
 use burn_lora_demo::tokenizer::TextEncoder;
+use burn_lora_demo::train::Classifier;
 use burn_lora_demo::train::metrics::argmax;
 use burn_lora_demo::train::sentiment::{
     BaseModel, DEFAULT_BASE, Loaded, LoadedModel, Trained, load_classifier,
 };
 use burn_lora_demo::train::{encode_texts, predict};
 use clap::Parser;
+
+#[path = "common/allocator.rs"]
+mod allocator;
 
 /// The class of each text, by name, with its probability. The class names and the head
 /// come from the files: the run's `labels.json`, or a Hugging Face sequence classifier's
@@ -212,20 +215,13 @@ fn classify_mixed<C: Classifier>(
     let names = loaded.labels.names();
     for (chunk, pairs) in tokens.chunks(32).zip(routed.chunks(32)) {
         let seqs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-        let batch = class_batch(
-            &seqs,
-            &vec![0; seqs.len()],
-            tokenizer.padding_id(),
-            loaded.pooling,
-            &device,
-        );
+        let batch = class_batch(&seqs, &vec![0; seqs.len()], tokenizer.padding_id(), &device);
+        let pool = loaded
+            .pooling
+            .weights(&batch.lengths, batch.seq_len(), &device);
         let batch_names: Vec<&str> = pairs.iter().map(|(n, _)| *n).collect();
         let logits = burn_lora::with_adapter_names(&model, &batch_names, || {
-            model.classify(
-                batch.tokens.clone(),
-                batch.padding.clone(),
-                batch.pool.clone(),
-            )
+            model.classify(batch.tokens.clone(), batch.padding.clone(), pool.clone())
         })?;
         let probs = softmax(logits, 1).into_data().convert::<f32>();
         let probs = probs.try_to_vec::<f32>().unwrap_or_default();
@@ -239,7 +235,7 @@ fn classify_mixed<C: Classifier>(
 }
 
 fn main() -> ExitCode {
-    burn_lora_demo::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
+    allocator::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -13,6 +13,9 @@ use burn_lora_demo::device::parse_one_device;
 use burn_lora_demo::train::{PretrainOptions, pretrain};
 use clap::Parser;
 
+#[path = "common/allocator.rs"]
+mod allocator;
+
 /// Self-supervised pre-training of a small GPT on the unlabelled text of the training splits.
 #[derive(Parser, Debug)]
 struct Args {
@@ -73,7 +76,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    burn_lora_demo::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
+    allocator::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
     let args = Args::parse();
     if args.batch_size == 0 || args.seq_len == 0 {
         eprintln!("error: --batch-size and --seq-len must be at least 1");

@@ -36,6 +36,9 @@ const ZH_BASE: &str = "fixtures/base_zh";
 const DEFAULT_OUT: &str = "runs/sentiment";
 use clap::Parser;
 
+#[path = "common/allocator.rs"]
+mod allocator;
+
 /// Full fine-tuning vs LoRA vs head-only on real sentiment data.
 #[derive(Parser, Debug)]
 struct Args {
@@ -253,7 +256,7 @@ fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
 }
 
 fn main() -> ExitCode {
-    burn_lora_demo::memory::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
+    allocator::retain_freed_memory(); // buffers reused, not re-mapped: faster steps
     let result = options(Args::parse()).and_then(|(options, devices)| {
         let (metrics, table) = run_sentiment(&options, &devices)?;
         println!(

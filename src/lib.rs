@@ -52,7 +52,6 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod data;
 pub mod device;
 mod error;

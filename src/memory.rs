@@ -1,37 +1,24 @@
-//! Process-wide allocator settings for the example binaries.
+//! Measuring memory: the peak resident set of a process, per phase.
+//!
+//! This module only reads and resets counters and hands free memory back; it changes no
+//! allocator setting. The examples' allocator setting is theirs, in
+//! `examples/common/allocator.rs`, called first thing in each `main`.
 
-/// Lets the C allocator keep freed memory for reuse instead of handing every large buffer
-/// back to the kernel.
-///
-/// A training step allocates and frees many activation-sized buffers (megabytes each). With
-/// glibc's defaults most of them are fresh `mmap`s, so the step pays a page fault for every
-/// 4 KiB it touches; `perf` put 8–10 % of a step in the kernel's page-fault path. This sets
-/// glibc's `M_MMAP_THRESHOLD` to 32 MiB (its maximum), so buffers below it come from the
-/// heap, and raises `M_TRIM_THRESHOLD` and `M_TOP_PAD` so the heap is not shrunk after
-/// every step. It also keeps one arena (`M_ARENA_MAX`): the replicas' threads then reuse
-/// each other's freed buffers instead of each holding its own high-water mark (with one
-/// arena per thread, the main job's full fine-tuning peaked at 683 MB instead of 505 MB
-/// with glibc's defaults; with one arena, 533 MB). The step gets faster (README, Backends).
-///
-/// Call it once, first thing in `main`, before any thread starts: it changes the whole
-/// process. It does nothing on other C libraries and platforms. Returns whether the
-/// settings were applied.
-pub fn retain_freed_memory() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        const MIB: libc::c_int = 1 << 20;
-        // SAFETY: mallopt only adjusts allocator parameters; it is safe to call at any time.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1) == 1
-                && libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * MIB) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * MIB) == 1
-                && libc::mallopt(libc::M_TOP_PAD, 64 * MIB) == 1
-        }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
+/// The process's peak resident set size (`VmHWM` in `/proc/self/status`), on Linux.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the peak RSS to the current RSS (Linux: writing `5` to `/proc/self/clear_refs`),
+/// so that [`peak_rss`] measures each mode on its own within one process. Memory the
+/// allocator holds for reuse (the examples set glibc to keep freed buffers: `examples/common/allocator.rs`)
+/// is handed back first, so the previous mode's buffers do not count toward the next.
+pub fn reset_peak_rss() {
+    release_free_memory();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Hands the memory the allocator holds for reuse back to the kernel (glibc's
@@ -41,14 +28,5 @@ pub fn release_free_memory() {
     // SAFETY: malloc_trim only returns free memory to the kernel.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn glibc_accepts_the_settings() {
-        assert!(super::retain_freed_memory());
     }
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use burn_lora::{adapters, load_adapter_with, save_adapter_with};
 use burn_lora_demo::Error;
-use burn_lora_demo::model::Classifier;
 use burn_lora_demo::model::bert::{Bert, BertClassifier, BertConfig, BertHead};
+use burn_lora_demo::train::Classifier;
 use burn_lora_demo::train::FinetuneMode;
 use common::{assert_close_within, read, scratch};
 

@@ -2,8 +2,6 @@
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use crate::model::Pooling;
-
 /// Inputs and next-token targets for language modelling.
 #[derive(Debug, Clone)]
 pub struct LmBatch {
@@ -50,8 +48,9 @@ pub struct ClassBatch {
     pub tokens: Tensor<2, Int>,
     /// `[batch, seq]`, true at padding.
     pub padding: Tensor<2, Bool>,
-    /// `[batch, seq]`, the pooling weights (see [`pool_weights`]).
-    pub pool: Tensor<2>,
+    /// Each sequence's length, padding excluded: what pooling weights are built from
+    /// ([`Pooling::weights`](crate::model::Pooling::weights)).
+    pub lengths: Vec<usize>,
     /// `[batch]`
     pub labels: Tensor<1, Int>,
 }
@@ -61,7 +60,6 @@ pub fn class_batch(
     sequences: &[&[u32]],
     labels: &[usize],
     pad_id: u32,
-    pooling: Pooling,
     device: &Device,
 ) -> ClassBatch {
     let rows = sequences.len();
@@ -79,31 +77,14 @@ pub fn class_batch(
     ClassBatch {
         tokens: Tensor::from_data(TensorData::new(tokens, [rows, seq]), device),
         padding: Tensor::from_data(TensorData::new(padding, [rows, seq]), device),
-        pool: Tensor::from_data(pool_weights(&lengths, seq, pooling), device),
+        lengths,
         labels: Tensor::from_data(TensorData::new(labels, [rows]), device),
     }
 }
 
-/// Per-position pooling weights `[rows, seq]`: one-hot at the last real token for
-/// [`Pooling::LastToken`], `1/len` over the real tokens for [`Pooling::Mean`].
-///
-/// ```
-/// use burn_lora_demo::data::pool_weights;
-/// use burn_lora_demo::model::Pooling;
-///
-/// let w = pool_weights(&[2, 4], 4, Pooling::LastToken);
-/// assert_eq!(w.try_to_vec::<f32>().unwrap(), [0., 1., 0., 0., 0., 0., 0., 1.]);
-/// let w = pool_weights(&[2], 4, Pooling::Mean);
-/// assert_eq!(w.try_to_vec::<f32>().unwrap(), [0.5, 0.5, 0., 0.]);
-/// ```
-pub fn pool_weights(lengths: &[usize], seq: usize, pooling: Pooling) -> TensorData {
-    let mut weights = vec![0f32; lengths.len() * seq];
-    for (r, &len) in lengths.iter().enumerate() {
-        let row = &mut weights[r * seq..(r + 1) * seq];
-        match pooling {
-            Pooling::LastToken => row[len - 1] = 1.0,
-            Pooling::Mean => row[..len].fill(1.0 / len as f32),
-        }
+impl ClassBatch {
+    /// The padded length, `seq`.
+    pub fn seq_len(&self) -> usize {
+        self.tokens.dims()[1]
     }
-    TensorData::new(weights, [lengths.len(), seq])
 }

@@ -7,7 +7,7 @@ mod formats;
 mod labels;
 mod sentiment;
 
-pub use batch::{ClassBatch, LmBatch, class_batch, lm_batches, pool_weights};
+pub use batch::{ClassBatch, LmBatch, class_batch, lm_batches};
 pub use corpus::{Corpus, build_corpus, split_validation};
 pub use labels::{HeadRecord, LabelSet};
 pub use sentiment::{Example, Format, ReadOptions, SentimentDataset};

@@ -1,5 +1,5 @@
 //! [`GptConfig`] and [`Gpt`]: embeddings, pre-norm blocks, a final norm, and a language-model
-//! head tied to the token embedding.
+//! head of its own (not tied to the token embedding: see [`Gpt`]).
 
 use std::fs;
 use std::path::Path;
@@ -10,10 +10,10 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
 };
-use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::Error;
+use crate::io::{load_module, save_module};
 use crate::model::Block;
 use crate::model::dropout;
 
@@ -50,7 +50,7 @@ pub struct GptConfig {
 /// (11 s against 1 s for a batch of 32 × 64 tokens), so the head is separate.
 #[derive(Module, Debug)]
 pub struct Gpt {
-    /// Token embedding `E`, `[vocab_size, d_model]`, also the output projection.
+    /// Token embedding `E`, `[vocab_size, d_model]`.
     pub token_embedding: Embedding,
     /// Learned position embedding, `[max_seq_len, d_model]`.
     pub position_embedding: Embedding,
@@ -225,54 +225,6 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<GptConfig, Error> {
         message,
     })?;
     Ok(config)
-}
-
-/// Writes any module's weights as burnpack, through a temporary file and a rename.
-pub(crate) fn save_module<M: Module>(module: M, path: &Path) -> Result<(), Error> {
-    let tmp = crate::io::temp_path(path);
-    module.save_file(&tmp).map_err(|e| Error::Checkpoint {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-/// Loads weights saved by [`save_module`] into `module`, checking every shape: a tensor
-/// the module lacks, or one the file lacks, is an error naming it.
-///
-/// Checkpoints written before the models used `burn_lora::nn::Linear` (this crate's 0.1,
-/// such as the shipped `fixtures/base/model.bpk`) hold each linear under an enum variant
-/// (`blocks.0.attn.query.Base.weight`); the variant is dropped from the key on loading.
-pub(crate) fn load_module<M: Module>(mut module: M, path: &Path) -> Result<M, Error> {
-    let checkpoint = |message: String| Error::Checkpoint {
-        path: path.to_path_buf(),
-        message,
-    };
-    if !path.is_file() {
-        return Err(checkpoint("no such file".into()));
-    }
-    let mut store = BurnpackStore::from_file(path)
-        .with_remap_pattern(r"\.Base\.", ".")
-        .validate(true)
-        .allow_partial(true);
-    let result = module
-        .load_from(&mut store)
-        .map_err(|e| checkpoint(e.to_string()))?;
-    if let Some(error) = result.errors.first() {
-        return Err(checkpoint(error.to_string()));
-    }
-    if let Some((key, _)) = result.missing.first() {
-        let n = result.missing.len();
-        return Err(checkpoint(format!(
-            "missing tensor `{key}` ({n} missing in all)"
-        )));
-    }
-    if let Some(key) = result.unused.first() {
-        return Err(checkpoint(format!(
-            "tensor `{key}` matches nothing in the model"
-        )));
-    }
-    Ok(module)
 }
 
 /// The additive attention bias for a causal model over a padded batch: 0 where position `i`

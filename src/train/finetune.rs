@@ -16,8 +16,9 @@ use burn_lora::{LoraConfig, apply_lora, set_lora_trainable};
 
 use crate::Error;
 use crate::data::{LabelSet, SentimentDataset, class_batch};
-use crate::model::{Classifier, Pooling};
+use crate::model::Pooling;
 use crate::tokenizer::TextEncoder;
+use crate::train::Classifier;
 use crate::train::checkpoint::{
     self, BestEpoch, CheckpointOptions, Keep, TrainState, epoch_seed, step_seed,
 };
@@ -280,8 +281,9 @@ pub fn finetune<C: Classifier>(
                 let part = parts[p];
                 let seqs: Vec<&[u32]> = part.iter().map(|&i| train.tokens[i].as_slice()).collect();
                 let labels: Vec<usize> = part.iter().map(|&i| train.labels[i]).collect();
-                let batch = class_batch(&seqs, &labels, options.pad_id, options.pooling, on);
-                let logits = replica.classify(batch.tokens, batch.padding, batch.pool);
+                let batch = class_batch(&seqs, &labels, options.pad_id, on);
+                let pool = options.pooling.weights(&batch.lengths, batch.seq_len(), on);
+                let logits = replica.classify(batch.tokens, batch.padding, pool);
                 let predicted = logits.clone().argmax(1).reshape([part.len()]);
                 let correct = predicted
                     .equal(batch.labels.clone())
@@ -432,8 +434,9 @@ pub fn predict<C: Classifier>(
         let mut out = Vec::new();
         for chunk in chunks.iter().skip(t).step_by(threads) {
             let seqs: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
-            let batch = class_batch(&seqs, &vec![0; chunk.len()], pad_id, pooling, &device);
-            let p = softmax(model.classify(batch.tokens, batch.padding, batch.pool), 1);
+            let batch = class_batch(&seqs, &vec![0; chunk.len()], pad_id, &device);
+            let pool = pooling.weights(&batch.lengths, batch.seq_len(), &device);
+            let p = softmax(model.classify(batch.tokens, batch.padding, pool), 1);
             let values = p
                 .into_data()
                 .convert::<f32>()

@@ -3,15 +3,17 @@
 
 pub mod baseline;
 pub mod checkpoint;
+mod classifier;
 mod finetune;
 pub mod metrics;
-pub(crate) mod parallel;
+pub mod parallel;
 mod plot;
 mod pretrain;
 mod schedule;
 pub mod sentiment;
 mod trained;
 
+pub use classifier::Classifier;
 pub use finetune::{
     Encoded, FinetuneMode, FinetuneOptions, History, accuracy, default_replicas, encode_dataset,
     encode_texts, finetune, length_grouped_batches, predict, replicas_for,

@@ -37,8 +37,10 @@ impl ModuleMapper for FreshLeaves {
 
 /// One part of a batch: its loss, already weighted by the part's share of the batch, and
 /// anything else the caller wants back from the forward pass (e.g. correct predictions).
-pub(crate) struct PartOutput<T> {
+pub struct PartOutput<T> {
+    /// The part's loss, weighted by its share of the batch.
     pub loss: Tensor<1>,
+    /// What else the caller keeps from the part's forward pass.
     pub extra: T,
 }
 
@@ -49,7 +51,7 @@ pub(crate) struct PartOutput<T> {
 /// replica with fresh leaves; a part on another device gets the model forked there, and its
 /// gradients come back with `GradientsParams::to_device`. With one part on the model's
 /// device nothing is spawned.
-pub(crate) fn parallel_grads<M, T, F>(
+pub fn parallel_grads<M, T, F>(
     model: &M,
     devices: &[Device],
     forward: F,

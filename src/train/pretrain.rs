@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::data::{LmBatch, build_corpus, lm_batches, split_validation};
-use crate::io::write_atomic;
+use crate::io::{to_json, write_atomic};
 use crate::model::{Gpt, GptConfig, Sampling, generate};
 use crate::tokenizer::{BpeTokenizer, SPECIAL_TOKENS, train_tokenizer};
 use crate::train::{lr_at, optimizer_step, progress, svg_line_plot};
@@ -406,9 +406,4 @@ fn write_outputs(
         &[("train", train), ("validation", val)],
     );
     write_atomic(&out.join("loss_curve.svg"), svg.as_bytes())
-}
-
-/// Pretty JSON of plain data.
-pub(crate) fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string_pretty(value).expect("plain data serializes")
 }

@@ -17,8 +17,9 @@ use burn::tensor::Device;
 use crate::Error;
 use crate::data::{HeadRecord, LabelSet};
 use crate::model::bert::{Bert, BertClassifier, BertConfig};
-use crate::model::{Classifier, Gpt, GptClassifier, Pooling};
+use crate::model::{Gpt, GptClassifier, Pooling};
 use crate::tokenizer::{BpeTokenizer, HfTokenizer};
+use crate::train::Classifier;
 use crate::train::sentiment::{BERT_MAX_LEN, BaseModel, check_vocab, parse_pooling};
 
 /// A trained classifier to load on top of a base: a LoRA adapter directory (PEFT format,
@@ -204,7 +205,7 @@ fn on_top<C: Classifier>(
                 &C::peft_options(),
             )?)
         }
-        Trained::Checkpoint(path) => crate::model::load_module(model, path),
+        Trained::Checkpoint(path) => crate::io::load_module(model, path),
         Trained::Adapters(named) => {
             let mut model = match record.is_some_and(|r| r.zero_head) {
                 true => zero_head(model),

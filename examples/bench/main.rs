@@ -17,12 +17,16 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-use burn_lora_demo::bench::{Case, CaseResult, Sizes, run_case};
 use burn_lora_demo::device::parse_one_device;
+use cases::{Case, CaseResult, Sizes, run_case};
 
+use burn_lora_demo::memory::peak_rss;
 use burn_lora_demo::train::replicas_for;
-use burn_lora_demo::train::sentiment::peak_rss;
 use clap::Parser;
+
+#[path = "../common/allocator.rs"]
+mod allocator;
+mod cases;
 
 /// Step timings of a GPT-shaped classifier, one case per process.
 #[derive(Parser, Debug, Clone)]
@@ -73,7 +77,7 @@ struct Args {
     /// gradient, no branch). Printed after the table, not written to `--out`.
     #[arg(long)]
     floor: bool,
-    /// Keep the C allocator's defaults instead of `memory::retain_freed_memory` (to
+    /// Keep the C allocator's defaults instead of `allocator::retain_freed_memory` (to
     /// measure what that setting is worth).
     #[arg(long)]
     malloc_defaults: bool,
@@ -321,7 +325,7 @@ fn scaling(args: &Args) -> Result<(), String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     if !args.malloc_defaults {
-        burn_lora_demo::memory::retain_freed_memory();
+        allocator::retain_freed_memory();
     }
     let result = match &args.case {
         Some(name) => child(&args, name),

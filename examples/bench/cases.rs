@@ -1,5 +1,6 @@
 //! Whole-model step timings: full fine-tuning, LoRA, Burn's built-in `apply_lora`, and
-//! inference, on one classification batch. `examples/bench.rs` prints them as a table.
+//! inference, on one classification batch. `main.rs` prints them as a table. This module
+//! belongs to the bench example: nothing in the library depends on it.
 
 use std::time::Instant;
 
@@ -9,14 +10,15 @@ use burn::optim::AdamWConfig;
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 
-use crate::Error;
 use burn::module::{
     Devices, ModuleMapper, ModuleVisitor, Param, Reparameterization, Reparameterizer,
 };
 use burn_lora::{Adapter, LoraConfig, apply_lora, merge_lora, param_report, set_lora_trainable};
+use burn_lora_demo::Error;
+use burn_lora_demo::train::Classifier;
 
-use crate::model::{Classifier, GptClassifier, GptConfig};
-use crate::train::parallel::{PartOutput, parallel_grads};
+use burn_lora_demo::model::{GptClassifier, GptConfig};
+use burn_lora_demo::train::parallel::{PartOutput, parallel_grads};
 
 /// What one case measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -336,42 +338,5 @@ impl Reparameterizer for DenseAdapters {
         let dims = base.shape().dims::<2>();
         let adapter = Adapter::new(&base.reshape(dims), &self.config);
         (param, Some(DenseAdapter(adapter)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tiny() -> Sizes {
-        Sizes {
-            vocab: 64,
-            d_model: 16,
-            layers: 2,
-            heads: 2,
-            d_ff: 32,
-            batch: 4,
-            seq: 8,
-            rank: 2,
-            replicas: 2,
-        }
-    }
-
-    #[test]
-    fn each_training_case_trains_what_it_names() {
-        let sizes = tiny();
-        let trainable = |case| {
-            run_case(case, &sizes, 0, 1, &Device::default())
-                .unwrap()
-                .trainable
-        };
-        let head = 16 * 2 + 2;
-        // Query and value biases of both blocks.
-        assert_eq!(trainable(Case::FloorQv), 2 * 2 * 16 + head);
-        // A [16, 2] and B [2, 16] on query and value of both blocks.
-        let adapters = 2 * 2 * (16 * 2 + 2 * 16);
-        assert_eq!(trainable(Case::LoraQv), adapters + head);
-        assert_eq!(trainable(Case::LoraQvDense), adapters + head);
-        assert_eq!(trainable(Case::BurnApplyLoraQv), adapters + head);
     }
 }

@@ -1,13 +1,15 @@
-//! A sequence classifier on top of [`Gpt`]: pool the hidden states, then a linear head.
+//! The training loop's contract: what a model must offer to be fine-tuned, evaluated and
+//! saved by [`finetune`](crate::train::finetune), [`predict`](crate::train::predict) and
+//! the sentiment job. The models themselves ([`GptClassifier`], [`BertClassifier`]) live in
+//! [`model`](crate::model) and know nothing of training.
 
 use burn::module::Module;
-use burn::tensor::{Bool, Device, Int, Tensor};
-use burn_lora::nn::{Linear, LinearConfig};
-
+use burn::tensor::{Bool, Int, Tensor};
 use burn_lora::PeftOptions;
+use burn_lora::nn::Linear;
 
-use crate::model::Gpt;
-use crate::model::bert::BertClassifier;
+use crate::model::GptClassifier;
+use crate::model::bert::{BertClassifier, BertHead};
 
 /// A sequence classifier that the fine-tuning loop, [`predict`](crate::train::predict) and
 /// the sentiment job can train and run: [`GptClassifier`] and [`BertClassifier`].
@@ -30,7 +32,7 @@ pub trait Classifier: Module + Clone + core::fmt::Debug {
     }
 
     /// Class logits `[batch, classes]`. `pool` weights each position, `[batch, seq]` (see
-    /// [`pool_weights`](crate::data::pool_weights)); a classifier whose head pools on its
+    /// [`pool_weights`](crate::model::pool_weights)); a classifier whose head pools on its
     /// own (BERT's `[CLS]` pooler) ignores it.
     fn classify(
         &self,
@@ -86,8 +88,8 @@ impl Classifier for BertClassifier {
     /// them.
     fn lora_excludes(&self) -> Vec<String> {
         match self.head {
-            crate::model::bert::BertHead::Mean => vec!["bert.pooler".into()],
-            crate::model::bert::BertHead::Pooler => Vec::new(),
+            BertHead::Mean => vec!["bert.pooler".into()],
+            BertHead::Pooler => Vec::new(),
         }
     }
 
@@ -96,61 +98,4 @@ impl Classifier for BertClassifier {
     fn peft_options() -> PeftOptions {
         crate::model::bert::peft_options()
     }
-}
-
-/// How a sequence's hidden states become one vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// The last non-padding token: in a causal model, the only one that has seen the whole
-    /// text. The default.
-    LastToken,
-    /// The mean over non-padding tokens.
-    Mean,
-}
-
-/// [`Gpt`] plus a classification `head` over pooled hidden states.
-#[derive(Module, Debug)]
-pub struct GptClassifier {
-    /// The (pre-trained) decoder.
-    pub gpt: Gpt,
-    /// `[d_model] -> [classes]`.
-    pub head: Linear,
-}
-
-impl GptClassifier {
-    /// Puts a fresh head with `classes` outputs on `gpt`.
-    pub fn new(gpt: Gpt, classes: usize, device: &Device) -> Self {
-        let d_model = gpt.token_embedding.weight.dims()[1];
-        Self {
-            gpt,
-            head: LinearConfig::new(d_model, classes).init(device),
-        }
-    }
-
-    /// Class logits. `pool` weights each position (see
-    /// [`pool_weights`](crate::data::pool_weights)): a one-hot row selects the last token,
-    /// `1/len` over the text averages.
-    ///
-    /// # Shapes
-    ///
-    /// - tokens, padding, pool: `[batch, seq]`
-    /// - output: `[batch, classes]`
-    pub fn forward(
-        &self,
-        tokens: Tensor<2, Int>,
-        padding: Tensor<2, Bool>,
-        pool: Tensor<2>,
-    ) -> Tensor<2> {
-        let hidden = self.gpt.hidden(tokens, padding); // [batch, seq, d_model]
-        self.head.forward(weighted_pool(hidden, pool))
-    }
-}
-
-/// The sum of `hidden` `[batch, seq, d]` over positions, weighted by `pool` `[batch, seq]`:
-/// `[batch, d]`. One-hot rows select a token; `1/len` rows average over the text.
-pub fn weighted_pool(hidden: Tensor<3>, pool: Tensor<2>) -> Tensor<2> {
-    let [batch, _, width] = hidden.dims();
-    (hidden * pool.unsqueeze_dim(2))
-        .sum_dim(1)
-        .reshape([batch, width])
 }
