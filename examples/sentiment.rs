@@ -164,7 +164,7 @@ fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
         }
     };
     // Chinese text needs a base that read Chinese: the English MiniLM trails naive Bayes
-    // there by ten points (README, "Chinese reviews").
+    // there by ten points (docs/RESULTS.md, "Chinese reviews").
     let zh_default = args.base.is_none() && args.dataset == "zh" && args.data_file.is_none();
     let base_name = match (&args.base, zh_default) {
         (Some(base), _) => base.clone(),
@@ -177,7 +177,7 @@ fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
     let defaults = JobDefaults::for_base(&base);
     let targets = match &args.targets {
         Some(targets) => targets.split(',').map(|s| s.trim().to_string()).collect(),
-        // On the Chinese base, LoRA on every linear was chosen on validation (README).
+        // On the Chinese base, LoRA on every linear was chosen on validation (docs/RESULTS.md).
         None if zh_default => vec!["all-linear".to_string()],
         None => defaults.lora_targets.clone(),
     };

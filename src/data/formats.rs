@@ -1,4 +1,6 @@
 //! The CSV and JSON Lines readers of [`SentimentDataset`](crate::data::SentimentDataset).
+//!
+//! Size: about 250 lines of code and 115 of unit tests.
 
 use std::path::Path;
 

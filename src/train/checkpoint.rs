@@ -19,6 +19,10 @@
 //! Parameter ids are random per process. A resumed model is built as the first one was
 //! (same code, same config), so its parameters are visited in the same order, and each gets
 //! back its saved id: the optimizer state then finds its parameters.
+//!
+//! Size: about 380 lines of code. A checkpoint's format, its writer, its reader and the
+//! seeds that make resuming exact are one concept; split, one format's reader and writer
+//! would live apart.
 
 use std::collections::HashMap;
 use std::fs;

@@ -2,23 +2,26 @@
 //! loop, plus the small pieces they share.
 
 pub mod baseline;
+mod batches;
 pub mod checkpoint;
 mod classifier;
 mod finetune;
 pub mod metrics;
 pub mod parallel;
 mod plot;
+mod predict;
 mod pretrain;
 mod schedule;
 pub mod sentiment;
 mod trained;
 
+pub use batches::{Encoded, encode_dataset, encode_texts, length_grouped_batches};
 pub use classifier::Classifier;
 pub use finetune::{
-    Encoded, FinetuneMode, FinetuneOptions, History, accuracy, default_replicas, encode_dataset,
-    encode_texts, finetune, length_grouped_batches, predict, replicas_for,
+    FinetuneMode, FinetuneOptions, History, default_replicas, finetune, replicas_for,
 };
 pub use plot::svg_line_plot;
+pub use predict::{accuracy, predict};
 pub use pretrain::{PretrainOptions, PretrainReport, pretrain, unigram_perplexity};
 pub use schedule::lr_at;
 

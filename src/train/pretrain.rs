@@ -1,4 +1,8 @@
 //! Self-supervised pre-training: next-token prediction on unlabelled text.
+//!
+//! Size: about 400 lines: the pre-training run is one function that reads top to bottom in
+//! the order things happen (corpus, tokenizer, model, schedule, report), plus the
+//! evaluations its report needs.
 
 use std::collections::HashMap;
 use std::fs;

@@ -1,7 +1,7 @@
 //! LoRA on a whole model, whatever its types: [`apply_lora`] and [`add_adapter`] find the
-//! linears by Burn's own traversal and attach a named adapter to each target's weight;
-//! [`set_active_adapters`], [`delete_adapter`], [`merge_lora`], [`merge_adapters`],
-//! [`unmerge_adapters`] and [`set_adapters_enabled`] change them after.
+//! linears by Burn's own traversal and attach a named adapter to each target's weight.
+//! What changes adapters after that (training flags, merging, the active set, deleting)
+//! is in `manage.rs`.
 
 use std::collections::HashMap;
 
@@ -9,9 +9,11 @@ use burn::module::{Module, Param, ParamGroup, ParamId, Reparameterizer};
 use burn::tensor::Tensor;
 
 use crate::Error;
-use crate::adapter::{Adapter, DEFAULT_ADAPTER, Lora};
+use crate::adapter::{Adapter, DEFAULT_ADAPTER};
 use crate::config::{ALL_LINEAR, LoraConfig, TargetMatcher, name_matches, within_any};
-use crate::lora_linear::all_finite;
+use crate::lora::Lora;
+use crate::manage::list_adapters;
+use crate::manage::{param_ids, set_trainable_renamed};
 use crate::path::{OnParam, PathStack, visit_params};
 use crate::sites::{adapters, replace_adapters};
 
@@ -84,7 +86,7 @@ pub fn apply_lora<M: Module>(model: M, config: &LoraConfig) -> Result<M, Error> 
 /// beside any adapters the model already has; a linear may carry several.
 ///
 /// The first adapter of a model becomes active and trainable, as with [`apply_lora`]. A later
-/// one is added inactive and frozen, as PEFT adds it: [`set_active_adapters`] switches to
+/// one is added inactive and frozen, as PEFT adds it: [`set_active_adapters`](crate::set_active_adapters) switches to
 /// it. Every base parameter is frozen; `config.modules_to_save` becomes trainable. Modules
 /// to save are shared by all adapters of a model (PEFT keeps a copy per adapter).
 ///
@@ -246,267 +248,4 @@ fn unknown_target(name: &str, available: Vec<String>) -> Error {
         name: name.to_string(),
         available,
     }
-}
-
-/// Freezes every parameter except the LoRA factors and the parameters of
-/// `modules_to_save`, using Burn's own gradient flags ([`Module::set_require_grad`] and
-/// [`ParamGroup`]). On a model without adapters this is head-only training: only
-/// `modules_to_save` learns.
-///
-/// # Errors
-///
-/// `modules_to_save` is not empty and none of its names matches a parameter (names that
-/// match nothing are skipped when another matches, as PEFT does).
-pub fn set_lora_trainable<M: Module>(model: M, modules_to_save: &[String]) -> Result<M, Error> {
-    set_trainable_renamed(model, modules_to_save, &|path| path.to_string())
-}
-
-/// [`set_lora_trainable`] with `modules_to_save` matched against renamed module paths.
-pub(crate) fn set_trainable_renamed<M: Module>(
-    model: M,
-    modules_to_save: &[String],
-    rename: &dyn Fn(&str) -> String,
-) -> Result<M, Error> {
-    // Without an `Adapter` (LoraLinear, or an adapter wrapped in a reparameterization of
-    // another name) every factor trains.
-    let active: Option<Vec<String>> = adapters(&model)
-        .first()
-        .map(|(_, a)| a.active_names().to_vec());
-    let mut trainable = active_factor_ids(&model, active.as_deref());
-    trainable.extend(param_ids(&model, |module, _| {
-        within_any(&rename(module), modules_to_save)
-    }));
-    // PEFT lists candidates (`["classifier", "score"]` for sequence classification) and
-    // keeps those that exist; a list none of whose names exists is a mistake.
-    let found = |name: &String| {
-        !param_ids(&model, |module, _| {
-            within_any(&rename(module), std::slice::from_ref(name))
-        })
-        .is_empty()
-    };
-    if let Some(name) = modules_to_save.first()
-        && !modules_to_save.iter().any(found)
-    {
-        return Err(Error::UnknownModuleToSave { name: name.clone() });
-    }
-    Ok(model
-        .set_require_grad(false)
-        .set_require_grad_group(ParamGroup::from_ids(trainable), true))
-}
-
-/// Whether a parameter's name is a LoRA factor's (in an [`Adapter`] or a
-/// [`LoraLinear`](crate::LoraLinear)), DoRA's magnitude included.
-pub(crate) fn is_factor(name: &str) -> bool {
-    matches!(name, "lora_a" | "lora_b" | "lora_magnitude")
-}
-
-/// The ids of the factors of the adapters named in `active`, or with `None` of every
-/// adapter (and always of every [`LoraLinear`](crate::LoraLinear)'s, which has no name).
-fn active_factor_ids<M: Module>(model: &M, active: Option<&[String]>) -> Vec<ParamId> {
-    struct Collect<'a>(Option<&'a [String]>, Vec<ParamId>);
-    impl OnParam for Collect<'_> {
-        fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
-            let in_active = match (path.adapter_name(), self.0) {
-                (Some(name), Some(active)) => active.iter().any(|a| a == name),
-                _ => true,
-            };
-            if is_factor(&path.split_last().1) && in_active {
-                self.1.push(param.id);
-            }
-        }
-    }
-    let mut collect = Collect(active, Vec::new());
-    visit_params(model, &mut collect);
-    collect.1
-}
-
-/// The ids of the float parameters for which `select(owning_module, param_name)` holds.
-fn param_ids<M: Module>(model: &M, select: impl Fn(&str, &str) -> bool) -> Vec<ParamId> {
-    struct Collect<F>(F, Vec<ParamId>);
-    impl<F: Fn(&str, &str) -> bool> OnParam for Collect<F> {
-        fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
-            if (self.0)(&path.owning_module(), &path.split_last().1) {
-                self.1.push(param.id);
-            }
-        }
-    }
-    let mut collect = Collect(select, Vec::new());
-    visit_params(model, &mut collect);
-    collect.1
-}
-
-/// Errors with [`Error::NonFinite`], naming the first adapted layer whose factors hold NaN
-/// or infinity.
-fn check_adapters_finite<M: Module>(model: &M) -> Result<(), Error> {
-    for (site, adapter) in adapters(model) {
-        for lora in adapter.computing() {
-            let magnitude_finite = lora.magnitude().is_none_or(|m| all_finite(&m.val()));
-            if !all_finite(&lora.lora_a().val())
-                || !all_finite(&lora.lora_b().val())
-                || !magnitude_finite
-            {
-                return Err(Error::NonFinite { layer: site.path });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Merges every active adapter into its weight and removes every adapter (PEFT's
-/// `merge_and_unload`): the result holds no adapter and computes the same outputs. Merged
-/// weights keep their ids and stay frozen.
-///
-/// # Errors
-///
-/// [`Error::NonFinite`], naming the first layer whose factors hold NaN or infinity; the
-/// check runs on every layer before any is merged.
-pub fn merge_lora<M: Module>(model: M) -> Result<M, Error> {
-    check_adapters_finite(&model)?;
-    Ok(model.materialize())
-}
-
-/// Folds every active adapter into its weight but keeps it, marked merged (PEFT's
-/// `merge_adapter`): the model computes the same outputs at the cost of a plain linear, and
-/// [`unmerge_adapters`] restores the base weights. DoRA adapters merge as PEFT merges them,
-/// `m / ‖W + s·A·B‖ · (W + s·A·B)`, keeping the norm for the unmerge.
-///
-/// # Errors
-///
-/// [`Error::NonFinite`] as for [`merge_lora`].
-pub fn merge_adapters<M: Module>(model: M) -> Result<M, Error> {
-    check_adapters_finite(&model)?;
-    Ok(replace_adapters(model, |_, weight, mut adapter| {
-        let names: Vec<String> = adapter.computing().map(|l| l.name().to_string()).collect();
-        if names.is_empty() {
-            return (adapter, None);
-        }
-        let mut merged = weight.clone();
-        let mut done = adapter.merged_names().to_vec();
-        for lora in adapter.loras_mut() {
-            if !names.contains(&lora.name().to_string()) {
-                continue;
-            }
-            let (new_weight, norm) = lora.merged_weight(weight, merged);
-            merged = new_weight;
-            lora.set_merged_norm(norm.map(|n| n.into_data()));
-            done.push(lora.name().to_string());
-        }
-        (adapter.with_merged(done), Some(merged))
-    }))
-}
-
-/// Undoes [`merge_adapters`]: takes each merged adapter's update back out of its weight, in
-/// the reverse order of the merge.
-pub fn unmerge_adapters<M: Module>(model: M) -> M {
-    replace_adapters(model, |_, weight, mut adapter| {
-        let merged = adapter.merged_names().to_vec();
-        if merged.is_empty() {
-            return (adapter, None);
-        }
-        let mut weight = weight.clone();
-        for name in merged.iter().rev() {
-            if let Some(lora) = adapter.loras_mut().iter_mut().find(|l| l.name() == name) {
-                weight = lora.unmerged_weight(weight);
-                lora.set_merged_norm(None);
-            }
-        }
-        (adapter.with_merged(Vec::new()), Some(weight))
-    })
-}
-
-/// Switches every adapter in `model` on or off (PEFT's `disable_adapter` /
-/// `enable_adapters`); off, the model computes its base outputs. The factors are kept, and
-/// nothing else is rebuilt.
-pub fn set_adapters_enabled<M: Module>(model: M, enabled: bool) -> M {
-    replace_adapters(model, |_, _, adapter| (adapter.with_enabled(enabled), None))
-}
-
-/// The names of the adapters in `model`, in the order they were added (PEFT's
-/// `peft_config.keys()`).
-pub fn list_adapters<M: Module>(model: &M) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for (_, adapter) in adapters(model) {
-        for name in adapter.names() {
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-    }
-    names
-}
-
-/// The names of the active adapters of `model` (PEFT's `active_adapters`).
-pub fn active_adapters<M: Module>(model: &M) -> Vec<String> {
-    adapters(model)
-        .first()
-        .map(|(_, a)| a.active_names().to_vec())
-        .unwrap_or_default()
-}
-
-/// Makes `names` the active adapters (PEFT's `set_adapter`): a forward pass adds the
-/// updates of all of them, only their factors are trainable, and every other adapter is
-/// kept, frozen. Nothing of the base is rebuilt, and what else trains (modules to save)
-/// is left as it was.
-///
-/// # Errors
-///
-/// [`Error::UnknownAdapter`] for a name the model lacks; [`Error::MergedAdapters`] while
-/// adapters are merged (unmerge first).
-pub fn set_active_adapters<M: Module>(model: M, names: &[&str]) -> Result<M, Error> {
-    let known = list_adapters(&model);
-    if let Some(name) = names.iter().find(|n| !known.iter().any(|k| k == *n)) {
-        return Err(Error::UnknownAdapter {
-            name: name.to_string(),
-            available: known,
-        });
-    }
-    if adapters(&model).iter().any(|(_, a)| a.is_merged()) {
-        return Err(Error::MergedAdapters);
-    }
-    let active: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let model = replace_adapters(model, |_, _, adapter| {
-        (adapter.with_active(active.clone()), None)
-    });
-    let all = list_adapters(&model);
-    let on = active_factor_ids(&model, Some(&active));
-    let off: Vec<ParamId> = active_factor_ids(&model, Some(&all))
-        .into_iter()
-        .filter(|id| !on.contains(id))
-        .collect();
-    Ok(model
-        .set_require_grad_group(ParamGroup::from_ids(off), false)
-        .set_require_grad_group(ParamGroup::from_ids(on), true))
-}
-
-/// Deletes the adapter `name` from every layer (PEFT's `delete_adapter`): its factors are
-/// dropped, so their memory is freed once nothing else holds them, and nothing of the base
-/// is rebuilt. It leaves the active set too. When it was the model's last adapter, the
-/// model is plain again (no reparameterization left); otherwise a weight that held only it
-/// keeps an empty holder, which computes the base and which [`adapters`] and
-/// [`crate::nn::Linear::adapter`] skip.
-///
-/// # Errors
-///
-/// [`Error::UnknownAdapter`]; [`Error::MergedAdapters`] when it is merged.
-pub fn delete_adapter<M: Module>(model: M, name: &str) -> Result<M, Error> {
-    let known = list_adapters(&model);
-    if !known.iter().any(|k| k == name) {
-        return Err(Error::UnknownAdapter {
-            name: name.to_string(),
-            available: known,
-        });
-    }
-    if adapters(&model)
-        .iter()
-        .any(|(_, a)| a.merged_names().iter().any(|n| n == name))
-    {
-        return Err(Error::MergedAdapters);
-    }
-    let model = replace_adapters(model, |_, _, adapter| (adapter.without(name), None));
-    // With no adapter left anywhere the model is a plain one again: materializing folds
-    // nothing (empty holders compute their base) and takes the holders off.
-    Ok(match list_adapters(&model).is_empty() {
-        true => model.materialize(),
-        false => model,
-    })
 }

@@ -5,9 +5,10 @@ use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 
 use crate::Error;
-use crate::adapter::Lora;
-use crate::apply::{check_new_name, list_adapters};
+use crate::apply::check_new_name;
 use crate::config::LoraConfig;
+use crate::lora::Lora;
+use crate::manage::list_adapters;
 use crate::sites::{adapters, replace_adapters};
 
 /// How [`add_weighted_adapter`] combines adapters (PEFT's `combination_type`).

@@ -1,4 +1,6 @@
 //! [`LoraConfig`]: what to adapt and how, with PEFT's field names.
+//!
+//! Size: about 290 lines of code and 95 of unit tests.
 
 use burn::config::Config;
 

@@ -64,7 +64,9 @@ mod config;
 pub mod dropout;
 mod error;
 pub mod io;
+mod lora;
 mod lora_linear;
+mod manage;
 mod mixed;
 pub mod nn;
 mod path;
@@ -72,16 +74,17 @@ mod peft;
 mod report;
 mod sites;
 
-pub use adapter::{Adapter, BASE_ADAPTER, DEFAULT_ADAPTER, Lora, LoraFactors};
-pub use apply::{
-    active_adapters, add_adapter, apply_lora, delete_adapter, linear_paths, list_adapters,
-    merge_adapters, merge_lora, set_active_adapters, set_adapters_enabled, set_lora_trainable,
-    unmerge_adapters,
-};
+pub use adapter::{Adapter, BASE_ADAPTER, DEFAULT_ADAPTER};
+pub use apply::{add_adapter, apply_lora, linear_paths};
 pub use combine::{Combination, add_weighted_adapter};
 pub use config::{ALL_LINEAR, LoraConfig, LoraInit, name_matches};
 pub use error::Error;
+pub use lora::{Lora, LoraFactors};
 pub use lora_linear::LoraLinear;
+pub use manage::{
+    active_adapters, delete_adapter, list_adapters, merge_adapters, merge_lora,
+    set_active_adapters, set_adapters_enabled, set_lora_trainable, unmerge_adapters,
+};
 pub use mixed::with_adapter_names;
 pub use path::join_path;
 pub use peft::{

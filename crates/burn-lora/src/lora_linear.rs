@@ -15,9 +15,9 @@ use burn::tensor::Tensor;
 use burn::tensor::module::linear;
 
 use crate::Error;
-use crate::adapter::{init_factors, lora_branch};
 use crate::config::{LoraConfig, scaling};
 use crate::dropout::dropout;
+use crate::lora::{init_factors, lora_branch};
 
 /// A linear layer with a LoRA adapter inside it.
 ///

@@ -5,7 +5,7 @@ use burn::module::Module;
 
 use crate::Error;
 use crate::adapter::BASE_ADAPTER;
-use crate::apply::list_adapters;
+use crate::manage::list_adapters;
 use crate::sites::{adapters, with_routing};
 
 /// Runs `forward` (a closure that calls `model`'s forward pass) with example `i` of the

@@ -22,7 +22,8 @@ use burn::nn::{Initializer, LinearLayout};
 use burn::tensor::module::linear;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
-use crate::adapter::{Adapter, Lora};
+use crate::adapter::Adapter;
+use crate::lora::Lora;
 use crate::sites;
 
 /// Configuration of a [`Linear`]: the fields and defaults of [`burn::nn::LinearConfig`].

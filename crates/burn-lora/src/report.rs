@@ -7,7 +7,7 @@ use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use serde::Serialize;
 
-use crate::apply::is_factor;
+use crate::manage::is_factor;
 use crate::path::{OnParam, PathStack, visit_params};
 
 /// Bytes of optimizer state Adam keeps per trainable parameter: two f32 moments.

@@ -1,5 +1,8 @@
 //! A Hugging Face BERT `config.json`: reading and checking it, and a freshly initialised
 //! model of its sizes.
+//!
+//! Size: about 310 lines, most of them Hugging Face's fields, each documented, and their
+//! checks.
 
 use std::fs;
 use std::path::Path;

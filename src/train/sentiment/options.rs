@@ -64,7 +64,7 @@ pub struct SentimentOptions {
 
 /// The job's defaults on a base: what the sentiment example uses for a flag it is not
 /// given. For our GPT they follow the LoRA paper (r=8, alpha=16, `query`/`value`). For a BERT
-/// base they were chosen on the validation split (README, "How the defaults were chosen"):
+/// base they were chosen on the validation split (docs/RESULTS.md, "How the defaults were chosen"):
 /// LoRA on every linear layer closes most of the gap to full fine-tuning in one epoch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobDefaults {

@@ -179,7 +179,7 @@ pub(super) fn table(metrics: &Metrics, baseline: &Classification) -> String {
         .fold(f64::NAN, f64::max);
     if best < baseline.accuracy {
         s.push_str(&format!(
-            "note: the transformer ({:.2} % at best) trails the bag-of-words baseline ({:.2} %): a base not pre-trained on text like this data cannot beat it (README, \"Chinese reviews\")\n",
+            "note: the transformer ({:.2} % at best) trails the bag-of-words baseline ({:.2} %): a base not pre-trained on text like this data cannot beat it (docs/RESULTS.md, \"Chinese reviews\")\n",
             100.0 * best,
             100.0 * baseline.accuracy
         ));

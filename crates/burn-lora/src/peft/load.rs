@@ -89,7 +89,7 @@ pub fn load_adapter_weights_with<M: Module>(
         message: e.to_string(),
     })?;
     let name = options.adapter_name();
-    let others = crate::apply::list_adapters(&model);
+    let others = crate::manage::list_adapters(&model);
     if !config.modules_to_save.is_empty() && !others.is_empty() {
         return Err(Error::NotOffered(format!(
             "{}: this adapter saves modules ({}) besides its factors, but the model already holds adapters ({}); \

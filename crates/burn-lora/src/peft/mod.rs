@@ -32,8 +32,8 @@ use std::path::Path;
 use burn::store::KeyRemapper;
 
 use crate::Error;
-use crate::apply::is_factor;
 use crate::config::LoraConfig;
+use crate::manage::is_factor;
 use crate::path::{PathStack, join_path};
 use config_json::PeftConfigJson;
 

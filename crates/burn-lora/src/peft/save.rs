@@ -12,11 +12,13 @@ use safetensors::{Dtype, tensor::TensorView};
 use super::config_json::PeftConfigJson;
 use super::{CONFIG_FILE, PeftOptions, WEIGHTS_FILE, file_key};
 use crate::Error;
-use crate::adapter::{DEFAULT_ADAPTER, Lora};
-use crate::apply::{linears, list_adapters};
+use crate::adapter::DEFAULT_ADAPTER;
+use crate::apply::linears;
 use crate::config::{LoraConfig, name_matches};
 use crate::io::{fresh_temp_dir, replace_dir};
+use crate::lora::Lora;
 use crate::lora_linear::all_finite;
+use crate::manage::list_adapters;
 use crate::path::{OnParam, PathStack, visit_params};
 use crate::sites::{AdapterSite, adapters};
 

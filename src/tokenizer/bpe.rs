@@ -1,19 +1,4 @@
-//! Byte-level BPE tokens, through Hugging Face's `tokenizers` crate.
-//!
-//! Text is first turned into UTF-8 bytes, each byte mapped to one of 256 base tokens, so
-//! any string can be encoded and nothing is ever unknown. BPE training then learns merges:
-//! the most frequent adjacent pair becomes a new token, again and again, until the vocabulary
-//! is full. Frequent words end up as one token; a rare Chinese character (three UTF-8 bytes)
-//! may stay as several byte tokens.
-//!
-//! ```
-//! use burn_lora_demo::tokenizer::{train_tokenizer, SPECIAL_TOKENS};
-//!
-//! let corpus = ["the movie was good", "the movie was bad", "好电影"].map(String::from);
-//! let tokenizer = train_tokenizer(&corpus, 300, &SPECIAL_TOKENS).unwrap();
-//! let ids = tokenizer.encode("the movie 好").unwrap();
-//! assert_eq!(tokenizer.decode(&ids).unwrap(), "the movie 好");
-//! ```
+//! [`BpeTokenizer`]: our byte-level BPE, trained on the corpus by [`train_tokenizer`].
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -25,6 +10,8 @@ use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 
 use crate::Error;
+
+use super::{TextEncoder, parse_tokenizer};
 
 /// Padding, beginning-of-sequence and end-of-sequence tokens, in id order 0, 1, 2.
 pub const SPECIAL_TOKENS: [&str; 3] = ["<pad>", "<bos>", "<eos>"];
@@ -198,33 +185,6 @@ impl BpeTokenizer {
     }
 }
 
-/// Parses a `tokenizer.json`. The bytes are first decoded as JSON, strings included:
-/// `tokenizers` 0.22 panics instead of erroring on some malformed files (a `decoder` object
-/// with a syntax error or an invalid `\u` escape, found by
-/// `fuzz/fuzz_targets/tokenizer_json.rs`), and a fully decoded JSON document never reaches
-/// that panic. Any other panic inside `tokenizers` is caught and reported as an error too.
-fn parse_tokenizer(bytes: &[u8]) -> Result<Tokenizer, String> {
-    serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())?;
-    match std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes)) {
-        Ok(parsed) => parsed.map_err(|e| e.to_string()),
-        Err(_) => Err("malformed (the tokenizers crate could not parse it)".into()),
-    }
-}
-
-/// How a classifier's tokenizer turns one text into ids.
-pub trait TextEncoder {
-    /// The ids of `text` as the classifier reads it, at most `max_len` of them, and whether
-    /// the text had to be truncated. The closing special token is kept when truncating.
-    ///
-    /// # Errors
-    ///
-    /// A tokenizer failure.
-    fn encode_for_classifier(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, bool), Error>;
-
-    /// The padding id.
-    fn padding_id(&self) -> u32;
-}
-
 impl TextEncoder for BpeTokenizer {
     /// `text <eos>`: the last position is then always `<eos>`, whose hidden state in a
     /// causal model has read the whole text.
@@ -239,108 +199,5 @@ impl TextEncoder for BpeTokenizer {
 
     fn padding_id(&self) -> u32 {
         self.pad_id()
-    }
-}
-
-/// A Hugging Face `tokenizer.json` with its own special tokens and post-processor (BERT's
-/// WordPiece with `[CLS] … [SEP]`, for example), as the checkpoint's authors made it.
-#[derive(Debug, Clone)]
-pub struct HfTokenizer {
-    inner: Tokenizer,
-    pad: u32,
-}
-
-impl HfTokenizer {
-    /// Reads a `tokenizer.json`; `pad_token` (such as `[PAD]`) must be in its vocabulary.
-    /// Padding and truncation settings in the file are switched off.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Tokenizer`] naming the file, when it is missing, malformed, or has no
-    /// `pad_token`.
-    pub fn load(path: impl AsRef<Path>, pad_token: &str) -> Result<Self, Error> {
-        let path = path.as_ref();
-        let inner = Self::read(path)?;
-        let pad = inner
-            .token_to_id(pad_token)
-            .ok_or_else(|| Error::Tokenizer {
-                path: path.to_path_buf(),
-                message: format!("has no `{pad_token}` token"),
-            })?;
-        Ok(Self { inner, pad })
-    }
-
-    /// Reads a `tokenizer.json` whose padding token has id `pad_id` (a checkpoint's
-    /// `pad_token_id`). Padding and truncation settings in the file are switched off.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Tokenizer`] naming the file, when it is missing, malformed, or has no token
-    /// with id `pad_id`.
-    pub fn load_with_pad_id(path: impl AsRef<Path>, pad_id: usize) -> Result<Self, Error> {
-        let path = path.as_ref();
-        let inner = Self::read(path)?;
-        let pad = u32::try_from(pad_id)
-            .ok()
-            .filter(|&id| inner.id_to_token(id).is_some())
-            .ok_or_else(|| Error::Tokenizer {
-                path: path.to_path_buf(),
-                message: format!("has no token with the pad_token_id {pad_id} of config.json"),
-            })?;
-        Ok(Self { inner, pad })
-    }
-
-    fn read(path: &Path) -> Result<Tokenizer, Error> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let fail = |message: String| Error::Tokenizer {
-            path: path.to_path_buf(),
-            message,
-        };
-        let mut inner = parse_tokenizer(&bytes).map_err(fail)?;
-        // Checkpoints often ship fixed padding and truncation (sentence-transformers: pad to
-        // 128). Batching pads with a mask and `encode_for_classifier` truncates and counts,
-        // so both are switched off here: a pad token must never be read as text.
-        inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| fail(e.to_string()))?;
-        Ok(inner)
-    }
-
-    /// The number of tokens.
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
-
-    /// Ids with the tokenizer's special tokens (`[CLS] … [SEP]` for BERT).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Tokenizer`] if the tokenizer fails.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, Error> {
-        self.inner
-            .encode(text, true)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| Error::Tokenizer {
-                path: "tokenizer.json".into(),
-                message: e.to_string(),
-            })
-    }
-}
-
-impl TextEncoder for HfTokenizer {
-    fn encode_for_classifier(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, bool), Error> {
-        let mut ids = self.encode(text)?;
-        let truncated = ids.len() > max_len.max(2);
-        if truncated {
-            let last = ids[ids.len() - 1];
-            ids.truncate(max_len.max(2) - 1);
-            ids.push(last);
-        }
-        Ok((ids, truncated))
-    }
-
-    fn padding_id(&self) -> u32 {
-        self.pad
     }
 }
