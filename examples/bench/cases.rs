@@ -18,7 +18,7 @@ use burn_lora_demo::Error;
 use burn_lora_demo::train::Classifier;
 
 use burn_lora_demo::model::{GptClassifier, GptConfig};
-use burn_lora_demo::train::parallel::{PartOutput, parallel_grads};
+use burn_lora_demo::train::parallel::{PartOutput, on_threads, parallel_grads};
 
 /// What one case measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -244,8 +244,13 @@ pub fn run_case(
             model = optim.step(1e-4, model, grads);
             let _ = model.head.weight.val().into_data(); // wait for the update to finish
         } else {
-            let logits = model.forward(tokens.clone(), padding.clone(), pool.clone());
-            let _ = logits.into_data();
+            // As `train::predict` runs a batch: its rows cut into one part per core, each
+            // part's forward pass on a thread of its own.
+            let models = vec![model.clone(); parts.len()];
+            on_threads(models, |p, model| {
+                let (tokens, padding, pool, _) = parts[p].clone();
+                model.forward(tokens, padding, pool).into_data()
+            });
         }
         if i >= warmup {
             times.push(start.elapsed().as_secs_f64());

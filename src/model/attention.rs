@@ -3,6 +3,8 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use burn_lora::nn::{Linear, LinearConfig};
@@ -60,12 +62,42 @@ impl CausalSelfAttention {
         let q = heads(self.query.forward(x.clone()));
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x));
-        let scores = q.matmul(k.transpose()).div_scalar((head_dim as f64).sqrt()); // [batch, heads, seq, seq]
-        let weights = dropout(&self.dropout, softmax(scores + bias, 3));
-        let y = weights
-            .matmul(v)
+        let y = attend(q, k, v, bias, &self.dropout) // [batch, heads, seq, head_dim]
             .swap_dims(1, 2)
             .reshape([batch, seq, d_model]);
         self.out.forward(y)
     }
+}
+
+/// Scaled dot-product attention, `dropout(softmax(q·kᵀ/√d + bias))·v`, per head.
+///
+/// Without autodiff (evaluation and prediction, where dropout is off) it is Burn's fused
+/// attention op: one pass per (example, head) that never materialises the scaled scores,
+/// the biased scores and the softmax as separate tensors, and that the backend spreads
+/// over its cores. With autodiff it is the same arithmetic as separate ops, so that dropout
+/// applies to the attention weights and every op has its backward pass (Burn's autodiff
+/// would decompose the fused op the same way, without the dropout).
+///
+/// # Shapes
+///
+/// - q, k, v: `[batch, heads, seq, head_dim]`
+/// - bias: `[batch, 1, seq or 1, seq]`, added to the scores: 0, or `-inf` where attention
+///   is masked (no row may be all `-inf`)
+/// - output: `[batch, heads, seq, head_dim]`
+pub fn attend(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    bias: Tensor<4>,
+    drop: &Dropout,
+) -> Tensor<4> {
+    let head_dim = q.dims()[3];
+    if !q.device().is_autodiff() {
+        // The bias is 0 or -inf: the fused op takes it as a mask.
+        let mask = bias.lower_elem(-0.5);
+        return attention(q, k, v, Some(mask), None, AttentionModuleOptions::default());
+    }
+    let scores = q.matmul(k.transpose()).div_scalar((head_dim as f64).sqrt()); // [batch, heads, seq, seq]
+    let weights = dropout(drop, softmax(scores + bias, 3));
+    weights.matmul(v)
 }

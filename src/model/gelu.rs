@@ -22,6 +22,7 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 /// `e^x` for `x ≤ 0` (Cephes' `expf`: Cody–Waite reduction and a degree-6 polynomial, within
 /// 2 ulp), written without branches or calls so that loops over it vectorise; below `-87`
 /// it returns `e^-87` (1.6e-38).
+#[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer
@@ -53,6 +54,7 @@ fn exp_nonpositive(x: f32) -> f32 {
 /// let (cdf, _) = normal_cdf_pdf(-3.0);
 /// assert!((-3.0 * (cdf - 0.001_349_898)).abs() < 3e-7);
 /// ```
+#[inline(always)]
 pub fn normal_cdf_pdf(x: f32) -> (f32, f32) {
     let z = x.abs() * FRAC_1_SQRT_2;
     let e = exp_nonpositive(-z * z); // = exp(-x²/2)
@@ -88,19 +90,72 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     };
     // Untracked (no autodiff, or a frozen part of the model): no graph, so no slope needed.
     if !x.is_tracked() {
-        let y: Vec<f32> = values.iter().map(|&v| v * normal_cdf_pdf(v).0).collect();
+        let mut y = vec![0.0; values.len()];
+        dispatch(&values, Pass::Value(&mut y));
         return Tensor::from_data(TensorData::new(y, shape), &device);
     }
     let mut slope = vec![0.0; values.len()];
     let mut offset = vec![0.0; values.len()];
-    for ((&v, s), c) in values.iter().zip(&mut slope).zip(&mut offset) {
-        let (cdf, pdf) = normal_cdf_pdf(v);
-        *s = cdf + v * pdf;
-        *c = v * v * pdf;
-    }
+    dispatch(&values, Pass::Slope(&mut slope, &mut offset));
     let slope = Tensor::from_data(TensorData::new(slope, shape.clone()), &device);
     let offset = Tensor::from_data(TensorData::new(offset, shape), &device);
     x * slope - offset
+}
+
+/// What one pass over the values writes.
+enum Pass<'a> {
+    /// `x·Φ(x)`.
+    Value(&'a mut [f32]),
+    /// The slope `Φ(x) + x·φ(x)` and the offset `x²·φ(x)` (see the module's doc).
+    Slope(&'a mut [f32], &'a mut [f32]),
+}
+
+/// The pass, in the loop below compiled for the widest vectors the CPU has. The arithmetic
+/// is the same IEEE operations in every lane (no fused multiply-adds: Rust never contracts
+/// `a·b + c`), so every width gives bit-identical results; only the speed differs.
+fn dispatch(values: &[f32], pass: Pass) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { pass_avx512(values, pass) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { pass_avx2(values, pass) };
+        }
+    }
+    pass_portable(values, pass);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn pass_avx512(values: &[f32], pass: Pass) {
+    pass_portable(values, pass);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn pass_avx2(values: &[f32], pass: Pass) {
+    pass_portable(values, pass);
+}
+
+#[inline(always)]
+fn pass_portable(values: &[f32], pass: Pass) {
+    match pass {
+        Pass::Value(y) => {
+            for (&v, y) in values.iter().zip(y) {
+                *y = v * normal_cdf_pdf(v).0;
+            }
+        }
+        Pass::Slope(slope, offset) => {
+            for ((&v, s), c) in values.iter().zip(slope).zip(offset) {
+                let (cdf, pdf) = normal_cdf_pdf(v);
+                *s = cdf + v * pdf;
+                *c = v * v * pdf;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ mod gpt_classifier;
 mod mlp;
 mod pooling;
 
-pub use attention::CausalSelfAttention;
+pub use attention::{CausalSelfAttention, attend};
 pub use block::Block;
 pub use burn_lora::dropout::{dropout, with_dropout_seed};
 pub use gelu::{gelu, normal_cdf_pdf};

@@ -104,10 +104,7 @@ where
 }
 
 /// Runs `f(i, input)` for each of `inputs` on a thread of its own; the results in order.
-pub(crate) fn on_threads<I: Send, R: Send>(
-    inputs: Vec<I>,
-    f: impl Fn(usize, I) -> R + Sync,
-) -> Vec<R> {
+pub fn on_threads<I: Send, R: Send>(inputs: Vec<I>, f: impl Fn(usize, I) -> R + Sync) -> Vec<R> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = inputs
             .into_iter()

@@ -2,10 +2,9 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, Embedding, LayerNorm};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::model::{dropout, gelu};
+use crate::model::{attend, dropout, gelu};
 
 /// Word, position and token-type embeddings, summed, normalised, dropped out.
 #[derive(Module, Debug)]
@@ -120,10 +119,7 @@ impl BertSelfAttention {
         let q = heads(self.query.forward(x.clone()));
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x));
-        let scores = q.matmul(k.transpose()).div_scalar((head_dim as f64).sqrt());
-        let weights = dropout(&self.dropout, softmax(scores + bias, 3));
-        weights
-            .matmul(v)
+        attend(q, k, v, bias, &self.dropout)
             .swap_dims(1, 2)
             .reshape([batch, seq, hidden])
     }
@@ -154,7 +150,10 @@ impl Bert {
             + e.position_embeddings.forward(positions)
             + e.token_type_embeddings.forward(types);
         let mut x = dropout(&e.dropout, e.layer_norm.forward(x));
-        let bias = padding.float().reshape([batch, 1, 1, seq]).mul_scalar(-1e9);
+        // -inf at padding keys (see `model::attention_bias` for why not -1e9). Every text
+        // has a first token ([CLS]), so no row is all -inf.
+        let blocked = padding.reshape([batch, 1, 1, seq]);
+        let bias = Tensor::zeros([batch, 1, 1, seq], &device).mask_fill(blocked, f32::NEG_INFINITY);
         for layer in &self.encoder.layer {
             x = layer.forward(x, bias.clone());
         }
