@@ -22,6 +22,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cases", default="full,lora_qv,floor_qv,infer_base,infer_lora_merged")
     parser.add_argument("--extra", default="", help="more bench flags, space-separated")
+    parser.add_argument("--ratio", help="also CASE_A/CASE_B: their same-round ratio per build")
     parser.add_argument("binaries", nargs="+")
     args = parser.parse_args()
     cases = args.cases.split(",")
@@ -45,6 +46,14 @@ def main():
             print(f"| {c} | {b} | {1e3 * statistics.median(t):.1f} | "
                   f"{1e3 * min(t):.1f}-{1e3 * max(t):.1f} | "
                   f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) |")
+
+
+    if args.ratio:
+        a, b = args.ratio.split("/")
+        for bin_ in args.binaries:
+            r = [x / y for x, y in zip(times[(bin_, a)], times[(bin_, b)])]
+            print(f"{a} / {b}, {bin_}: median {statistics.median(r):.3f}, rounds "
+                  + " ".join(f"{x:.3f}" for x in r))
 
 
 if __name__ == "__main__":

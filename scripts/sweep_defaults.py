@@ -5,7 +5,9 @@ weight decay 0.01, 6% linear warm-up then cosine decay, max length 64, mean-pool
 dropout 0.1, LoRA r=8 alpha=16 dropout 0.1. The test split is never read, unless `--test`
 is given: that reports test accuracy beside validation for runs whose settings are already
 fixed (the issue's PEFT reference settings), to compare with our job's test figures;
-`--seed N` (default 0) seeds torch and the shuffle.
+`--seed N` (default 0) seeds torch and the shuffle. `--group-by-length` batches as our
+job does (texts of similar length together, 46 % fewer padded tokens on the English
+split) instead of plain shuffled batches.
 
 Each argument is LAYERS:MODE:LR:EPOCHS[:TARGETS[:RANK]], e.g. `0,1,2:lora:2e-3:1:all`, where
 LAYERS are the all-MiniLM-L6-v2 layers kept (fixtures/minilm keeps 0,1,2), MODE is full, lora
@@ -37,8 +39,13 @@ ALL = ("query", "key", "value", "attention.output.dense", "intermediate.dense", 
 
 
 def load(path):
+    """(text, class) pairs; classes number the labels as the job's LabelSet does (integers in
+    numeric order, names in byte order: negative = 0, positive = 1)."""
     rows = [line.rstrip("\n").split("\t", 1) for line in open(path, encoding="utf-8")]
-    return [(text, int(label)) for label, text in rows]
+    names = {label for label, _ in rows}
+    key = (lambda n: (int(n), n)) if all(n.lstrip("-").isdigit() for n in names) else (lambda n: n.encode())
+    index = {n: i for i, n in enumerate(sorted(names, key=key))}
+    return [(text, index[label]) for label, text in rows]
 
 
 class Classifier(torch.nn.Module):
@@ -55,20 +62,32 @@ class Classifier(torch.nn.Module):
         return self.classifier(self.drop((h * m).sum(1) / m.sum(1)))
 
 
-def main(src, specs, seed=0, report_test=False):
+def main(src, specs, seed=0, report_test=False, group_by_length=False):
     torch.set_num_threads(2)
     tok = AutoTokenizer.from_pretrained(src)
     train = load(ROOT / "fixtures/data/en/train.tsv")
     fit = [e for i, e in enumerate(train) if i % 10 != 9]
     val = [e for i, e in enumerate(train) if i % 10 == 9]
     test = load(ROOT / "fixtures/data/en/test.tsv") if report_test else []
+    # Token counts of the training texts, for --group-by-length (counted before any timing).
+    fit_lengths = [len(ids) for ids in tok([t for t, _ in fit], truncation=True, max_length=64)["input_ids"]] if group_by_length else []
 
     def batches(data, size, rng):
         order = list(range(len(data)))
         if rng:
             rng.shuffle(order)
-        for i in range(0, len(order), size):
-            chunk = [data[j] for j in order[i : i + size]]
+        groups = [order[i : i + size] for i in range(0, len(order), size)]
+        if rng and group_by_length:
+            # As our job batches (train::length_grouped_batches): groups of 50 batches
+            # sorted by length, cut into batches, the batches shuffled.
+            lengths = fit_lengths
+            groups = []
+            for g in range(0, len(order), 50 * size):
+                block = sorted(order[g : g + 50 * size], key=lambda j: lengths[j])
+                groups += [block[i : i + size] for i in range(0, len(block), size)]
+            rng.shuffle(groups)
+        for group in groups:
+            chunk = [data[j] for j in group]
             enc = tok([t for t, _ in chunk], padding=True, truncation=True, max_length=64, return_tensors="pt")
             yield enc["input_ids"], enc["attention_mask"], torch.tensor([l for _, l in chunk])
 
@@ -122,13 +141,15 @@ def main(src, specs, seed=0, report_test=False):
 
 
 if __name__ == "__main__":
-    args, seed, report_test = sys.argv[1:], 0, False
+    args, seed, report_test, group_by_length = sys.argv[1:], 0, False, False
     while args and args[0].startswith("--"):
         flag = args.pop(0)
         if flag == "--test":
             report_test = True
         elif flag == "--seed":
             seed = int(args.pop(0))
+        elif flag == "--group-by-length":
+            group_by_length = True
         else:
             sys.exit(f"unknown flag {flag}")
-    main(args[0], args[1:], seed, report_test)
+    main(args[0], args[1:], seed, report_test, group_by_length)
