@@ -74,7 +74,8 @@ struct Args {
     case: Option<String>,
     /// Also time `floor_qv`: only the query and value biases trainable, the least a q,v
     /// adapter's step can cost here (the backward pass reaches every block, no weight
-    /// gradient, no branch). Printed after the table, not written to `--out`.
+    /// gradient, no branch). Printed after the table, and written to `--out` as the last
+    /// case.
     #[arg(long)]
     floor: bool,
     /// Keep the C allocator's defaults instead of `allocator::retain_freed_memory` (to
