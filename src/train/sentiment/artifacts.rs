@@ -45,11 +45,11 @@ pub(super) fn save_artifact<C: Classifier>(
     }
 }
 
-pub(super) fn file_bytes(path: &Path) -> Result<u64, Error> {
+fn file_bytes(path: &Path) -> Result<u64, Error> {
     Ok(fs::metadata(path).map_err(|e| Error::io(path, e))?.len())
 }
 
-pub(super) fn dir_bytes(dir: &Path) -> Result<u64, Error> {
+fn dir_bytes(dir: &Path) -> Result<u64, Error> {
     let mut total = 0;
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         total += file_bytes(&entry.map_err(|e| Error::io(dir, e))?.path())?;

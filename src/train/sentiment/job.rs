@@ -120,20 +120,20 @@ pub fn run_sentiment(
 }
 
 /// The loaded data files.
-pub(super) struct Data {
+struct Data {
     /// The training file (validation is cut from it).
-    pub train: SentimentDataset,
+    train: SentimentDataset,
     /// The test file.
-    pub test: SentimentDataset,
+    test: SentimentDataset,
     /// `--eval-file`s.
-    pub evals: Vec<SentimentDataset>,
+    evals: Vec<SentimentDataset>,
     /// The classes, from the training file.
-    pub labels: LabelSet,
+    labels: LabelSet,
 }
 
 /// Every mode on one kind of classifier: `build` makes a fresh one (the base loaded, a new
 /// head) on the device it is given.
-pub(super) fn run_modes<C: Classifier>(
+fn run_modes<C: Classifier>(
     options: &SentimentOptions,
     data: &Data,
     tokenizer: &impl TextEncoder,
@@ -277,18 +277,22 @@ pub(super) fn run_modes<C: Classifier>(
         curves.push((mode.name(), done.history));
     }
     let report = JobReport {
+        train,
+        test,
+        test_enc: &test_enc,
+        labels,
         truncated,
         max_len,
         runs,
         details,
         curves,
     };
-    write_report(options, devices, data, &test_enc, report)
+    write_report(options, devices, report)
 }
 
 /// `--init-adapter DIR`: the adapter's LoRA config, after checking that the labels it
 /// records (if any) are the data's.
-pub(super) fn init_adapter_config(dir: &Path, labels: &LabelSet) -> Result<LoraConfig, Error> {
+fn init_adapter_config(dir: &Path, labels: &LabelSet) -> Result<LoraConfig, Error> {
     let config = read_adapter_config(dir)?;
     if let Some(record) = HeadRecord::load(dir)?
         && record.labels != labels.names()
@@ -313,7 +317,7 @@ pub(super) fn init_adapter_config(dir: &Path, labels: &LabelSet) -> Result<LoraC
 
 /// Splits off every tenth training example (by position) as validation, for choosing
 /// hyper-parameters without touching the test set.
-pub(super) fn split_train(examples: &[Example]) -> (Vec<Example>, Vec<Example>) {
+fn split_train(examples: &[Example]) -> (Vec<Example>, Vec<Example>) {
     let (val, fit): (Vec<_>, Vec<_>) = examples
         .iter()
         .cloned()

@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 use burn_lora::ParamReport;
 
 use crate::Error;
+use crate::data::{LabelSet, SentimentDataset};
 use crate::io::{to_json, write_atomic};
 use crate::train::baseline::NaiveBayes;
 use crate::train::metrics::{ClassMetrics, Classification};
 use crate::train::{Encoded, FinetuneMode, History, svg_line_plot};
 
 use super::artifacts::MergeCheck;
-use super::job::Data;
 use super::options::SentimentOptions;
 
 /// One row of `metrics.json`.
@@ -99,7 +99,7 @@ pub(super) fn mode_details(
     })
 }
 
-pub(super) fn write_curves(out: &Path, curves: &[(&str, History)]) -> Result<(), Error> {
+fn write_curves(out: &Path, curves: &[(&str, History)]) -> Result<(), Error> {
     let mut csv = String::from("mode,step,loss\n");
     let mut acc = String::from("mode,epoch,train_accuracy,validation_accuracy\n");
     let mut series = Vec::new();
@@ -135,7 +135,7 @@ pub(super) fn write_curves(out: &Path, curves: &[(&str, History)]) -> Result<(),
     write_atomic(&out.join("loss.svg"), svg.as_bytes())
 }
 
-pub(super) fn table(metrics: &Metrics, baseline: &Classification) -> String {
+fn table(metrics: &Metrics, baseline: &Classification) -> String {
     let mut s = format!(
         "{:<9} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9} {:>12}\n",
         "mode",
@@ -216,8 +216,17 @@ pub(super) fn median(values: &[f64]) -> f64 {
     sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// What the modes of one job produced, for [`write_report`].
+/// What the modes of one job produced, and the data they were measured on, for
+/// [`write_report`].
 pub(super) struct JobReport<'a> {
+    /// The training file, for the baseline.
+    pub train: &'a SentimentDataset,
+    /// The test file, for the baseline.
+    pub test: &'a SentimentDataset,
+    /// The test file, encoded: its labels.
+    pub test_enc: &'a Encoded,
+    /// The classes.
+    pub labels: &'a LabelSet,
     /// Texts truncated to `max_len`, over every split.
     pub truncated: usize,
     /// The input length the job used.
@@ -235,17 +244,13 @@ pub(super) struct JobReport<'a> {
 pub(super) fn write_report(
     options: &SentimentOptions,
     devices: &[Device],
-    data: &Data,
-    test_enc: &Encoded,
     report: JobReport,
 ) -> Result<(Metrics, String), Error> {
-    let Data {
+    let JobReport {
         train,
         test,
+        test_enc,
         labels,
-        ..
-    } = data;
-    let JobReport {
         truncated,
         max_len,
         runs,
