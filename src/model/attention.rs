@@ -71,12 +71,14 @@ impl CausalSelfAttention {
 
 /// Scaled dot-product attention, `dropout(softmax(q·kᵀ/√d + bias))·v`, per head.
 ///
-/// Without autodiff (evaluation and prediction, where dropout is off) it is Burn's fused
-/// attention op: one pass per (example, head) that never materialises the scaled scores,
-/// the biased scores and the softmax as separate tensors, and that the backend spreads
-/// over its cores. With autodiff it is the same arithmetic as separate ops, so that dropout
-/// applies to the attention weights and every op has its backward pass (Burn's autodiff
-/// would decompose the fused op the same way, without the dropout).
+/// Without autodiff (evaluation and prediction, where dropout is off) on a CPU device it
+/// is Burn's fused attention op: one pass per (example, head) that never materialises the
+/// scaled scores, the biased scores and the softmax as separate tensors, and that burn-flex
+/// spreads over its cores (measured in `docs/BENCHMARKS.md`). On other devices, where we
+/// have not measured it, it stays the separate ops. With autodiff it is the same arithmetic
+/// as separate ops, so that dropout applies to the attention weights and every op has its
+/// backward pass (Burn's autodiff would decompose the fused op the same way, without the
+/// dropout).
 ///
 /// # Shapes
 ///
@@ -92,7 +94,8 @@ pub fn attend(
     drop: &Dropout,
 ) -> Tensor<4> {
     let head_dim = q.dims()[3];
-    if !q.device().is_autodiff() {
+    let device = q.device();
+    if !device.is_autodiff() && crate::device::is_cpu(&device) {
         // The bias is 0 or -inf: the fused op takes it as a mask.
         let mask = bias.lower_elem(-0.5);
         return attention(q, k, v, Some(mask), None, AttentionModuleOptions::default());
