@@ -231,7 +231,7 @@ fn run(args: Args) -> Result<(), Error> {
         .collect();
     let names: Vec<&str> = rows.iter().map(|(n, _, _)| *n).collect();
     let batch = class_batch(&seqs, &vec![0; seqs.len()], pad_id, &device);
-    let pool = Pooling::Mean.weights(&batch.lengths, batch.seq_len(), &device);
+    let pool = Pooling::Mean.weights(&batch);
     let logits = with_adapter_names(&model, &names, || {
         model.classify(batch.tokens.clone(), batch.padding.clone(), pool.clone())
     })?;
@@ -248,7 +248,7 @@ fn run(args: Args) -> Result<(), Error> {
             name => set_active_adapters(model.clone(), &[name])?,
         };
         let one = class_batch(&seqs[row..row + 1], &[0], pad_id, &device);
-        let pool = Pooling::Mean.weights(&one.lengths, one.seq_len(), &device);
+        let pool = Pooling::Mean.weights(&one);
         let solo = alone.classify(one.tokens, one.padding, pool);
         let diff = (logits.clone().narrow(0, row, 1) - solo)
             .abs()

@@ -216,9 +216,7 @@ fn classify_mixed<C: Classifier>(
     for (chunk, pairs) in tokens.chunks(32).zip(routed.chunks(32)) {
         let seqs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
         let batch = class_batch(&seqs, &vec![0; seqs.len()], tokenizer.padding_id(), &device);
-        let pool = loaded
-            .pooling
-            .weights(&batch.lengths, batch.seq_len(), &device);
+        let pool = loaded.pooling.weights(&batch);
         let batch_names: Vec<&str> = pairs.iter().map(|(n, _)| *n).collect();
         let logits = burn_lora::with_adapter_names(&model, &batch_names, || {
             model.classify(batch.tokens.clone(), batch.padding.clone(), pool.clone())

@@ -81,10 +81,3 @@ pub fn class_batch(
         labels: Tensor::from_data(TensorData::new(labels, [rows]), device),
     }
 }
-
-impl ClassBatch {
-    /// The padded length, `seq`.
-    pub fn seq_len(&self) -> usize {
-        self.tokens.dims()[1]
-    }
-}

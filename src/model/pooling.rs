@@ -4,7 +4,9 @@
 //! selects the last real token, a `1/len` row averages over the text. The classifiers
 //! multiply them in ([`weighted_pool`]), so both kinds of pooling are one op.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
+
+use crate::data::ClassBatch;
 
 /// How a sequence's hidden states become one vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,10 +19,14 @@ pub enum Pooling {
 }
 
 impl Pooling {
-    /// The pooling weights `[rows, seq]` of right-padded texts of `lengths` (each ≥ 1), as
-    /// a tensor on `device`: see [`pool_weights`].
-    pub fn weights(self, lengths: &[usize], seq: usize, device: &Device) -> Tensor<2> {
-        Tensor::from_data(pool_weights(lengths, seq, self), device)
+    /// The pooling weights `[rows, seq]` of a padded batch, on the batch's device: see
+    /// [`pool_weights`].
+    pub fn weights(self, batch: &ClassBatch) -> Tensor<2> {
+        let [_, seq] = batch.tokens.dims();
+        Tensor::from_data(
+            pool_weights(&batch.lengths, seq, self),
+            &batch.tokens.device(),
+        )
     }
 }
 

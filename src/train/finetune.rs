@@ -228,7 +228,7 @@ pub fn finetune<C: Classifier>(
                 let seqs: Vec<&[u32]> = part.iter().map(|&i| train.tokens[i].as_slice()).collect();
                 let labels: Vec<usize> = part.iter().map(|&i| train.labels[i]).collect();
                 let batch = class_batch(&seqs, &labels, options.pad_id, on);
-                let pool = options.pooling.weights(&batch.lengths, batch.seq_len(), on);
+                let pool = options.pooling.weights(&batch);
                 let logits = replica.classify(batch.tokens, batch.padding, pool);
                 let predicted = logits.clone().argmax(1).reshape([part.len()]);
                 let correct = predicted

@@ -39,7 +39,7 @@ pub fn predict<C: Classifier>(
         for chunk in chunks.iter().skip(t).step_by(threads) {
             let seqs: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
             let batch = class_batch(&seqs, &vec![0; chunk.len()], pad_id, &device);
-            let pool = pooling.weights(&batch.lengths, batch.seq_len(), &device);
+            let pool = pooling.weights(&batch);
             let p = softmax(model.classify(batch.tokens, batch.padding, pool), 1);
             let values = p
                 .into_data()
