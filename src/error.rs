@@ -36,6 +36,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A chat template did not compile, or raised an error while rendering.
+    #[error("chat template {}: {message}", path.display())]
+    ChatTemplate {
+        /// The file it came from (`tokenizer_config.json` or `chat_template.jinja`).
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A line of a dataset file was malformed.
     #[error("{}:{line}: {message}", path.display())]
     Data {
@@ -55,7 +63,7 @@ pub enum Error {
         message: String,
     },
     /// A model `config.json` describes an architecture this crate does not implement.
-    #[error("{}: unsupported {found}; burn-lora loads BERT checkpoints (model_type `bert`)", path.display())]
+    #[error("{}: unsupported {found}; burn-lora loads BERT encoders (model_type `bert`) and the decoders LlamaForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM", path.display())]
     UnsupportedArchitecture {
         /// The config file.
         path: PathBuf,

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 
 use burn_lora::nn::{Linear, LinearConfig};
 
-use crate::model::dropout;
+use crate::model::{KvCache, dropout};
 
 /// Self-attention in which each position attends only to itself, earlier positions, and
 /// non-padding tokens; `query`, `key`, `value` and `out` are separate projections, as in
@@ -53,6 +53,24 @@ impl CausalSelfAttention {
     /// - bias: `[batch, 1, seq, seq]`
     /// - output: `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
+        self.forward_cached(x, bias, &mut KvCache::disabled(1), 0)
+    }
+
+    /// As [`forward`](Self::forward), for `x` following the positions in `cache`, whose
+    /// entry `layer` gets this layer's keys and values.
+    ///
+    /// # Shapes
+    ///
+    /// - x: `[batch, seq, d_model]`
+    /// - bias: `[batch, 1, seq, cached + seq]`
+    /// - output: `[batch, seq, d_model]`
+    pub fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        bias: Tensor<4>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Tensor<3> {
         let [batch, seq, d_model] = x.dims();
         let head_dim = d_model / self.n_heads;
         let heads = |t: Tensor<3>| {
@@ -62,6 +80,7 @@ impl CausalSelfAttention {
         let q = heads(self.query.forward(x.clone()));
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x));
+        let (k, v) = cache.append(layer, k, v); // [batch, heads, cached + seq, head_dim]
         let y = attend(q, k, v, bias, &self.dropout) // [batch, heads, seq, head_dim]
             .swap_dims(1, 2)
             .reshape([batch, seq, d_model]);

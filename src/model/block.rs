@@ -5,7 +5,7 @@ use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Tensor};
 
 use crate::model::dropout;
-use crate::model::{CausalSelfAttention, Mlp};
+use crate::model::{CausalSelfAttention, KvCache, Mlp};
 
 /// `x + attn(norm1(x))`, then `x + mlp(norm2(x))`: the pre-norm block of GPT-2.
 #[derive(Module, Debug)]
@@ -40,11 +40,28 @@ impl Block {
     /// - bias: `[batch, 1, seq, seq]`
     /// - output: `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
-        let x = x.clone()
-            + dropout(
-                &self.dropout,
-                self.attn.forward(self.norm1.forward(x), bias),
-            );
+        self.forward_cached(x, bias, &mut KvCache::disabled(1), 0)
+    }
+
+    /// As [`forward`](Self::forward), for `x` following the positions in `cache`, whose
+    /// entry `layer` is this block's.
+    ///
+    /// # Shapes
+    ///
+    /// - x: `[batch, seq, d_model]`
+    /// - bias: `[batch, 1, seq, cached + seq]`
+    /// - output: `[batch, seq, d_model]`
+    pub fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        bias: Tensor<4>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Tensor<3> {
+        let attn = self
+            .attn
+            .forward_cached(self.norm1.forward(x.clone()), bias, cache, layer);
+        let x = x + dropout(&self.dropout, attn);
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 }

@@ -14,8 +14,8 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::Error;
 use crate::io::{load_module, save_module};
-use crate::model::Block;
 use crate::model::dropout;
+use crate::model::{Block, CausalLm, KvCache, decoder_bias};
 
 /// The size of a [`Gpt`].
 #[derive(Config, Debug)]
@@ -145,19 +145,11 @@ impl Gpt {
     /// - output: `[batch, seq, d_model]`
     pub fn hidden(&self, tokens: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<3> {
         let [batch, seq] = tokens.dims();
-        let device = tokens.device();
-        let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &tokens.device())
             .reshape([1, seq])
             .repeat_dim(0, batch); // [batch, seq]
-        let x = self.token_embedding.forward(tokens) + self.position_embedding.forward(positions);
-        let bias = attention_bias(padding);
-        let x = self
-            .blocks
-            .iter()
-            .fold(dropout(&self.dropout, x), |x, block| {
-                block.forward(x, bias.clone())
-            });
-        self.norm.forward(x)
+        let mut cache = KvCache::disabled(self.blocks.len());
+        self.hidden_cached(tokens, positions, attention_bias(padding), &mut cache)
     }
 
     /// Next-token logits at every position.
@@ -240,12 +232,42 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<GptConfig, Error> {
 /// - padding: `[batch, seq]`, true at padding
 /// - output: `[batch, 1, seq, seq]`
 pub fn attention_bias(padding: Tensor<2, Bool>) -> Tensor<4> {
-    let [batch, seq] = padding.dims();
-    let device = padding.device();
-    let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &device); // true above the diagonal
-    let causal = future.float().reshape([1, 1, seq, seq]);
-    let pad = padding.float().reshape([batch, 1, 1, seq]);
-    let own = Tensor::<2>::eye(seq, &device).reshape([1, 1, seq, seq]);
-    let blocked = (causal + pad - own.mul_scalar(2.0)).greater_elem(0.5); // [batch, 1, seq, seq]
-    Tensor::zeros([batch, 1, seq, seq], &device).mask_fill(blocked, f32::NEG_INFINITY)
+    let seq = padding.dims()[1];
+    decoder_bias(padding, seq)
+}
+
+impl CausalLm for Gpt {
+    fn hidden_cached(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        bias: Tensor<4>,
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
+        let x = self.token_embedding.forward(tokens) + self.position_embedding.forward(positions);
+        let x = self
+            .blocks
+            .iter()
+            .enumerate()
+            .fold(dropout(&self.dropout, x), |x, (layer, block)| {
+                block.forward_cached(x, bias.clone(), cache, layer)
+            });
+        self.norm.forward(x)
+    }
+
+    fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.lm_head.forward(hidden)
+    }
+
+    fn context_len(&self) -> Option<usize> {
+        Some(self.max_seq_len())
+    }
+
+    fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn device(&self) -> Device {
+        self.token_embedding.weight.device()
+    }
 }

@@ -10,21 +10,30 @@
 //! nothing from these types.
 
 mod attention;
+mod batch_generate;
 pub mod bert;
 mod block;
+mod causal_lm;
+mod decoder;
 mod gelu;
 mod generate;
 mod gpt;
 mod gpt_classifier;
+pub mod llama;
 mod mlp;
 mod pooling;
+mod to_f32;
 
 pub use attention::{CausalSelfAttention, attend};
+pub use batch_generate::{Finish, GenerateOptions, Generation, generate_batch};
 pub use block::Block;
 pub use burn_lora::dropout::{dropout, with_dropout_seed};
+pub use causal_lm::{CausalLm, KvCache, decoder_bias};
+pub use decoder::{Decoder, DecoderBase, LmTokenizer};
 pub use gelu::{gelu, normal_cdf_pdf};
 pub use generate::{Sampling, continuation_nll, generate, top_next};
 pub use gpt::{Gpt, GptConfig, MAX_PARAMS, attention_bias, load_config, parse_config};
 pub use gpt_classifier::GptClassifier;
 pub use mlp::Mlp;
 pub use pooling::{Pooling, pool_weights, weighted_pool};
+pub use to_f32::ToF32;

@@ -94,6 +94,44 @@ impl HfTokenizer {
     }
 }
 
+impl HfTokenizer {
+    /// Ids of `text`, with the tokenizer's special tokens (Llama's BOS) only when
+    /// `add_special_tokens`: transformers adds them to a plain prompt, not to a rendered
+    /// chat template, which writes its own.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tokenizer`] if the tokenizer fails.
+    pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, Error> {
+        self.inner
+            .encode(text, add_special_tokens)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Tokenizer {
+                path: "tokenizer.json".into(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The text of `ids`, without special tokens when `skip_special_tokens`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tokenizer`] if an id is out of the vocabulary or decoding fails.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, Error> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenizer {
+                path: "tokenizer.json".into(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The id of a token's text (`<|im_end|>`), if the vocabulary has it.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
 impl TextEncoder for HfTokenizer {
     fn encode_for_classifier(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, bool), Error> {
         let mut ids = self.encode(text)?;

@@ -20,9 +20,11 @@
 //! are [`TextEncoder`]s: what the classifiers read.
 
 mod bpe;
+mod chat;
 mod hf;
 
 pub use bpe::{BpeTokenizer, SPECIAL_TOKENS, train_tokenizer};
+pub use chat::{ChatMessage, ChatTemplate};
 pub use hf::HfTokenizer;
 
 use tokenizers::Tokenizer;

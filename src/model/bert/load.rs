@@ -7,32 +7,12 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::store::{ApplyError, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::Device;
 use burn_lora::PeftOptions;
 
 use super::{Bert, BertClassifier, BertConfig};
 use crate::Error;
-
-/// Casts every float parameter to `float32`: a checkpoint stored in `float16` (ours is, to
-/// stay small) loads with its own dtype, and the model computes in `float32`.
-struct ToF32;
-
-impl burn::module::ModuleMapper for ToF32 {
-    fn map_float<const D: usize>(
-        &mut self,
-        param: burn::module::Param<Tensor<D>>,
-    ) -> burn::module::Param<Tensor<D>> {
-        match param.val().dtype() {
-            DType::F32 => param,
-            // On an autodiff device the cast is a recorded op, and a parameter must be a
-            // leaf of the graph that still asks for gradients if the original did.
-            _ => param.map(|t| {
-                let grad = t.is_require_grad();
-                t.cast(DType::F32).detach().set_require_grad(grad)
-            }),
-        }
-    }
-}
+use crate::model::ToF32;
 
 impl Bert {
     /// Loads a Hugging Face checkpoint directory: `config.json` and `model.safetensors`.

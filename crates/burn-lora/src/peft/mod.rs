@@ -102,6 +102,12 @@ impl PeftOptions {
             .unwrap_or(crate::adapter::DEFAULT_ADAPTER)
     }
 
+    /// Sets `base_model_name_or_path`.
+    pub fn with_base_model_name_or_path(mut self, name: impl Into<String>) -> Self {
+        self.base_model_name_or_path = Some(name.into());
+        self
+    }
+
     /// Sets `task_type`.
     pub fn with_task_type(mut self, task_type: impl Into<String>) -> Self {
         self.task_type = Some(task_type.into());

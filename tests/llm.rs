@@ -1,0 +1,413 @@
+//! Hugging Face decoders (Llama, Qwen2, Qwen3) against transformers and PEFT: logits,
+//! greedy generation token for token, chat templates, KV-cache generation, PEFT CAUSAL_LM
+//! adapters both ways, and broken checkpoints as named errors. Golden files:
+//! `scripts/llm_golden.py write` (and `check` for the adapter we write).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_lora::{
+    LoraConfig, PeftOptions, apply_lora, load_adapter_with, merge_lora, read_adapter_config,
+    save_adapter_with,
+};
+use burn_lora_demo::Error;
+use burn_lora_demo::model::{
+    CausalLm, Decoder, DecoderBase, GenerateOptions, Sampling, generate_batch,
+};
+use burn_lora_demo::tokenizer::ChatMessage;
+use common::{read, scratch};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use safetensors::SafeTensors;
+use serde::Deserialize;
+
+const FAMILIES: [&str; 3] = ["llama", "qwen2", "qwen3"];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/llm")
+        .join(name)
+}
+
+#[derive(Deserialize)]
+struct Chat {
+    messages: Vec<ChatMessage>,
+    add_generation_prompt: bool,
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct Golden {
+    prompts: Vec<String>,
+    prompt_ids: Vec<Vec<u32>>,
+    greedy: Vec<Vec<u32>>,
+    eos: Vec<u32>,
+    chat: Vec<Chat>,
+}
+
+#[derive(Deserialize)]
+struct PeftGolden {
+    greedy: Vec<Vec<u32>>,
+}
+
+fn golden(family: &str) -> Golden {
+    serde_json::from_slice(&fs::read(fixture(family).join("golden.json")).unwrap()).unwrap()
+}
+
+fn load(family: &str) -> DecoderBase {
+    let spec = format!("hf:{}", fixture(family).display());
+    DecoderBase::load(&spec, &Device::default()).unwrap()
+}
+
+/// The golden batch's ids `[2, 7]` (the script draws the same ones for every family), and
+/// the logits in `dir/file`.
+fn ids_and_logits(dir: &Path, file: &str) -> (Tensor<2, Int>, TensorData) {
+    let ids_file = fs::read(fixture("llama").join("golden.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&ids_file).unwrap();
+    let view = st.tensor("input_ids").unwrap();
+    let ids: Vec<i64> = view
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let ids = Tensor::from_data(TensorData::new(ids, [2, 7]), &Device::default());
+    let bytes = fs::read(dir.join(file)).unwrap();
+    let logits = read(&SafeTensors::deserialize(&bytes).unwrap(), "logits");
+    (ids, logits)
+}
+
+/// `max |ours - transformers|` over the golden batch's logits, asserted under 1e-4.
+fn check_logits<M: CausalLm>(what: &str, model: &M, dir: &Path, file: &str) -> f32 {
+    let (ids, want) = ids_and_logits(dir, file);
+    let [b, s] = ids.dims();
+    let padding = Tensor::<2, Int>::zeros([b, s], &Device::default()).equal_elem(1);
+    let got = model.logits(ids, padding).into_data();
+    let (got, want) = (
+        got.try_to_vec::<f32>().unwrap(),
+        want.try_to_vec::<f32>().unwrap(),
+    );
+    assert_eq!(got.len(), want.len(), "{what}: logits shape");
+    let diff = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0, f32::max);
+    eprintln!(
+        "{what}: max |logits - transformers| = {diff:.2e} over {} logits",
+        got.len()
+    );
+    assert!(diff < 1e-4, "{what}: logits differ by {diff}");
+    diff
+}
+
+fn greedy(eos: &[u32], pad: u32, use_cache: bool) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: 10,
+        sampling: Sampling::Greedy,
+        eos: eos.to_vec(),
+        pad,
+        use_cache,
+    }
+}
+
+/// Greedy continuations of the prompts, decoded as one padded batch.
+fn generate<M: CausalLm>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    eos: &[u32],
+    pad: u32,
+    cache: bool,
+) -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(0);
+    generate_batch(model, prompts, &greedy(eos, pad, cache), &mut rng)
+        .unwrap()
+        .into_iter()
+        .map(|g| g.tokens)
+        .collect()
+}
+
+#[test]
+fn each_family_gives_transformers_logits() {
+    for family in FAMILIES {
+        let base = load(family);
+        check_logits(family, &base.model, &fixture(family), "golden.safetensors");
+    }
+}
+
+#[test]
+fn tokens_and_greedy_generation_equal_transformers_with_and_without_the_cache() {
+    for family in FAMILIES {
+        let base = load(family);
+        let g = golden(family);
+        assert_eq!(
+            base.eos, g.eos,
+            "{family}: eos ids from generation_config.json"
+        );
+        let ids: Vec<Vec<u32>> = g
+            .prompts
+            .iter()
+            .map(|p| base.tokenizer.encode(p, true).unwrap())
+            .collect();
+        assert_eq!(ids, g.prompt_ids, "{family}: prompt ids");
+        let cached = generate(&base.model, &ids, &base.eos, base.pad, true);
+        assert_eq!(cached, g.greedy, "{family}: greedy tokens, cached batch");
+        let uncached = generate(&base.model, &ids, &base.eos, base.pad, false);
+        assert_eq!(uncached, cached, "{family}: uncached equals cached");
+    }
+}
+
+#[test]
+fn chat_templates_render_as_transformers_apply_chat_template() {
+    for family in FAMILIES {
+        let base = load(family);
+        let template = base.chat.as_ref().expect("the fixture has a chat template");
+        for (i, chat) in golden(family).chat.iter().enumerate() {
+            let text = template
+                .render(&chat.messages, chat.add_generation_prompt)
+                .unwrap();
+            assert_eq!(text, chat.text, "{family}: conversation {i}");
+            let ids = base.tokenizer.encode(&text, false).unwrap();
+            assert_eq!(ids, chat.ids, "{family}: conversation {i} ids");
+        }
+    }
+}
+
+#[test]
+fn a_role_the_template_refuses_is_a_named_error() {
+    let base = load("qwen2");
+    let err = base
+        .chat
+        .unwrap()
+        .render(&[ChatMessage::new("tool", "x")], true)
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::ChatTemplate { .. }), "{message}");
+    assert!(
+        message.contains("chat_template.jinja") && message.contains("not tool"),
+        "{message}"
+    );
+}
+
+#[test]
+fn cached_generation_equals_uncached_on_our_gpt() {
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/base_zh");
+    let base = DecoderBase::load(spec.to_str().unwrap(), &Device::default()).unwrap();
+    assert!(matches!(base.model, Decoder::Gpt(_)));
+    let prompts: Vec<Vec<u32>> = ["这本书", "质量很差，", "很好"]
+        .iter()
+        .map(|p| base.tokenizer.encode(p, true).unwrap())
+        .collect();
+    let mut options = greedy(&base.eos, base.pad, true);
+    options.max_new_tokens = 24;
+    let run = |options: &GenerateOptions, prompts: &[Vec<u32>]| {
+        generate_batch(&base.model, prompts, options, &mut StdRng::seed_from_u64(1)).unwrap()
+    };
+    let cached = run(&options, &prompts);
+    options.use_cache = false;
+    let uncached = run(&options, &prompts);
+    for (c, u) in cached.iter().zip(&uncached) {
+        assert_eq!(c.tokens, u.tokens, "cached and uncached tokens");
+        let diff = c
+            .logprobs
+            .iter()
+            .zip(&u.logprobs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "log-probabilities differ by {diff}");
+    }
+    assert!(cached.iter().all(|g| g.tokens.len() == 24));
+    // Each prompt alone gives what it gave in the padded batch.
+    for (prompt, together) in prompts.iter().zip(&cached) {
+        options.use_cache = true;
+        let alone = run(&options, std::slice::from_ref(prompt));
+        assert_eq!(alone[0].tokens, together.tokens);
+    }
+}
+
+#[test]
+fn peft_causal_lm_adapters_give_peft_logits_and_greedy_tokens() {
+    for (family, adapter) in [("llama", "peft_qv"), ("qwen2", "peft_all_linear")] {
+        let base = load(family);
+        let dir = fixture(family).join(adapter);
+        let config = read_adapter_config(&dir).unwrap();
+        let model = load_adapter_with(base.model, &dir, &PeftOptions::new()).unwrap();
+        let what = format!("{family}/{adapter}");
+        check_logits(&what, &model, &dir, "peft_golden.safetensors");
+        let want: PeftGolden =
+            serde_json::from_slice(&fs::read(dir.join("peft_golden.json")).unwrap()).unwrap();
+        let g = golden(family);
+        let tokens = generate(&model, &g.prompt_ids, &base.eos, base.pad, true);
+        assert_eq!(tokens, want.greedy, "{what}: greedy tokens");
+        // Merged into the base weights, the model generates the same tokens.
+        let merged = merge_lora(model).unwrap();
+        assert_eq!(
+            generate(&merged, &g.prompt_ids, &base.eos, base.pad, true),
+            want.greedy,
+            "{what}: merged"
+        );
+        if adapter == "peft_all_linear" {
+            assert_eq!(config.rank_pattern.len(), 2, "{what}: rank_pattern read");
+        }
+    }
+}
+
+/// Gives every LoRA factor a value from an integer formula, the same on every machine, so
+/// the adapter file we write is the same bytes everywhere.
+struct FormulaFactors {
+    names: Vec<String>,
+    count: usize,
+}
+
+impl ModuleMapper for FormulaFactors {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.names.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.names.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = self.names.last().map(String::as_str).unwrap_or("");
+        if name != "lora_a" && name != "lora_b" {
+            return param;
+        }
+        self.count += 1;
+        let p = self.count;
+        param.map(|t| {
+            let grad = t.is_require_grad();
+            let shape = t.shape();
+            let values: Vec<f32> = (0..shape.num_elements())
+                .map(|k| (((k * 37 + p * 101) % 17) as f32 / 17.0 - 0.5) * 0.4)
+                .collect();
+            Tensor::<D>::from_data(TensorData::new(values, shape), &t.device())
+                .set_require_grad(grad)
+        })
+    }
+}
+
+#[test]
+fn our_causal_lm_adapter_loads_in_peft_with_the_same_outputs() {
+    let base = load("llama");
+    let config = LoraConfig::new()
+        .with_rank(4)
+        .with_alpha(8.0)
+        .with_target_modules(vec![burn_lora::ALL_LINEAR.into()])
+        .with_rank_pattern(vec![("down_proj".into(), 2)]);
+    let model = apply_lora(base.model, &config).unwrap();
+    let model = model.map(&mut FormulaFactors {
+        names: Vec::new(),
+        count: 0,
+    });
+    let options = PeftOptions::new()
+        .with_task_type("CAUSAL_LM")
+        .with_base_model_name_or_path("tests/fixtures/llm/llama");
+    let written = scratch("llm", "ours");
+    save_adapter_with(&model, &written, &options).unwrap();
+    let committed = fixture("ours").join("adapter");
+    if !committed.exists() {
+        fs::create_dir_all(fixture("ours")).unwrap();
+        save_adapter_with(&model, &committed, &options).unwrap();
+        panic!(
+            "wrote {}: run `scripts/llm_golden.py check` for PEFT's outputs",
+            committed.display()
+        );
+    }
+    // What PEFT loaded is what we write today, byte for byte.
+    for file in [burn_lora::CONFIG_FILE, burn_lora::WEIGHTS_FILE] {
+        assert_eq!(
+            fs::read(written.join(file)).unwrap(),
+            fs::read(committed.join(file)).unwrap(),
+            "{file} differs from the committed adapter PEFT loaded"
+        );
+    }
+    let saved = read_adapter_config(&written).unwrap();
+    assert_eq!(saved.target_modules.len(), 7, "{:?}", saved.target_modules);
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(written.join(burn_lora::CONFIG_FILE)).unwrap()).unwrap();
+    assert_eq!(json["task_type"], "CAUSAL_LM");
+    assert_eq!(json["base_model_name_or_path"], "tests/fixtures/llm/llama");
+    check_logits(
+        "ours in PEFT",
+        &model,
+        &fixture("ours"),
+        "peft_golden.safetensors",
+    );
+    let want: PeftGolden =
+        serde_json::from_slice(&fs::read(fixture("ours").join("peft_golden.json")).unwrap())
+            .unwrap();
+    let g = golden("llama");
+    let eos = g.eos.clone();
+    assert_eq!(
+        generate(&model, &g.prompt_ids, &eos, eos[0], true),
+        want.greedy
+    );
+}
+
+/// A copy of the llama fixture with `edit` applied to its config.json.
+fn edited(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let dir = scratch("llm", name);
+    for entry in fs::read_dir(fixture("llama")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    edit(&mut config);
+    fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    let spec = format!("hf:{}", dir.display());
+    DecoderBase::load(&spec, &Device::default())
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn an_unknown_architecture_is_named() {
+    let dir = edited("gemma", |c| {
+        c["architectures"] = serde_json::json!(["GemmaForCausalLM"])
+    });
+    let message = load_err(&dir);
+    assert!(
+        message.contains("GemmaForCausalLM") && message.contains("config.json"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_shape_that_disagrees_with_the_config_is_named() {
+    let dir = edited("narrow", |c| c["intermediate_size"] = serde_json::json!(80));
+    let message = load_err(&dir);
+    assert!(
+        message.contains("model.layers.0.mlp") && message.contains("model.safetensors"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_missing_weights_file_is_named() {
+    let dir = edited("no-weights", |_| {});
+    fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let message = load_err(&dir);
+    assert!(message.contains("model.safetensors"), "{message}");
+}
+
+#[test]
+fn an_unsupported_rope_type_is_named() {
+    let dir = edited("yarn", |c| {
+        c["rope_parameters"]["rope_type"] = serde_json::json!("yarn")
+    });
+    let message = load_err(&dir);
+    assert!(
+        message.contains("yarn") && message.contains("config.json"),
+        "{message}"
+    );
+}
