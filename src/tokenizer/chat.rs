@@ -3,6 +3,10 @@
 //! controls, its `tojson`, `raise_exception` and `strftime_now`), by `minijinja` with
 //! Python's string methods.
 //!
+//! Size: about 360 lines of code. The Jinja environment must match Jinja2's in every
+//! filter and global transformers installs (`tojson`'s Python spacing, `raise_exception`,
+//! `strftime_now`), and each of those is kept next to the environment it configures.
+//!
 //! ```
 //! use std::collections::BTreeMap;
 //! use burn_lora_demo::tokenizer::{ChatMessage, ChatTemplate};
