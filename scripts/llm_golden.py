@@ -14,7 +14,7 @@ which writes, under tests/fixtures/llm/:
   qwen2/   Qwen2ForCausalLM: GQA (4 and 1), tied head, q/k/v biases, a ChatML template;
            stored in bfloat16
   qwen3/   Qwen3ForCausalLM: q/k norms, head_dim 24 (not hidden/heads), untied; stored in
-           float16 as two shards with model.safetensors.index.json
+           float16 as five shards with model.safetensors.index.json
 each with golden.safetensors (the input ids and float32 logits) and golden.json (prompts,
 their ids, greedy continuations, chat renderings), and PEFT adapters:
   llama/peft_qv/          CAUSAL_LM, q_proj and v_proj, r 4

@@ -18,7 +18,7 @@
 //! | pre-training (PT) | [`train::pretrain`], `cargo run --release --example pretrain` |
 //! | supervised fine-tuning (SFT) | [`train::finetune`] with [`train::FinetuneMode`], `--example sentiment` |
 //! | self-supervised learning | the targets are the inputs shifted by one: [`data::lm_batches`] |
-//! | autoregressive model | [`model::generate`], [`model::top_next`], `--example generate` |
+//! | autoregressive model | [`model::generate`], [`model::top_next`], [`model::generate_batch`] with a [`model::KvCache`], `--example generate` |
 //! | token / byte-level BPE | [`tokenizer::BpeTokenizer`], `--example tokenize` |
 //! | in-context learning, chain of thought | need billions of parameters; not shown. [`model::continuation_nll`] measures the ingredient a small model has: using its context |
 //! | Transformer | [`model::Gpt`], [`model::Block`], [`model::CausalSelfAttention`] |

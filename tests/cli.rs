@@ -1457,3 +1457,125 @@ fn pretrain_init_continues_a_base_on_new_text() {
     let missing = ["--init", s(&dir), "--datasets", s(&corpus), "--out", s(&x)];
     fails(run("pretrain", &missing), &["tokenizer.json"]);
 }
+
+/// `generate --json` lines as (tokens, token_logprobs), checking each line's fields.
+fn generations(stdout: &str) -> Vec<(Vec<u64>, Vec<f64>)> {
+    stdout
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            for field in ["prompt", "completion", "finish_reason"] {
+                assert!(v[field].is_string(), "{field} in {line}");
+            }
+            assert!(v["tokens_per_second"].as_f64().unwrap() > 0.0, "{line}");
+            let list = |field: &str| v[field].as_array().unwrap().clone();
+            let tokens: Vec<u64> = list("tokens").iter().map(|t| t.as_u64().unwrap()).collect();
+            let logprobs: Vec<f64> = list("token_logprobs")
+                .iter()
+                .map(|p| p.as_f64().unwrap())
+                .collect();
+            assert_eq!(tokens.len(), logprobs.len(), "{line}");
+            assert!(logprobs.iter().all(|&p| p <= 0.0), "{line}");
+            (tokens, logprobs)
+        })
+        .collect()
+}
+
+#[test]
+fn generate_batches_prompts_the_same_with_and_without_the_kv_cache() {
+    let args = |cache: bool| {
+        let mut args = vec![
+            "--base",
+            "fixtures/base_zh",
+            "--prompt",
+            "这本书",
+            "--prompt",
+            "质量很好，物流也快",
+            "--max-new-tokens",
+            "24",
+            "--json",
+        ];
+        if !cache {
+            args.push("--no-cache");
+        }
+        args
+    };
+    let cached = generations(&succeeds(&run("generate", &args(true))));
+    let uncached = generations(&succeeds(&run("generate", &args(false))));
+    assert_eq!(cached.len(), 2);
+    for ((tokens, logprobs), (want_tokens, want_logprobs)) in cached.iter().zip(&uncached) {
+        assert_eq!(tokens, want_tokens, "cached and uncached tokens");
+        assert!(!tokens.is_empty());
+        for (a, b) in logprobs.iter().zip(want_logprobs) {
+            assert!((a - b).abs() < 1e-4, "log-probabilities {a} and {b}");
+        }
+    }
+    // Sampling is seeded: the same seed gives the same tokens.
+    let sampled = ["--top-p", "0.9", "--temperature", "0.8", "--seed", "7"];
+    let once = generations(&succeeds(&run(
+        "generate",
+        &[&args(true)[..], &sampled].concat(),
+    )));
+    let again = generations(&succeeds(&run(
+        "generate",
+        &[&args(true)[..], &sampled].concat(),
+    )));
+    assert_eq!(once, again);
+}
+
+#[test]
+fn generate_with_a_peft_adapter_on_a_hugging_face_decoder_gives_peft_greedy_tokens() {
+    let dir = "tests/fixtures/llm/qwen2";
+    let golden: serde_json::Value =
+        serde_json::from_slice(&fs::read(format!("{dir}/golden.json")).unwrap()).unwrap();
+    let want: serde_json::Value = serde_json::from_slice(
+        &fs::read(format!("{dir}/peft_all_linear/peft_golden.json")).unwrap(),
+    )
+    .unwrap();
+    let base = format!("hf:{dir}");
+    let adapter = format!("{dir}/peft_all_linear");
+    let mut args = vec!["--base", &base, "--adapter", &adapter, "--json"];
+    for prompt in golden["prompts"].as_array().unwrap() {
+        args.extend(["--prompt", prompt.as_str().unwrap()]);
+    }
+    args.extend(["--max-new-tokens", "10", "--greedy"]);
+    let want: Vec<Vec<u64>> = serde_json::from_value(want["greedy"].clone()).unwrap();
+    for extra in [&[][..], &["--merge"], &["--no-cache"]] {
+        let got = generations(&succeeds(&run("generate", &[&args[..], extra].concat())));
+        let tokens: Vec<Vec<u64>> = got.into_iter().map(|(t, _)| t).collect();
+        assert_eq!(tokens, want, "PEFT's greedy tokens with {extra:?}");
+    }
+    // The chat template renders the prompt as a user turn.
+    let chat = succeeds(&run(
+        "generate",
+        &[
+            "--base",
+            &base,
+            "--chat",
+            "--prompt",
+            "Hi",
+            "--json",
+            "--max-new-tokens",
+            "2",
+        ],
+    ));
+    assert_eq!(generations(&chat)[0].0.len(), 2);
+    // Bad input is a named error.
+    let no_template = ["--base", "fixtures/base_zh", "--chat", "--prompt", "x"];
+    fails(run("generate", &no_template), &["--chat", "chat template"]);
+    let missing = [
+        "--base",
+        &base,
+        "--adapter",
+        "no/such/adapter",
+        "--prompt",
+        "x",
+    ];
+    fails(run("generate", &missing), &["no/such/adapter"]);
+    let top_p = ["--base", &base, "--top-p", "1.5", "--prompt", "x"];
+    fails(run("generate", &top_p), &["--top-p"]);
+    fails(
+        run("generate", &["--base", "hf:no/such/dir"]),
+        &["no/such/dir"],
+    );
+}

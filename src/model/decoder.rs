@@ -150,6 +150,21 @@ impl DecoderBase {
         }
     }
 
+    /// The same base with its model changed by `f` (adapters loaded, merged, ...).
+    ///
+    /// # Errors
+    ///
+    /// What `f` returns.
+    pub fn map_model(
+        self,
+        f: impl FnOnce(Decoder) -> Result<Decoder, Error>,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            model: f(self.model)?,
+            ..self
+        })
+    }
+
     fn load_gpt(dir: &Path, device: &Device) -> Result<Self, Error> {
         let tokenizer = BpeTokenizer::load(dir.join("tokenizer.json"))?;
         let (_, model) = Gpt::load(dir, "model.bpk", device)?;
