@@ -31,6 +31,17 @@ writes PEFT's logits and greedy tokens beside it (peft_golden.*). tests/llm.rs c
 the committed adapter is byte for byte what burn-lora writes today, and that ours gives
 PEFT's outputs. Half-precision checkpoints are compared in float32 after upcasting, which
 is what burn-lora computes in.
+
+An adapter the sft example trained, in PEFT (greedy completions, unmerged and merged,
+written to peft_golden.json beside the adapter); tests/fixtures/llm/ours_sft/ was made with:
+
+    cargo build --example sft
+    F=tests/fixtures/llm/ours_sft
+    target/debug/examples/sft --base hf:tests/fixtures/llm/qwen2 --data-file $F/train.jsonl \
+        --test-file $F/pairs.jsonl --epochs 20 --batch-size 2 --lr 2e-2 --rank 8 --alpha 16 \
+        --lora-dropout 0 --seed 7 --out /tmp/ours_sft
+    cp -r /tmp/ours_sft/lora/adapter $F/
+    .venv/bin/python scripts/llm_golden.py sft-check $F/adapter $F/pairs.jsonl
 """
 import json
 import sys
@@ -41,7 +52,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
-    AutoModelForCausalLM, GenerationConfig, LlamaConfig, PreTrainedTokenizerFast,
+    AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, PreTrainedTokenizerFast,
     Qwen2Config, Qwen3Config,
 )
 
@@ -259,10 +270,41 @@ def check():
     print(f"PEFT loaded burn-lora's adapter: greedy {generated}")
 
 
+def sft_check(adapter, prompts_file):
+    """An adapter the sft example or tests/llm.rs trained on a tiny checkpoint, loaded by
+    PeftModel.from_pretrained from its adapter_config.json's base_model_name_or_path:
+    prints each prompt's greedy completion, unmerged and merged, and whether they agree."""
+    adapter = Path(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    base_dir = Path(config["base_model_name_or_path"])
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(model, adapter).eval()
+    eos = json.loads((base_dir / "generation_config.json").read_text())["eos_token_id"]
+    eos = eos if isinstance(eos, list) else [eos]
+    records = [json.loads(line) for line in Path(prompts_file).read_text().splitlines() if line]
+    prompt_ids = [tok(r["prompt"])["input_ids"] for r in records]
+    unmerged = greedy(model, prompt_ids, eos)
+    merged = greedy(model.merge_and_unload(), prompt_ids, eos)
+    exact = 0
+    for r, u, m in zip(records, unmerged, merged):
+        text = tok.decode([t for t in u if t not in eos], skip_special_tokens=True)
+        exact += text.strip() == r["completion"].strip()
+        print(f"{r['prompt']!r} -> {text!r} (want {r['completion']!r}); merged equal: {u == m}")
+    print(f"PEFT {config['peft_type']} {config['task_type']}: exact match {exact}/{len(records)}, "
+          f"merged == unmerged: {unmerged == merged}")
+    golden = adapter.parent / "peft_golden.json"
+    golden.write_text(json.dumps({"prompt_ids": prompt_ids, "greedy": unmerged,
+                                  "merged_greedy": merged}) + "\n")
+    print(f"wrote {golden}")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["write"]:
         write()
     elif sys.argv[1:2] == ["check"]:
         check()
+    elif sys.argv[1:2] == ["sft-check"] and len(sys.argv) == 4:
+        sft_check(sys.argv[2], sys.argv[3])
     else:
         sys.exit(__doc__)

@@ -16,7 +16,7 @@
 //! | term | where |
 //! |---|---|
 //! | pre-training (PT) | [`train::pretrain`], `cargo run --release --example pretrain` |
-//! | supervised fine-tuning (SFT) | [`train::finetune`] with [`train::FinetuneMode`], `--example sentiment` |
+//! | supervised fine-tuning (SFT) | with a classifier head: [`train::finetune`] with [`train::FinetuneMode`], `--example sentiment`; as an LLM, loss on the completion: [`train::sft::run_sft`], `--example sft` |
 //! | self-supervised learning | the targets are the inputs shifted by one: [`data::lm_batches`] |
 //! | autoregressive model | [`model::generate`], [`model::top_next`], [`model::generate_batch`] with a [`model::KvCache`], `--example generate` |
 //! | token / byte-level BPE | [`tokenizer::BpeTokenizer`], `--example tokenize` |

@@ -1579,3 +1579,75 @@ fn generate_with_a_peft_adapter_on_a_hugging_face_decoder_gives_peft_greedy_toke
         &["no/such/dir"],
     );
 }
+
+#[test]
+fn sft_trains_from_jsonl_and_writes_metrics_and_a_peft_adapter() {
+    let dir = scratch("cli", "sft");
+    let lines: Vec<String> = ["red", "green", "blue", "black", "white", "pink"]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!(r#"{{"prompt": "Colour {i}:", "completion": " {c}"}}"#))
+        .collect();
+    let data = dir.join("train.jsonl");
+    fs::write(&data, lines.join("\n")).unwrap();
+    let out = dir.join("out");
+    let args = [
+        "--base",
+        "hf:tests/fixtures/llm/qwen2",
+        "--data-file",
+        s(&data),
+        "--test-file",
+        s(&data),
+        "--out",
+        s(&out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+    ];
+    let report = succeeds(&run("sft", &args));
+    assert!(report.contains("exact match"), "{report}");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    for field in ["train_loss", "eval_loss", "eval_perplexity"] {
+        assert!(
+            metrics[field].as_f64().unwrap().is_finite(),
+            "{field}: {metrics}"
+        );
+    }
+    let exact = metrics["exact_match"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&exact), "{metrics}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("lora/adapter/adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["task_type"], "CAUSAL_LM");
+    assert!(out.join("lora/loss_curve.svg").is_file());
+    // generate takes the adapter it wrote.
+    let adapter = out.join("lora/adapter");
+    let gen_args = [
+        "--base",
+        "hf:tests/fixtures/llm/qwen2",
+        "--adapter",
+        s(&adapter),
+        "--prompt",
+        "Colour 1:",
+        "--json",
+    ];
+    assert_eq!(generations(&succeeds(&run("generate", &gen_args))).len(), 1);
+    // Bad input: the file, the line and the field.
+    let bad = dir.join("bad.jsonl");
+    fs::write(&bad, format!("{}\n{{\"prompt\": \"x\"}}\n", lines[0])).unwrap();
+    let bad_args = [
+        "--base",
+        "hf:tests/fixtures/llm/qwen2",
+        "--data-file",
+        s(&bad),
+        "--test-file",
+        s(&data),
+    ];
+    fails(run("sft", &bad_args), &["bad.jsonl:2", "`completion`"]);
+    fails(run("sft", &["--dataset", "fr"]), &["--dataset fr"]);
+    fails(run("sft", &["--modes", "head"]), &["--modes", "head"]);
+    let no_base = ["--data-file", s(&data), "--test-file", s(&data)];
+    fails(run("sft", &no_base), &["--base"]);
+}

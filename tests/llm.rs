@@ -1,6 +1,7 @@
 //! Hugging Face decoders (Llama, Qwen2, Qwen3) against transformers and PEFT: logits,
 //! greedy generation token for token, chat templates, KV-cache generation, PEFT CAUSAL_LM
-//! adapters both ways, and broken checkpoints as named errors. Golden files:
+//! adapters both ways, broken checkpoints as named errors, and generative SFT on
+//! burn-train (memorising pairs, resuming, conversations). Golden files:
 //! `scripts/llm_golden.py write` (and `check` for the adapter we write).
 
 mod common;
@@ -15,10 +16,12 @@ use burn_lora::{
     save_adapter_with,
 };
 use burn_lora_demo::Error;
+use burn_lora_demo::data::SftDataset;
 use burn_lora_demo::model::{
     CausalLm, Decoder, DecoderBase, GenerateOptions, Sampling, generate_batch,
 };
 use burn_lora_demo::tokenizer::ChatMessage;
+use burn_lora_demo::train::sft::{SftMode, SftOptions, encode_sft, run_sft};
 use common::{read, scratch};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -410,4 +413,219 @@ fn an_unsupported_rope_type_is_named() {
         message.contains("yarn") && message.contains("config.json"),
         "{message}"
     );
+}
+
+/// A short SFT run's options on `base`, with the same pairs to train, validate and test.
+fn sft_options(base: &str, pairs: &[(&str, &str)], out: &Path, epochs: usize) -> SftOptions {
+    let data = SftDataset::from_pairs(
+        pairs.iter().map(|(p, c)| (p.to_string(), c.to_string())),
+        "pairs",
+    );
+    SftOptions {
+        base: base.to_string(),
+        train: data.clone(),
+        valid: data.clone(),
+        test: data,
+        out: out.to_path_buf(),
+        mode: SftMode::Lora,
+        epochs,
+        batch_size: 2,
+        lr: 2e-2,
+        weight_decay: 0.0,
+        lora: LoraConfig::new()
+            .with_rank(8)
+            .with_alpha(16.0)
+            .with_target_modules(vec![burn_lora::ALL_LINEAR.into()]),
+        max_len: 64,
+        seed: 7,
+        devices: vec![Device::default()],
+        resume: false,
+        overwrite: false,
+        max_exact: None,
+        stop_after: None,
+    }
+}
+
+const PAIRS: [(&str, &str); 4] = [
+    ("Colour of the sky:", " blue"),
+    ("Colour of grass:", " green"),
+    ("Capital of France:", " Paris"),
+    ("Two plus two:", " four"),
+];
+
+#[test]
+fn sft_memorises_a_few_pairs_to_exact_match_and_writes_a_causal_lm_adapter() {
+    let out = scratch("llm", "sft_memorise");
+    let base = format!("hf:{}", fixture("qwen2").display());
+    let report = run_sft(&sft_options(&base, &PAIRS, &out, 30)).unwrap();
+    // The pairs, for `scripts/llm_golden.py sft-check` (PEFT loads this adapter).
+    let lines: Vec<String> = PAIRS
+        .iter()
+        .map(|(p, c)| serde_json::json!({"prompt": p, "completion": c}).to_string())
+        .collect();
+    fs::write(out.join("pairs.jsonl"), lines.join("\n")).unwrap();
+    assert_eq!(report.exact_match, Some(1.0), "{report:?}");
+    assert!(report.eval_loss < 0.1, "{report:?}");
+    // The adapter is PEFT's CAUSAL_LM file, and greedy decoding with it loaded gives the
+    // completions.
+    let adapter = out.join("lora/adapter");
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(json["task_type"], "CAUSAL_LM");
+    assert_eq!(
+        json["base_model_name_or_path"],
+        fixture("qwen2").to_str().unwrap()
+    );
+    let targets = read_adapter_config(&adapter).unwrap().target_modules;
+    assert!(targets.contains(&"q_proj".to_string()), "{targets:?}");
+    let decoder = load("qwen2");
+    let model = load_adapter_with(decoder.model, &adapter, &PeftOptions::new()).unwrap();
+    for (prompt, completion) in PAIRS {
+        let ids = decoder.tokenizer.encode(prompt, true).unwrap();
+        let tokens = generate(&model, &[ids], &decoder.eos, decoder.pad, true).remove(0);
+        let text = decoder.tokenizer.decode(&tokens).unwrap();
+        assert_eq!(text.trim(), completion.trim());
+    }
+    assert!(out.join("lora/loss_curve.svg").is_file());
+}
+
+#[test]
+fn sft_resumes_from_burn_trains_epoch_checkpoint() {
+    let out = scratch("llm", "sft_resume");
+    let base = format!("hf:{}", fixture("qwen2").display());
+    // A 20-epoch run stopped after epoch 3, its checkpoint written, then resumed.
+    let mut options = sft_options(&base, &PAIRS, &out, 20);
+    options.stop_after = Some(3);
+    let first = run_sft(&options).unwrap();
+    assert!(out.join("lora/train/checkpoint/model-3.bpk").is_file());
+    assert_eq!(first.valid_loss.len(), 3);
+    options.stop_after = None;
+    options.resume = true;
+    let resumed = run_sft(&options).unwrap();
+    // Epochs 4 to 20 ran from the checkpoint (weights, optimizer and learning-rate
+    // schedule): validation losses for those only, the first below the first run's first.
+    assert_eq!(resumed.valid_loss.len(), 17, "{resumed:?}");
+    assert!(
+        resumed.valid_loss[0] < first.valid_loss[0],
+        "{first:?}\n{resumed:?}"
+    );
+    assert_eq!(resumed.exact_match, Some(1.0), "{resumed:?}");
+    // The same run never stopped ends at the same validation loss.
+    let whole = run_sft(&sft_options(
+        &base,
+        &PAIRS,
+        &scratch("llm", "sft_whole"),
+        20,
+    ))
+    .unwrap();
+    let (a, b) = (whole.valid_loss[19], resumed.valid_loss[16]);
+    println!("valid loss after 20 epochs: whole {a}, resumed {b}");
+    // Not bit for bit: burn-train restores the weights, the optimizer and the schedule, but
+    // its data loader's shuffle starts again from the seed.
+    assert!((a - b).abs() < 0.25 * a.max(b), "whole {a}, resumed {b}");
+    // With no checkpoint, --resume is a clear error.
+    let mut fresh = sft_options(&base, &PAIRS, &scratch("llm", "sft_no_ckpt"), 2);
+    fresh.resume = true;
+    let err = run_sft(&fresh).unwrap_err().to_string();
+    assert!(err.contains("--resume: no checkpoint"), "{err}");
+}
+
+#[test]
+fn sft_on_conversations_learns_the_assistant_turns_only() {
+    let base = load("qwen2");
+    let line = r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you."}]}"#;
+    let data = SftDataset::parse(line.as_bytes(), "chat.jsonl").unwrap();
+    let encoded = encode_sft(&data, &base, 512).unwrap();
+    let row = &encoded.rows[0];
+    let learnt: Vec<u32> = row
+        .ids
+        .iter()
+        .zip(&row.learn)
+        .filter(|(_, l)| **l)
+        .map(|(i, _)| *i)
+        .collect();
+    let text = base.tokenizer.decode(&learnt).unwrap();
+    assert!(
+        text.contains("Hello!") && text.contains("See you."),
+        "{text:?}"
+    );
+    assert!(
+        !text.contains("Hi") && !text.contains("Bye") && !text.contains("user"),
+        "{text:?}"
+    );
+    // The whole row is the template's rendering.
+    let messages = match &data.records[0].1 {
+        burn_lora_demo::data::SftRecord::Messages(m) => m.clone(),
+        _ => unreachable!(),
+    };
+    let rendered = base
+        .chat
+        .as_ref()
+        .unwrap()
+        .render(&messages, false)
+        .unwrap();
+    assert_eq!(
+        base.tokenizer.decode(&row.ids).unwrap(),
+        base.tokenizer
+            .decode(&base.tokenizer.encode(&rendered, false).unwrap())
+            .unwrap()
+    );
+    // A conversation on a base without a template names the file and line.
+    let gpt = DecoderBase::load("fixtures/base_zh", &Device::default()).unwrap();
+    let err = encode_sft(&data, &gpt, 64).unwrap_err().to_string();
+    assert!(
+        err.starts_with("chat.jsonl:1: `messages` needs a chat template"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sft_trains_on_two_devices_through_burn_trains_multi_device_strategy() {
+    let out = scratch("llm", "sft_multi");
+    let base = format!("hf:{}", fixture("qwen2").display());
+    let mut options = sft_options(&base, &PAIRS, &out, 30);
+    // flex and ndarray: two CPU backends, each a device of its own to burn-train (Burn
+    // deprecates ndarray in favour of flex, which has only one device).
+    #[allow(deprecated)]
+    let second = Device::ndarray();
+    options.devices = vec![Device::default(), second];
+    let report = run_sft(&options).unwrap();
+    assert_eq!(report.exact_match, Some(1.0), "{report:?}");
+}
+
+#[derive(Deserialize)]
+struct SftGolden {
+    prompt_ids: Vec<Vec<u32>>,
+    greedy: Vec<Vec<u32>>,
+    merged_greedy: Vec<Vec<u32>>,
+}
+
+#[test]
+fn an_adapter_sft_trained_decodes_in_peft_as_it_does_here() {
+    // tests/fixtures/llm/ours_sft/adapter: what `sft` trained on the tiny Qwen2; PEFT's
+    // greedy tokens for it, unmerged and merged (`scripts/llm_golden.py sft-check`).
+    let dir = fixture("ours_sft");
+    let want: SftGolden =
+        serde_json::from_slice(&fs::read(dir.join("peft_golden.json")).unwrap()).unwrap();
+    assert_eq!(
+        want.greedy, want.merged_greedy,
+        "PEFT: merged equals unmerged"
+    );
+    let base = load("qwen2");
+    let data = SftDataset::load(dir.join("pairs.jsonl")).unwrap();
+    for ((_, record), ids) in data.records.iter().zip(&want.prompt_ids) {
+        let burn_lora_demo::data::SftRecord::PromptCompletion { prompt, .. } = record else {
+            unreachable!()
+        };
+        assert_eq!(&base.tokenizer.encode(prompt, true).unwrap(), ids);
+    }
+    let model = load_adapter_with(base.model, dir.join("adapter"), &PeftOptions::new()).unwrap();
+    let ours = generate(&model, &want.prompt_ids, &base.eos, base.pad, true);
+    assert_eq!(
+        ours, want.greedy,
+        "our greedy tokens with our adapter = PEFT's"
+    );
+    let merged = merge_lora(model).unwrap();
+    let ours_merged = generate(&merged, &want.prompt_ids, &base.eos, base.pad, true);
+    assert_eq!(ours_merged, want.greedy, "merged, then generated");
 }

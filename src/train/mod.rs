@@ -13,6 +13,7 @@ mod predict;
 mod pretrain;
 mod schedule;
 pub mod sentiment;
+pub mod sft;
 mod trained;
 
 pub use batches::{Encoded, encode_dataset, encode_texts, length_grouped_batches};

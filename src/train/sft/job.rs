@@ -1,0 +1,291 @@
+//! The generative SFT job: one base, fine-tuned with LoRA or fully on instruction data
+//! through burn-train's `SupervisedTraining` and `Learner`, then measured on a test file
+//! (loss, perplexity, and exact match of greedy generations).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::InMemDataset;
+use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
+use burn::module::Module;
+use burn::optim::AdamWConfig;
+use burn::tensor::Device;
+use burn::train::metric::store::EventStoreClient;
+use burn::train::metric::{LearningRateMetric, LossMetric, PerplexityMetric};
+use burn::train::{
+    EarlyStoppingStrategy, ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining,
+    TrainingStrategy,
+};
+use burn_lora::{LoraConfig, apply_lora, param_report};
+use serde::Serialize;
+
+use crate::Error;
+use crate::data::{SftBatch, SftDataset, SftTokens, sft_batch};
+use crate::model::{CausalLm, DecoderBase};
+use crate::train::sft::encode::encode_sft;
+use crate::train::sft::outputs::{evaluate, save, write_curve};
+use crate::train::sft::progress::{Curve, SftProgress};
+use crate::train::sft::step::SftModel;
+
+/// LoRA on the adapters only, or every weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SftMode {
+    /// Low-rank adapters on the chosen linears; the base frozen.
+    Lora,
+    /// Every weight trains.
+    Full,
+}
+
+impl SftMode {
+    /// `lora` or `full`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SftMode::Lora => "lora",
+            SftMode::Full => "full",
+        }
+    }
+}
+
+/// Everything one SFT run needs.
+#[derive(Debug, Clone)]
+pub struct SftOptions {
+    /// The base, as [`DecoderBase::load`] takes it.
+    pub base: String,
+    /// Training examples.
+    pub train: SftDataset,
+    /// Validation examples (burn-train's valid split, each epoch).
+    pub valid: SftDataset,
+    /// Test examples (loss, perplexity and exact match at the end).
+    pub test: SftDataset,
+    /// Where the outputs go: `OUT/<mode>/...`.
+    pub out: PathBuf,
+    /// LoRA or full.
+    pub mode: SftMode,
+    /// Passes over the training examples.
+    pub epochs: usize,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// The peak learning rate, decayed linearly to zero.
+    pub lr: f64,
+    /// AdamW's weight decay.
+    pub weight_decay: f64,
+    /// The LoRA configuration (with `--modes lora`).
+    pub lora: LoraConfig,
+    /// The most tokens an example keeps (prompt + completion).
+    pub max_len: usize,
+    /// Seed for the factors' initialisation, dropout and the data order.
+    pub seed: u64,
+    /// One device, or several for burn-train's multi-device strategy.
+    pub devices: Vec<Device>,
+    /// Continue from burn-train's latest epoch checkpoint in `OUT/<mode>/train`.
+    pub resume: bool,
+    /// Replace `OUT/<mode>` when it exists (else that is an error, unless resuming).
+    pub overwrite: bool,
+    /// The most test examples whose greedy generation is compared (all when `None`).
+    pub max_exact: Option<usize>,
+    /// Stop after this epoch, its checkpoint written, as an interrupted run would; `resume`
+    /// continues it. burn-train's early-stopping hook does the stopping.
+    pub stop_after: Option<usize>,
+}
+
+/// burn-train's early stopping, used to end a run after a given epoch.
+#[derive(Clone)]
+struct StopAfter(usize);
+
+impl EarlyStoppingStrategy for StopAfter {
+    fn should_stop(&mut self, epoch: usize, _store: &EventStoreClient) -> bool {
+        epoch >= self.0
+    }
+}
+
+/// What a run measured (`metrics.json`, one entry per mode).
+#[derive(Debug, Clone, Serialize)]
+pub struct SftReport {
+    /// `lora` or `full`.
+    pub mode: SftMode,
+    /// Trainable parameters.
+    pub trainable: usize,
+    /// All parameters.
+    pub total: usize,
+    /// The last epoch's mean training loss (completion tokens).
+    pub train_loss: f64,
+    /// Each epoch's validation loss.
+    pub valid_loss: Vec<f64>,
+    /// The test loss per completion token.
+    pub eval_loss: f64,
+    /// `exp(eval_loss)`.
+    pub eval_perplexity: f64,
+    /// Greedy generations equal to the completion, whitespace-trimmed, when the test
+    /// completions are short labels (at most 8 tokens); else `None`.
+    pub exact_match: Option<f64>,
+    /// Examples whose prompt lost tokens to `max_len`, per split.
+    pub truncated: Truncated,
+    /// Wall time of training (burn-train's fit), seconds.
+    pub train_seconds: f64,
+    /// Where the adapter (LoRA) or the weights (full) were saved.
+    pub artifact: PathBuf,
+}
+
+/// Examples cut to the length limit, per split.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Truncated {
+    /// Training.
+    pub train: usize,
+    /// Validation.
+    pub valid: usize,
+    /// Test.
+    pub test: usize,
+}
+
+#[derive(Clone)]
+struct SftBatcher {
+    pad: u32,
+}
+
+impl Batcher<SftTokens, SftBatch> for SftBatcher {
+    fn batch(&self, items: Vec<SftTokens>, device: &Device) -> SftBatch {
+        let rows: Vec<&SftTokens> = items.iter().collect();
+        sft_batch(&rows, self.pad, device)
+    }
+}
+
+/// The newest epoch burn-train checkpointed in `dir` (`model-N.bpk`).
+fn latest_checkpoint(dir: &Path) -> Option<usize> {
+    std::fs::read_dir(dir.join("checkpoint"))
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("model-")?
+                .strip_suffix(".bpk")?
+                .parse()
+                .ok()
+        })
+        .max()
+}
+
+/// Runs one mode: loads the base, trains it with burn-train, measures it on the test
+/// examples and saves what it made. Returns its report.
+///
+/// # Errors
+///
+/// A base, dataset or output that cannot be read or written; an existing output without
+/// `overwrite` or `resume`; a training that burn-train ended with an error; `resume`
+/// with no checkpoint.
+pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
+    let dir = options.out.join(options.mode.name());
+    let train_dir = dir.join("train");
+    if dir.exists() && !options.resume {
+        match options.overwrite {
+            true => std::fs::remove_dir_all(&dir).map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?,
+            false => return Err(Error::OutputExists { path: dir }),
+        }
+    }
+    let device = options.devices[0].clone();
+    let base = DecoderBase::load(&options.base, &device)?;
+    let limit = base.model.context_len().unwrap_or(usize::MAX);
+    let max_len = options.max_len.min(limit);
+    let train = encode_sft(&options.train, &base, max_len)?;
+    let valid = encode_sft(&options.valid, &base, max_len)?;
+    let test = encode_sft(&options.test, &base, max_len)?;
+    let truncated = Truncated {
+        train: train.truncated,
+        valid: valid.truncated,
+        test: test.truncated,
+    };
+    println!(
+        "  {} examples: {} train, {} valid, {} test; cut to {max_len} tokens: {} / {} / {}",
+        options.mode.name(),
+        train.rows.len(),
+        valid.rows.len(),
+        test.rows.len(),
+        truncated.train,
+        truncated.valid,
+        truncated.test
+    );
+    device.seed(options.seed);
+    let decoder = match options.mode {
+        SftMode::Lora => apply_lora(base.model.clone(), &options.lora)?,
+        SftMode::Full => base.model.clone(),
+    };
+    let model = SftModel { decoder }.train();
+    let report = param_report(&model);
+    let steps_per_epoch = train.rows.len().div_ceil(options.batch_size);
+    let total_steps = (steps_per_epoch * options.epochs).max(1);
+    let optim = AdamWConfig::new()
+        .with_weight_decay(options.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .init();
+    let scheduler = LinearLrSchedulerConfig::new(options.lr, 0.0, total_steps)
+        .init()
+        .map_err(|e| Error::Usage(format!("--lr {}: {e}", options.lr)))?;
+    let learner = Learner::new(model, optim, scheduler);
+    let batcher = SftBatcher { pad: base.pad };
+    let loader_train = DataLoaderBuilder::new(batcher.clone())
+        .batch_size(options.batch_size)
+        .shuffle(options.seed)
+        .set_device(device.clone().autodiff())
+        .build(InMemDataset::new(train.rows.clone()));
+    let loader_valid = DataLoaderBuilder::new(batcher)
+        .batch_size(options.batch_size)
+        .set_device(device.clone())
+        .build(InMemDataset::new(valid.rows.clone()));
+    let strategy = match options.devices.len() {
+        1 => ExecutionStrategy::SingleDevice(device.clone()),
+        _ => ExecutionStrategy::MultiDevice(
+            options.devices.clone(),
+            MultiDeviceOptim::OptimMainDevice,
+        ),
+    };
+    let (renderer, curve) = SftProgress::new(options.mode.name());
+    let mut training = SupervisedTraining::new(&train_dir, loader_train, loader_valid)
+        .metrics((LossMetric::new(), PerplexityMetric::new()))
+        .metric_train_numeric(LearningRateMetric::new())
+        .with_default_checkpointers()
+        .num_epochs(options.epochs)
+        .renderer(Box::new(renderer))
+        .with_application_logger(None)
+        .with_training_strategy(TrainingStrategy::Default(strategy));
+    if let Some(epoch) = options.stop_after {
+        training = training.early_stopping(StopAfter(epoch));
+    }
+    if options.resume {
+        let epoch = latest_checkpoint(&train_dir).ok_or_else(|| {
+            Error::Usage(format!(
+                "--resume: no checkpoint in {}",
+                train_dir.join("checkpoint").display()
+            ))
+        })?;
+        println!("  {}: resuming after epoch {epoch}", options.mode.name());
+        training = training.checkpoint(epoch);
+    }
+    let start = Instant::now();
+    let result = training.launch(learner);
+    let train_seconds = start.elapsed().as_secs_f64();
+    if let Some(error) = result.error {
+        return Err(Error::Usage(format!("training failed: {error}")));
+    }
+    let model = result.model.valid();
+    let curve: Curve = curve.lock().unwrap().clone();
+    let (eval_loss, exact_match) = evaluate(&model, &base, &test.rows, options)?;
+    let artifact = save(&model, &base, &dir, options.mode)?;
+    write_curve(&dir, &curve)?;
+    Ok(SftReport {
+        mode: options.mode,
+        trainable: report.trainable,
+        total: report.total,
+        train_loss: curve.train_epoch_loss.last().copied().unwrap_or(f64::NAN),
+        valid_loss: curve.valid_loss.clone(),
+        eval_loss,
+        eval_perplexity: eval_loss.exp(),
+        exact_match,
+        truncated,
+        train_seconds,
+        artifact,
+    })
+}
