@@ -146,6 +146,13 @@ pub(crate) fn add_adapter_renamed<M: Module>(
             None => (adapter, None),
         }
     });
+    // The fresh targets must be float weights with no reparameterization of their own.
+    let fresh: Vec<(ParamId, String)> = linears
+        .iter()
+        .filter(|site| targets.contains_key(&site.weight_id))
+        .map(|site| (site.weight_id, site.path.clone()))
+        .collect();
+    crate::preflight::check_targets(&model, &fresh)?;
     let model = model.apply_reparameterization(Attach {
         name: name.to_string(),
         active,
@@ -153,7 +160,13 @@ pub(crate) fn add_adapter_renamed<M: Module>(
         targets,
     });
     if trainable {
-        return set_trainable_renamed(model, &config.modules_to_save, rename);
+        let model = set_trainable_renamed(model, &config.modules_to_save, rename)?;
+        if crate::param_report(&model).trainable == 0 {
+            return Err(Error::NothingTrainable {
+                targets: config.target_modules.join(","),
+            });
+        }
+        return Ok(model);
     }
     // A later adapter leaves what trains as it was, and adds its modules to save.
     let saved = param_ids(&model, |module, _| {

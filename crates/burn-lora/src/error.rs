@@ -154,6 +154,33 @@ pub enum Error {
     /// The model holds no LoRA adapter where one was needed (saving, merging).
     #[error("the model holds no LoRA adapter: call apply_lora or load_adapter first")]
     NoAdapter,
+    /// A targeted weight already carries another reparameterization (Burn's own LoRA or
+    /// QLoRA, a weight norm, ...): Burn keeps one per weight, so ours cannot be added.
+    #[error(
+        "`{path}` already carries Burn's `{name}` reparameterization, and Burn keeps one per weight: leave it out of the targets, or fold it in first (Module::materialize)"
+    )]
+    ForeignReparameterization {
+        /// The linear's module path.
+        path: String,
+        /// The reparameterization's name (`Reparameterization::NAME`).
+        name: String,
+    },
+    /// A targeted weight is quantized; LoRA on a quantized base is not implemented yet.
+    #[error(
+        "`{path}` is quantized ({dtype}); burn-lora attaches adapters to float weights only for now: apply LoRA before quantizing, or leave it out of the targets"
+    )]
+    QuantizedBase {
+        /// The linear's module path.
+        path: String,
+        /// The weight's dtype.
+        dtype: String,
+    },
+    /// Attaching left no parameter trainable.
+    #[error("apply_lora left no parameter trainable (targets: {targets}); nothing would train")]
+    NothingTrainable {
+        /// The targets asked for.
+        targets: String,
+    },
     /// `apply_lora` on a model that already has adapters.
     #[error(
         "`{path}` already carries an adapter; add_adapter adds another beside it, merge_lora or a fresh base starts over"

@@ -71,6 +71,7 @@ mod mixed;
 pub mod nn;
 mod path;
 mod peft;
+mod preflight;
 mod report;
 mod sites;
 

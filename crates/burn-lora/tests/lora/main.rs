@@ -3,6 +3,7 @@
 
 mod common;
 mod dora;
+mod edges;
 mod files;
 mod linear;
 mod model;

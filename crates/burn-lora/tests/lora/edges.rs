@@ -1,0 +1,72 @@
+//! The library at its edges (issue "The library at its edges"): each test first failed on
+//! the code it now guards.
+
+use burn::module::{Module, Quantizer};
+use burn::tensor::quantization::{Calibration, QuantValue};
+use burn::tensor::{Device, Distribution, Tensor};
+use burn_lora::{Error, LoraConfig, apply_lora, param_report};
+
+use crate::common::Tiny;
+
+fn tiny(device: &Device) -> Tiny {
+    device.seed(5);
+    Tiny::new(8, 2, device)
+}
+
+fn config() -> LoraConfig {
+    LoraConfig::new().with_rank(2).with_alpha(4.0)
+}
+
+#[test]
+fn targeting_a_weight_that_carries_burns_lora_is_an_error_naming_it() {
+    // Before: Burn's `Param::map` restored its own LoRA over ours, and apply_lora returned
+    // Ok with nothing trainable.
+    let device = Device::default();
+    let model = tiny(&device).apply_lora(burn::module::Lora::new(2, 4.0));
+    let err = apply_lora(model, &config()).unwrap_err();
+    assert!(
+        matches!(&err, Error::ForeignReparameterization { path, name } if path == "attn.query" && name == "lora"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("`attn.query`"), "{err}");
+}
+
+#[test]
+fn a_quantized_base_is_an_error_not_a_panic() {
+    // Before: `init_factors` panicked, "Expected float data type, got QFloat(...)".
+    let device = Device::default();
+    let scheme = device
+        .settings()
+        .quantization
+        .scheme
+        .with_value(QuantValue::Q8S);
+    let model = tiny(&device).quantize_weights(&mut Quantizer::new(Calibration::MinMax, scheme));
+    let err = apply_lora(model, &config()).unwrap_err();
+    assert!(
+        matches!(&err, Error::QuantizedBase { path, .. } if path == "attn.query"),
+        "{err}"
+    );
+}
+
+#[test]
+fn untargeted_weights_keep_burns_lora_and_ours_train() {
+    // Burn's LoRA on the head only (the measured case that worked): ours on query/value
+    // attaches, trains, and leaves the head's as it was.
+    let device = Device::default();
+    let mut model = tiny(&device);
+    model.head = model.head.apply_lora(burn::module::Lora::new(2, 4.0));
+    let model = apply_lora(model, &config()).unwrap();
+    // Ours train: query and value, 2 · r · (8 + 8). Everything else is frozen, as PEFT
+    // freezes it, Burn's head factors included; the head keeps Burn's LoRA.
+    assert_eq!(param_report(&model).trainable, 2 * 2 * (8 + 8));
+    assert!(
+        model
+            .head
+            .weight
+            .reparameterization::<burn::module::LoraAdapter>()
+            .is_some()
+    );
+    assert_eq!(burn_lora::adapters(&model).len(), 2);
+    let x = Tensor::<2>::random([3, 8], Distribution::Normal(0.0, 1.0), &device);
+    assert_eq!(model.forward(x).dims(), [3, 2]);
+}
