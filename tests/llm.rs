@@ -466,6 +466,10 @@ fn sft_memorises_a_few_pairs_to_exact_match_and_writes_a_causal_lm_adapter() {
     fs::write(out.join("pairs.jsonl"), lines.join("\n")).unwrap();
     assert_eq!(report.exact_match, Some(1.0), "{report:?}");
     assert!(report.eval_loss < 0.1, "{report:?}");
+    // burn-train's metrics, each epoch: loss and perplexity on the validation split.
+    assert_eq!(report.valid_loss.len(), 30);
+    let perplexity = *report.valid_perplexity.last().unwrap();
+    assert!((1.0..1.2).contains(&perplexity), "{report:?}");
     // The adapter is PEFT's CAUSAL_LM file, and greedy decoding with it loaded gives the
     // completions.
     let adapter = out.join("lora/adapter");

@@ -114,6 +114,9 @@ pub struct SftReport {
     pub train_loss: f64,
     /// Each epoch's validation loss.
     pub valid_loss: Vec<f64>,
+    /// Each epoch's validation perplexity, burn-train's `PerplexityMetric` (over the
+    /// completion tokens).
+    pub valid_perplexity: Vec<f64>,
     /// The test loss per completion token.
     pub eval_loss: f64,
     /// `exp(eval_loss)`.
@@ -281,6 +284,7 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
         total: report.total,
         train_loss: curve.train_epoch_loss.last().copied().unwrap_or(f64::NAN),
         valid_loss: curve.valid_loss.clone(),
+        valid_perplexity: curve.valid_perplexity.clone(),
         eval_loss,
         eval_perplexity: eval_loss.exp(),
         exact_match,
