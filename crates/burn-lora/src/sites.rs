@@ -119,6 +119,10 @@ struct SiteTracker {
     path: PathStack,
     last: Option<(ParamId, Vec<usize>, String, BaseWeight)>,
     sites: Vec<(AdapterSite, BaseWeight)>,
+    /// While visiting a reparameterization named like ours: how many adapters had been
+    /// collected before it. Burn's own LoRA has the same name but reports nothing, so a
+    /// site is kept only when the list grew (see [`SiteTracker::exit`]).
+    collected_before: Option<usize>,
     /// New values of adapted weights, by id, while mapping.
     weights: HashMap<ParamId, Tensor<2>>,
 }
@@ -140,6 +144,21 @@ impl SiteTracker {
                 container,
             };
             self.sites.push((site, weight));
+            self.collected_before = collected_len();
+        }
+    }
+
+    /// Leaving a reparameterization while collecting: its site stays only if it was one of
+    /// ours, which pushed itself onto the collected list.
+    fn exit(&mut self, container_type: &str) {
+        self.path.exit();
+        if container_type != "Reparameterization" {
+            return;
+        }
+        if let Some(before) = self.collected_before.take()
+            && collected_len() == Some(before)
+        {
+            self.sites.pop();
         }
     }
 
@@ -163,8 +182,8 @@ impl ModuleVisitor for SiteTracker {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.enter(name, container_type);
     }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.exit(container_type);
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         self.note(param);
@@ -195,6 +214,11 @@ impl ModuleMapper for SiteTracker {
         self.note(&param);
         param
     }
+}
+
+/// How many adapters [`adapters`] has collected so far; `None` when not collecting.
+fn collected_len() -> Option<usize> {
+    COLLECTED.with_borrow(|collected| collected.as_ref().map(Vec::len))
 }
 
 /// Called by [`Adapter`]'s `visit`: noted while [`adapters`] collects.

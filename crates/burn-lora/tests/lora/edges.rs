@@ -70,3 +70,28 @@ fn untargeted_weights_keep_burns_lora_and_ours_train() {
     let x = Tensor::<2>::random([3, 8], Distribution::Normal(0.0, 1.0), &device);
     assert_eq!(model.forward(x).dims(), [3, 2]);
 }
+
+#[test]
+fn burns_lora_between_ours_never_pairs_an_adapter_with_the_wrong_weight() {
+    // Before: the site list had Burn's `key` (its reparameterization is also named `lora`)
+    // and the adapter list had not, so `value`'s adapter was reported at `attn.key`, and a
+    // merge wrote it there.
+    let device = Device::default();
+    let mut model = tiny(&device);
+    model.attn.key = model.attn.key.apply_lora(burn::module::Lora::new(2, 4.0));
+    let model = apply_lora(model, &config()).unwrap();
+    let model = crate::common::perturb(model, false, &device);
+    let paths: Vec<String> = burn_lora::adapters(&model)
+        .into_iter()
+        .map(|(site, _)| site.path)
+        .collect();
+    assert_eq!(paths, ["attn.query", "attn.value"]);
+    let x = Tensor::<2>::random([3, 8], Distribution::Normal(0.0, 1.0), &device);
+    let before = model.forward(x.clone());
+    let merged = burn_lora::merge_lora(model).unwrap();
+    let diff = (merged.forward(x) - before)
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(diff < 1e-5, "merged differs by {diff}");
+}
