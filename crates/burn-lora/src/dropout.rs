@@ -101,7 +101,16 @@ pub fn dropout<const D: usize>(module: &Dropout, x: Tensor<D>) -> Tensor<D> {
             if word < threshold { scale } else { 0.0 }
         })
         .collect();
-    x * Tensor::from_data(TensorData::new(mask, shape), &device)
+    // The mask in the input's dtype: its values (0 and 1/keep) are exact in f16 and bf16
+    // for the usual probabilities, and the product stays in the model's dtype.
+    let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &device);
+    match x.dtype() == mask.dtype() {
+        true => x * mask,
+        false => {
+            let dtype = x.dtype();
+            x * mask.cast(dtype)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -95,3 +95,24 @@ fn burns_lora_between_ours_never_pairs_an_adapter_with_the_wrong_weight() {
         .into_scalar::<f32>();
     assert!(diff < 1e-5, "merged differs by {diff}");
 }
+
+#[test]
+fn dropout_masks_a_half_precision_input_in_its_own_dtype() {
+    // Before: the mask was built in f32, a dtype mismatch on an f16 or bf16 model.
+    use burn::nn::DropoutConfig;
+    use burn::tensor::DType;
+    use burn_lora::dropout::{dropout, with_dropout_seed};
+    let device = Device::default().autodiff();
+    let module = DropoutConfig::new(0.5).init();
+    let x = Tensor::<2>::random([4, 64], Distribution::Normal(0.0, 1.0), &device);
+    let want = with_dropout_seed(3, || dropout(&module, x.clone()));
+    for dtype in [DType::F16, DType::BF16] {
+        let got = with_dropout_seed(3, || dropout(&module, x.clone().cast(dtype)));
+        assert_eq!(got.dtype(), dtype);
+        let diff = (got.cast(DType::F32) - want.clone())
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert!(diff < 0.05, "{dtype:?}: {diff}");
+    }
+}
