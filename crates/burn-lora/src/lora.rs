@@ -154,34 +154,45 @@ impl Lora {
     /// `current`, the stored weight, with this adapter folded in: `current + s·A·B`, or
     /// for DoRA `m / ‖W + s·A·B‖ · (current + s·A·B)`, the norm taken on the unmerged base
     /// `base` as PEFT takes it; with that norm, for DoRA.
+    ///
+    /// Computed in f32 whatever the weight's dtype, and returned in f32: the caller casts
+    /// once, when it stores the weight, so a half-precision merge rounds once.
     pub(crate) fn merged_weight(
         &self,
         base: &Tensor<2>,
         current: Tensor<2>,
     ) -> (Tensor<2>, Option<Tensor<1>>) {
-        let delta = self.delta_weight().detach().cast(current.dtype());
+        let delta = self.delta_weight_f32();
+        let current = current.cast(DType::F32);
         match &self.factors.lora_magnitude {
             None => (current + delta, None),
             Some(magnitude) => {
-                let norm = column_norm(base.clone().cast(current.dtype()) + delta.clone());
-                let factor = magnitude.val().detach().cast(current.dtype()) / norm.clone();
+                let norm = column_norm(base.clone().cast(DType::F32) + delta.clone());
+                let factor = magnitude.val().detach().cast(DType::F32) / norm.clone();
                 ((current + delta) * factor.unsqueeze_dim(0), Some(norm))
             }
         }
     }
 
-    /// Undoes [`merged_weight`](Self::merged_weight) on `weight`.
+    /// Undoes [`merged_weight`](Self::merged_weight) on `weight`, in f32 as it does.
     pub(crate) fn unmerged_weight(&self, weight: Tensor<2>) -> Tensor<2> {
-        let delta = self.delta_weight().detach().cast(weight.dtype());
+        let delta = self.delta_weight_f32();
+        let weight = weight.cast(DType::F32);
         match (&self.factors.lora_magnitude, &self.merged_norm) {
             (Some(magnitude), Some(norm)) => {
-                let norm =
-                    Tensor::<1>::from_data(norm.clone(), &weight.device()).cast(weight.dtype());
-                let factor = magnitude.val().detach().cast(weight.dtype()) / norm;
+                let norm = Tensor::<1>::from_data(norm.clone(), &weight.device()).cast(DType::F32);
+                let factor = magnitude.val().detach().cast(DType::F32) / norm;
                 weight / factor.unsqueeze_dim(0) - delta
             }
             _ => weight - delta,
         }
+    }
+
+    /// `s·A·B` in f32, detached: what a merge adds.
+    fn delta_weight_f32(&self) -> Tensor<2> {
+        let a = self.factors.lora_a.val().detach().cast(DType::F32);
+        let b = self.factors.lora_b.val().detach().cast(DType::F32);
+        a.matmul(b).mul_scalar(self.scaling())
     }
 
     /// What this adapter adds to the output of the base layer.
