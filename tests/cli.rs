@@ -1647,6 +1647,20 @@ fn sft_trains_from_jsonl_and_writes_metrics_and_a_peft_adapter() {
     ];
     fails(run("sft", &bad_args), &["bad.jsonl:2", "`completion`"]);
     fails(run("sft", &["--dataset", "fr"]), &["--dataset fr"]);
+    let zero_out = dir.join("zero");
+    let zero = [
+        "--base",
+        "hf:tests/fixtures/llm/qwen2",
+        "--data-file",
+        s(&data),
+        "--test-file",
+        s(&data),
+        "--batch-size",
+        "0",
+        "--out",
+        s(&zero_out),
+    ];
+    fails(run("sft", &zero), &["--batch-size 0", "at least 1"]);
     fails(run("sft", &["--modes", "head"]), &["--modes", "head"]);
     let no_base = ["--data-file", s(&data), "--test-file", s(&data)];
     fails(run("sft", &no_base), &["--base"]);

@@ -178,6 +178,17 @@ fn latest_checkpoint(dir: &Path) -> Option<usize> {
 /// `overwrite` or `resume`; a training that burn-train ended with an error; `resume`
 /// with no checkpoint.
 pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
+    for (flag, value, least) in [
+        ("--epochs", options.epochs, 1),
+        ("--batch-size", options.batch_size, 1),
+        ("--max-len", options.max_len, 2),
+    ] {
+        if value < least {
+            return Err(Error::Usage(format!(
+                "{flag} {value}: must be at least {least}"
+            )));
+        }
+    }
     let dir = options.out.join(options.mode.name());
     let train_dir = dir.join("train");
     if dir.exists() && !options.resume {
@@ -275,6 +286,13 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
     }
     let model = result.model.valid();
     let curve: Curve = curve.lock().unwrap().clone();
+    if let Some(step) = curve.train_loss.iter().position(|l| !l.is_finite()) {
+        return Err(Error::NonFiniteLoss {
+            step: step + 1,
+            loss: curve.train_loss[step],
+            lr: options.lr,
+        });
+    }
     let (eval_loss, exact_match) = evaluate(&model, &base, &test.rows, options)?;
     let artifact = save(&model, &base, &dir, options.mode)?;
     write_curve(&dir, &curve)?;
