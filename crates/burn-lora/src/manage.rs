@@ -120,6 +120,10 @@ fn check_adapters_finite<M: Module>(model: &M) -> Result<(), Error> {
 /// `merge_and_unload`): the result holds no adapter and computes the same outputs. Merged
 /// weights keep their ids and stay frozen.
 ///
+/// Only burn-lora's adapters are folded. A weight carrying another reparameterization
+/// (Burn's own `apply_lora` or `apply_qlora`, a weight norm) keeps it, unmerged: fold those
+/// with Burn's `Module::materialize`.
+///
 /// # Errors
 ///
 /// [`Error::NonFinite`], naming the first layer whose factors hold NaN or infinity; the
