@@ -2,6 +2,9 @@
 //! `[r, d_out]` (and DoRA's magnitude), its scaling and dropout, and the maths: the delta
 //! `s·A·B`, the factored branch `s·(dropout(x)·A)·B`, DoRA's norm, merge and unmerge.
 //! [`Adapter`](crate::Adapter) holds the [`Lora`]s of a weight.
+//!
+//! Size: about 320 lines. The forward branch, DoRA's scale, merge and unmerge are one set
+//! of formulas, each kept beside its inverse so that they stay consistent.
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
@@ -33,6 +36,9 @@ pub struct Lora {
     pub(crate) alpha: f64,
     pub(crate) use_rslora: bool,
     pub(crate) init: LoraInit,
+    /// The config's `modules_to_save`, as configured: what `save_adapter` writes beside the
+    /// factors (never inferred from which parameters train).
+    pub(crate) modules_to_save: Vec<String>,
     /// DoRA, while merged: the weight norm the merge divided by, which unmerge needs
     /// (PEFT caches it the same way).
     pub(crate) merged_norm: Option<TensorData>,
@@ -76,6 +82,7 @@ impl Lora {
             alpha: config.alpha,
             use_rslora: config.use_rslora,
             init: config.init,
+            modules_to_save: config.modules_to_save.clone(),
             merged_norm: None,
         }
     }

@@ -2,29 +2,27 @@
 //! through burn-train's `SupervisedTraining` and `Learner`, then measured on a test file
 //! (loss, perplexity, and exact match of greedy generations).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::data::dataloader::DataLoaderBuilder;
-use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::InMemDataset;
 use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
 use burn::module::Module;
 use burn::optim::AdamWConfig;
 use burn::tensor::Device;
-use burn::train::metric::store::EventStoreClient;
 use burn::train::metric::{LearningRateMetric, LossMetric, PerplexityMetric};
 use burn::train::{
-    EarlyStoppingStrategy, ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining,
-    TrainingStrategy,
+    ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining, TrainingStrategy,
 };
 use burn_lora::{LoraConfig, apply_lora, param_report};
 use serde::Serialize;
 
 use crate::Error;
-use crate::data::{SftBatch, SftDataset, SftTokens, sft_batch};
+use crate::data::SftDataset;
 use crate::model::{CausalLm, DecoderBase};
 use crate::train::sft::encode::encode_sft;
+use crate::train::sft::engine::{SftBatcher, StopAfter, latest_checkpoint};
 use crate::train::sft::outputs::{evaluate, save, write_curve};
 use crate::train::sft::progress::{Curve, SftProgress};
 use crate::train::sft::step::SftModel;
@@ -91,16 +89,6 @@ pub struct SftOptions {
     pub stop_after: Option<usize>,
 }
 
-/// burn-train's early stopping, used to end a run after a given epoch.
-#[derive(Clone)]
-struct StopAfter(usize);
-
-impl EarlyStoppingStrategy for StopAfter {
-    fn should_stop(&mut self, epoch: usize, _store: &EventStoreClient) -> bool {
-        epoch >= self.0
-    }
-}
-
 /// What a run measured (`metrics.json`, one entry per mode).
 #[derive(Debug, Clone, Serialize)]
 pub struct SftReport {
@@ -141,32 +129,6 @@ pub struct Truncated {
     pub valid: usize,
     /// Test.
     pub test: usize,
-}
-
-#[derive(Clone)]
-struct SftBatcher {
-    pad: u32,
-}
-
-impl Batcher<SftTokens, SftBatch> for SftBatcher {
-    fn batch(&self, items: Vec<SftTokens>, device: &Device) -> SftBatch {
-        let rows: Vec<&SftTokens> = items.iter().collect();
-        sft_batch(&rows, self.pad, device)
-    }
-}
-
-/// The newest epoch burn-train checkpointed in `dir` (`model-N.bpk`).
-fn latest_checkpoint(dir: &Path) -> Option<usize> {
-    std::fs::read_dir(dir.join("checkpoint"))
-        .ok()?
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.strip_prefix("model-")?
-                .strip_suffix(".bpk")?
-                .parse()
-                .ok()
-        })
-        .max()
 }
 
 /// Runs one mode: loads the base, trains it with burn-train, measures it on the test

@@ -4,10 +4,12 @@
 //!
 //! - `encode.rs`: records to tokens, marking the learnt ones.
 //! - `step.rs`: [`SftModel`], burn-train's `TrainStep` and `InferenceStep`.
+//! - `engine.rs`: burn-train's batcher, a stop-after-epoch strategy, the latest checkpoint.
 //! - `progress.rs`: the renderer, with progress bars and the loss curve.
 //! - `job.rs`: the job, [`run_sft`]; `outputs.rs`: what it measures and writes at the end.
 
 mod encode;
+mod engine;
 mod job;
 mod outputs;
 mod progress;

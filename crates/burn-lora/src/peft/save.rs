@@ -14,7 +14,7 @@ use super::{CONFIG_FILE, PeftOptions, WEIGHTS_FILE, file_key};
 use crate::Error;
 use crate::adapter::DEFAULT_ADAPTER;
 use crate::apply::linears;
-use crate::config::{LoraConfig, name_matches};
+use crate::config::{LoraConfig, name_matches, within_any};
 use crate::io::{fresh_temp_dir, replace_dir};
 use crate::lora::Lora;
 use crate::lora_linear::all_finite;
@@ -128,7 +128,7 @@ fn write_one<M: Module>(
         .iter()
         .map(|s| options.rename(&s.path))
         .collect();
-    let tensors = adapter_tensors(model, options, name)?;
+    let tensors = adapter_tensors(model, options, name, &first.modules_to_save)?;
     let mut modules_to_save: Vec<String> = Vec::new();
     for module in tensors.values().filter_map(|t| t.saved_module.clone()) {
         if !modules_to_save.contains(&module) {
@@ -196,15 +196,18 @@ struct FileTensor {
 }
 
 /// The tensors of `model`'s adapter `adapter`, keyed as PEFT keys them, in PyTorch layout:
-/// its factors and magnitudes, and every trainable parameter outside the adapters.
+/// its factors and magnitudes, and every parameter of the configured `modules_to_save`
+/// (matched as configured: on Burn's module path or on its renamed form).
 fn adapter_tensors<M: Module>(
     model: &M,
     options: &PeftOptions,
     adapter: &str,
+    modules_to_save: &[String],
 ) -> Result<BTreeMap<String, FileTensor>, Error> {
     struct Collect<'a> {
         options: &'a PeftOptions,
         adapter: &'a str,
+        modules_to_save: &'a [String],
         out: BTreeMap<String, FileTensor>,
         non_finite: Option<String>,
     }
@@ -213,8 +216,13 @@ fn adapter_tensors<M: Module>(
             let Some(found) = file_key(path, D, self.options, self.adapter) else {
                 return;
             };
-            if found.module.is_some() && !param.is_require_grad() {
-                return;
+            if let Some(renamed) = &found.module {
+                let module = path.split_last().0;
+                if !within_any(&module, self.modules_to_save)
+                    && !within_any(renamed, self.modules_to_save)
+                {
+                    return;
+                }
             }
             let tensor = param.val();
             if !all_finite(&tensor) {
@@ -232,6 +240,7 @@ fn adapter_tensors<M: Module>(
     let mut collect = Collect {
         options,
         adapter,
+        modules_to_save,
         out: BTreeMap::new(),
         non_finite: None,
     };

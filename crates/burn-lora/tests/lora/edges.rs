@@ -173,3 +173,28 @@ fn a_bf16_merge_is_the_f32_sum_rounded_once() {
     println!("bf16 merge/unmerge: max |W - W0| after 1 cycle {e1}, after 10 {e10}");
     assert!(e10 <= e1 * 1.5 + 1e-6, "after 1 cycle {e1}, after 10 {e10}");
 }
+
+#[test]
+fn a_trainable_bias_is_not_saved_as_a_module_and_the_file_loads_back() {
+    // Before: save_adapter took every trainable parameter outside the adapters as a
+    // module to save, so a bias the user trains made `attn.key` a module to save, and
+    // load_adapter then refused the file (`key` is also a target's sibling linear).
+    let device = Device::default();
+    let mut model = apply_lora(tiny(&device), &config()).unwrap();
+    let bias = model.attn.key.bias.take().unwrap();
+    model.attn.key.bias = Some(bias.set_require_grad(true));
+    let model = crate::common::perturb(model, false, &device);
+    let dir = crate::common::scratch("edges", "trainable_bias");
+    burn_lora::save_adapter(&model, &dir).unwrap();
+    let saved = burn_lora::read_adapter_config(&dir).unwrap();
+    assert!(
+        saved.modules_to_save.is_empty(),
+        "{:?}",
+        saved.modules_to_save
+    );
+    let loaded = burn_lora::load_adapter(tiny(&device), &dir).unwrap();
+    let x = Tensor::<2>::random([3, 8], Distribution::Normal(0.0, 1.0), &device);
+    let (a, b) = (model.forward(x.clone()), loaded.forward(x));
+    let diff = (a - b).abs().max().into_scalar::<f32>();
+    assert!(diff < 1e-5, "{diff}");
+}
