@@ -42,7 +42,7 @@ mod allocator;
 /// Full fine-tuning vs LoRA vs head-only on real sentiment data.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Where to compute: auto | flex | ndarray | wgpu[:N|:cpu] | vulkan[:N] | cuda[:N], or several separated by commas to train data-parallel on them
+    /// Where to compute: auto | flex | ndarray | wgpu[:N|:cpu] | vulkan[:N] | cuda[:N], or several separated by commas to train on them through burn-train's MultiDevice strategy
     /// (auto: Burn's default device, which honours BURN_DEVICE).
     #[arg(long, default_value = "auto")]
     device: String,

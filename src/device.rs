@@ -1,7 +1,7 @@
 //! `--device`: which of Burn's backends and devices the examples compute on.
 //!
 //! `auto | flex | ndarray | wgpu[:N|:cpu] | vulkan[:N] | cuda[:N]`, or several separated by
-//! commas (`wgpu:0,wgpu:1`) to train data-parallel across them. `auto` is Burn's
+//! commas (`wgpu:0,wgpu:1`) to train across them with burn-train's `MultiDevice`. `auto` is Burn's
 //! `Device::default()`, which honours `BURN_DEVICE` and is a GPU as soon as a GPU feature is
 //! compiled in. A backend whose Cargo feature this binary was built without is an error that
 //! names the feature and the command that builds it.

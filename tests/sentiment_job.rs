@@ -362,3 +362,61 @@ fn keep_best_returns_the_weights_of_the_best_validation_epoch() {
     assert_eq!(history.kept_epoch, EPOCHS);
     assert_eq!(kept, *history.epoch_val_accuracy.last().unwrap());
 }
+
+/// `--device a,b`: the job trains through burn-train's `MultiDevice` strategy (flex and
+/// ndarray: two CPU backends, each a device of its own). Every epoch's validation accuracy
+/// comes from burn-train's metric, the kept epoch is the best, burn-train's checkpoints are
+/// on disk, the adapter is saved and the loss falls. `--resume` is the one-device loop's.
+#[test]
+fn two_devices_train_through_burn_train_multi_device() {
+    let dir = scratch("sentiment_job", "two_devices");
+    let mut options = tiny_job(&dir, vec![FinetuneMode::Lora(tiny_lora())]);
+    options.epochs = 3;
+    #[allow(deprecated)]
+    let devices = [Device::default(), Device::ndarray()];
+    let (metrics, _) = run_sentiment(&options, &devices).unwrap();
+    let details: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("out/details.json")).unwrap()).unwrap();
+    let run = &details["modes"][0];
+    let val: Vec<f64> = run["epoch_validation_accuracy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(val.len(), 3, "{run}");
+    assert!(val.iter().all(|a| (0.0..=1.0).contains(a)), "{val:?}");
+    let best = val
+        .iter()
+        .enumerate()
+        .fold((0, -1.0), |b, (i, &a)| if a > b.1 { (i + 1, a) } else { b })
+        .0;
+    assert_eq!(metrics.runs[0].kept_epoch, best, "{val:?}");
+    let csv = fs::read_to_string(dir.join("out/loss.csv")).unwrap();
+    let losses: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
+    // 44 training examples (4 held out for validation): 22 per device, 4 per device per
+    // step (a batch of 8 shared by 2), so 6 steps an epoch, each one loss.
+    assert_eq!(losses.len(), 3 * 6, "{losses:?}");
+    assert!(
+        losses[losses.len() - 2..].iter().sum::<f64>() < losses[..2].iter().sum::<f64>(),
+        "{losses:?}"
+    );
+    let checkpoints = dir.join("out/checkpoints/lora/burn-train/checkpoint");
+    assert!(checkpoints.join("model-3.bpk").is_file(), "the last epoch");
+    assert!(
+        checkpoints.join(format!("model-{best}.bpk")).is_file(),
+        "the best epoch"
+    );
+    assert!(
+        dir.join("out/lora_adapter/adapter_model.safetensors")
+            .is_file()
+    );
+
+    options.resume = true;
+    let err = run_sentiment(&options, &devices).unwrap_err().to_string();
+    assert!(err.contains("MultiDevice"), "{err}");
+}

@@ -3,7 +3,7 @@
 //! the sentiment job. The models themselves ([`GptClassifier`], [`BertClassifier`]) live in
 //! [`model`](crate::model) and know nothing of training.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleDisplay};
 use burn::tensor::{Bool, Int, Tensor};
 use burn_lora::PeftOptions;
 use burn_lora::nn::Linear;
@@ -13,7 +13,7 @@ use crate::model::bert::{BertClassifier, BertHead};
 
 /// A sequence classifier that the fine-tuning loop, [`predict`](crate::train::predict) and
 /// the sentiment job can train and run: [`GptClassifier`] and [`BertClassifier`].
-pub trait Classifier: Module + Clone + core::fmt::Debug {
+pub trait Classifier: Module + ModuleDisplay + Clone + core::fmt::Debug + 'static {
     /// The module path of the classification layer: what head-only training trains, and
     /// LoRA saves as a module to save.
     const HEAD: &'static str;

@@ -93,9 +93,9 @@ pub struct FinetuneOptions {
     /// is the same function of the seed for any thread timing, but not the same numbers
     /// for different counts: parts are padded separately and draw their own dropout masks.
     pub replicas: usize,
-    /// Devices to train data-parallel on, one part of every batch each, gradients summed on
-    /// the model's device (`GradientsParams::to_device`). Empty or one: the model's device,
-    /// with `replicas` threads.
+    /// Devices to train data-parallel on. Several: [`finetune_on_devices`](crate::train::multi::finetune_on_devices)
+    /// trains on them through burn-train's `MultiDevice` strategy ([`finetune`] refuses
+    /// them). Empty or one: the model's device, with `replicas` threads.
     pub devices: Vec<Device>,
     /// Write a checkpoint every so many steps; `None`: none.
     pub checkpoint: Option<CheckpointOptions>,
@@ -167,6 +167,12 @@ pub fn finetune<C: Classifier>(
     options: &FinetuneOptions,
     label: &str,
 ) -> Result<(C, History), Error> {
+    if options.devices.len() > 1 {
+        return Err(Error::Usage(format!(
+            "finetune trains on one device; {} devices train through burn-train (train::multi::finetune_on_devices)",
+            options.devices.len()
+        )));
+    }
     let device = model.head_layer().weight.device();
     let steps_per_epoch = train.tokens.len().div_ceil(options.batch_size.max(1));
     let total = options.epochs * steps_per_epoch;
@@ -176,12 +182,9 @@ pub fn finetune<C: Classifier>(
         .with_epsilon(ADAM_EPSILON)
         .init();
     let loss_fn = CrossEntropyLoss::new(None, &device);
-    // One part of each batch per device when several are given, else `replicas` parts on the
-    // model's own device, one thread each (see `parallel`).
-    let part_devices = match options.devices.len() > 1 {
-        true => options.devices.clone(),
-        false => vec![device.clone(); options.replicas.max(1)],
-    };
+    // `replicas` parts of each batch on the model's own device, one thread each (see
+    // `parallel`).
+    let part_devices = vec![device.clone(); options.replicas.max(1)];
     let track_best = options.keep == Keep::Best && options.epochs > 1;
     let mut history = History::default();
     let (mut step, mut correct, mut seen) = (0, 0, 0);

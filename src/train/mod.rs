@@ -7,6 +7,7 @@ pub mod checkpoint;
 mod classifier;
 mod finetune;
 pub mod metrics;
+pub mod multi;
 pub mod parallel;
 mod plot;
 mod predict;

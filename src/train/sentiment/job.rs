@@ -36,14 +36,21 @@ use crate::memory::reset_peak_rss;
 /// # Errors
 ///
 /// Bad data files, a bad base, an invalid LoRA config, a non-finite loss, or a failed write.
-/// `devices` are where training runs: the first holds the model; with several, each
-/// trains on a part of every batch (data parallelism across devices).
+/// `devices` are where training runs: the first holds the model; with several, burn-train's
+/// `MultiDevice` strategy trains on them (see [`multi`](crate::train::multi)), without
+/// `--checkpoint-every` and `--resume`, which are the one-device loop's.
 pub fn run_sentiment(
     options: &SentimentOptions,
     devices: &[Device],
 ) -> Result<(Metrics, String), Error> {
     if devices.is_empty() {
         return Err(Error::Usage("the sentiment job needs a device".into()));
+    }
+    if devices.len() > 1 && (options.checkpoint_every.is_some() || options.resume) {
+        return Err(Error::Usage(format!(
+            "--device with {} devices trains through burn-train's MultiDevice strategy, which checkpoints per epoch on its own; --checkpoint-every and --resume are the one-device loop's: give one device, or drop them",
+            devices.len()
+        )));
     }
     if options.resume {
         check_resumable(options, devices)?;

@@ -15,6 +15,7 @@ use crate::data::{HeadRecord, LabelSet};
 use crate::memory::peak_rss;
 use crate::train::checkpoint::CheckpointOptions;
 use crate::train::metrics::{Classification, argmax};
+use crate::train::multi::finetune_on_devices;
 use crate::train::{
     Classifier, Encoded, FinetuneMode, FinetuneOptions, accuracy, finetune, predict,
 };
@@ -90,13 +91,24 @@ pub(super) fn train_mode<C: Classifier>(
         report.total,
         finetune_options.lr
     );
-    let (model, history) = finetune(
-        model,
-        inputs.fit,
-        inputs.val,
-        &finetune_options,
-        mode.name(),
-    )?;
+    let (model, history) = match finetune_options.devices.len() > 1 {
+        // burn-train's files (its epoch checkpoints, its metric logs) beside ours.
+        true => finetune_on_devices(
+            model,
+            inputs.fit,
+            inputs.val,
+            &finetune_options,
+            &checkpoints.join("burn-train"),
+            mode.name(),
+        )?,
+        false => finetune(
+            model,
+            inputs.fit,
+            inputs.val,
+            &finetune_options,
+            mode.name(),
+        )?,
+    };
     println!(
         "  {}: {:.1} training examples/s ({})",
         mode.name(),

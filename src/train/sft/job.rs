@@ -64,7 +64,7 @@ pub struct SftOptions {
     pub mode: SftMode,
     /// Passes over the training examples.
     pub epochs: usize,
-    /// Examples per batch.
+    /// Examples per optimizer step; on several devices, each takes its share.
     pub batch_size: usize,
     /// The peak learning rate, decayed linearly to zero.
     pub lr: f64,
@@ -189,9 +189,19 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
         SftMode::Lora => apply_lora(base.model.clone(), &options.lora)?,
         SftMode::Full => base.model.clone(),
     };
-    let model = SftModel { decoder }.train();
+    // On several devices each takes its share of a step's batch (burn-train's
+    // `split_dataloader` gives each a contiguous part of the data), and the summed
+    // gradients are the step's mean.
+    let parts = options.devices.len().max(1);
+    let per_device = options.batch_size.div_ceil(parts);
+    let model = SftModel {
+        decoder,
+        share: 1.0 / parts as f64,
+    }
+    .train();
     let report = param_report(&model);
-    let steps_per_epoch = train.rows.len().div_ceil(options.batch_size);
+    let longest = train.rows.len() - (parts - 1) * (train.rows.len() / parts);
+    let steps_per_epoch = longest.div_ceil(per_device);
     let total_steps = (steps_per_epoch * options.epochs).max(1);
     let optim = AdamWConfig::new()
         .with_weight_decay(options.weight_decay as f32)
@@ -203,7 +213,7 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
     let learner = Learner::new(model, optim, scheduler);
     let batcher = SftBatcher { pad: base.pad };
     let loader_train = DataLoaderBuilder::new(batcher.clone())
-        .batch_size(options.batch_size)
+        .batch_size(per_device)
         .shuffle(options.seed)
         .set_device(device.clone().autodiff())
         .build(InMemDataset::new(train.rows.clone()));

@@ -1,4 +1,5 @@
-//! [`SftProgress`]: burn-train's renderer for the SFT job. It draws one progress bar per
+//! [`SftProgress`]: burn-train's renderer for the SFT job (and the sentiment job on several
+//! devices). It draws one progress bar per
 //! split (burn-train's own CLI renderer prints a line per batch) and keeps the loss
 //! curve: each training batch's loss and each epoch's validation loss, as burn-train's
 //! `LossMetric` reports them.
@@ -26,6 +27,10 @@ pub struct Curve {
     pub valid_loss: Vec<f64>,
     /// Each epoch's validation perplexity.
     pub valid_perplexity: Vec<f64>,
+    /// Each epoch's training accuracy in percent, when an `AccuracyMetric` is registered.
+    pub train_accuracy: Vec<f64>,
+    /// Each epoch's validation accuracy in percent, when an `AccuracyMetric` is registered.
+    pub valid_accuracy: Vec<f64>,
     /// Batches per epoch (the last epoch's count).
     pub batches_per_epoch: usize,
 }
@@ -83,6 +88,8 @@ impl SftProgress {
             (false, "Loss", NumericEntry::Final(v)) => curve.train_epoch_loss.push(v),
             (true, "Loss", NumericEntry::Final(v)) => curve.valid_loss.push(v),
             (true, "Perplexity", NumericEntry::Final(v)) => curve.valid_perplexity.push(v),
+            (false, "Accuracy", NumericEntry::Final(v)) => curve.train_accuracy.push(v),
+            (true, "Accuracy", NumericEntry::Final(v)) => curve.valid_accuracy.push(v),
             _ => {}
         }
     }

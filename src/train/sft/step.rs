@@ -15,6 +15,10 @@ use crate::model::{CausalLm, Decoder};
 pub struct SftModel {
     /// The decoder, with or without LoRA.
     pub decoder: Decoder,
+    /// The weight of this step's loss in the gradient: `1 / devices`, so that the
+    /// gradients burn-train's `MultiDevice` sums are the whole step's mean; 1 on one device.
+    #[module(skip)]
+    pub share: f64,
 }
 
 impl SftModel {
@@ -43,7 +47,7 @@ impl TrainStep for SftModel {
 
     fn step(&self, batch: SftBatch) -> TrainOutput<SequenceOutput> {
         let output = self.forward_sft(batch);
-        let grads = output.loss.backward();
+        let grads = output.loss.clone().mul_scalar(self.share).backward();
         TrainOutput::new(self, grads, output)
     }
 }
