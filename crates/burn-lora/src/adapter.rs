@@ -231,7 +231,8 @@ impl Adapter {
 }
 
 impl Reparameterization for Adapter {
-    const NAME: &'static str = "lora";
+    /// Our own name, not Burn's LoRA's `lora`: the two can meet in one model.
+    const NAME: &'static str = "burn_lora";
 
     fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
         sites::note_dense_use();

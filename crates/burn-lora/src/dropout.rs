@@ -30,10 +30,14 @@ thread_local! {
 /// generator): the same `seed` and the same sequence of [`dropout`] calls give the same
 /// masks on any thread, whatever other threads do meanwhile.
 pub fn with_dropout_seed<R>(seed: u64, f: impl FnOnce() -> R) -> R {
-    let previous = SEED_STREAM.replace(Some(StdRng::seed_from_u64(seed)));
-    let out = f();
-    SEED_STREAM.set(previous);
-    out
+    let _scope = crate::sites::Scoped::set(&SEED_STREAM, StdRng::seed_from_u64(seed));
+    f()
+}
+
+/// Whether no seed stream is set on this thread.
+#[cfg(test)]
+pub(crate) fn seed_stream_is_clear() -> bool {
+    SEED_STREAM.with_borrow(Option::is_none)
 }
 
 /// `n` 64-bit seeds, each from two draws of `device`'s generator, so that `device.seed`

@@ -1,15 +1,20 @@
 //! Finding and replacing the [`Adapter`]s of a whole model.
 //!
 //! Burn reaches a reparameterization only through [`Module::visit`] and [`Module::map`],
-//! and hands it a visitor or mapper of its own private type. So an adapter reports itself:
-//! while [`adapters`] visits a model, each adapter's `visit` pushes a copy of itself onto a
-//! thread-local list, and while [`replace_adapters`] maps one, each adapter's `map` takes
-//! its replacement from a thread-local queue. Burn's traversal is a plain recursion on the
-//! calling thread, so the order is the traversal order, and a site tracker walking beside
-//! it names where each adapter sits.
+//! and hands it a visitor or mapper of its own private type. So an adapter reports itself
+//! through thread-local state: a site tracker walking beside Burn's traversal notes the id
+//! of the weight whose reparameterization is being entered (Burn visits the weight just
+//! before it), and while [`adapters`] visits a model each adapter's `visit` files a copy of
+//! itself under that id; while [`replace_adapters`] maps one, each adapter's `map` takes
+//! the replacement filed under its weight's id. Keyed by [`ParamId`], an adapter is never
+//! paired with another weight, whatever else the traversal meets (Burn's own LoRA, a
+//! weight norm). Every piece of state is set by a guard that puts the previous value back
+//! when it is dropped, so a panic caught inside a traversal or a forward pass leaves
+//! nothing behind.
 
-use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::thread::LocalKey;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId, Reparameterization};
 use burn::tensor::Tensor;
@@ -18,13 +23,55 @@ use crate::adapter::Adapter;
 use crate::path::PathStack;
 
 thread_local! {
-    /// While [`adapters`] visits a model: every adapter met, in traversal order.
-    static COLLECTED: RefCell<Option<Vec<Adapter>>> = const { RefCell::new(None) };
-    /// While [`replace_adapters`] maps a model: what each adapter met becomes, in order.
-    static REPLACEMENTS: RefCell<Option<VecDeque<Adapter>>> = const { RefCell::new(None) };
+    /// While [`adapters`] visits a model: every adapter met, by its weight's id.
+    static COLLECTED: RefCell<Option<HashMap<ParamId, Adapter>>> = const { RefCell::new(None) };
+    /// While [`replace_adapters`] maps a model: what each adapter becomes, by its weight's id.
+    static REPLACEMENTS: RefCell<Option<HashMap<ParamId, Adapter>>> = const { RefCell::new(None) };
+    /// While the site tracker is inside one of our reparameterizations: its weight's id.
+    static CURRENT: Cell<Option<ParamId>> = const { Cell::new(None) };
     /// While [`with_adapter_names`](crate::with_adapter_names) runs: the adapter of each
     /// example of the batch, and whether an adapter was computed densely meanwhile.
     static ROUTING: RefCell<Option<Routing>> = const { RefCell::new(None) };
+}
+
+/// Sets a thread-local for as long as it lives, and puts the previous value back when it is
+/// dropped: at the end of the scope, or while a panic unwinds through it.
+pub(crate) struct Scoped<T: 'static> {
+    key: &'static LocalKey<RefCell<Option<T>>>,
+    previous: Option<Option<T>>,
+}
+
+impl<T: 'static> Scoped<T> {
+    pub(crate) fn set(key: &'static LocalKey<RefCell<Option<T>>>, value: T) -> Self {
+        Self {
+            key,
+            previous: Some(key.replace(Some(value))),
+        }
+    }
+
+    /// The value now set, taken out (the previous one goes back on drop).
+    pub(crate) fn take(&self) -> Option<T> {
+        self.key.take()
+    }
+}
+
+impl<T: 'static> Drop for Scoped<T> {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            self.key.set(previous);
+        }
+    }
+}
+
+/// Whether no traversal, mixed batch or seed stream of this library is under way on this
+/// thread: what a caught panic must leave.
+#[cfg(test)]
+pub(crate) fn state_is_clear() -> bool {
+    COLLECTED.with_borrow(Option::is_none)
+        && REPLACEMENTS.with_borrow(Option::is_none)
+        && CURRENT.get().is_none()
+        && ROUTING.with_borrow(Option::is_none)
+        && crate::dropout::seed_stream_is_clear()
 }
 
 /// A mixed batch's adapter per example, and what went wrong while serving it.
@@ -42,23 +89,13 @@ pub(crate) struct Routing {
 
 /// Runs `f` with `names` routing each example of a batch; returns what went wrong.
 pub(crate) fn with_routing<T>(names: Vec<String>, f: impl FnOnce() -> T) -> (T, Routing) {
-    /// Puts the previous routing back, also when `f` panics.
-    struct Restore(Option<Option<Routing>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(previous) = self.0.take() {
-                ROUTING.set(previous);
-            }
-        }
-    }
     let routing = Routing {
         names,
         ..Routing::default()
     };
-    let restore = Restore(Some(ROUTING.replace(Some(routing))));
+    let scope = Scoped::set(&ROUTING, routing);
     let out = f();
-    let routing = ROUTING.take().unwrap_or_default();
-    drop(restore);
+    let routing = scope.take().unwrap_or_default();
     (out, routing)
 }
 
@@ -119,10 +156,8 @@ struct SiteTracker {
     path: PathStack,
     last: Option<(ParamId, Vec<usize>, String, BaseWeight)>,
     sites: Vec<(AdapterSite, BaseWeight)>,
-    /// While visiting a reparameterization named like ours: how many adapters had been
-    /// collected before it. Burn's own LoRA has the same name but reports nothing, so a
-    /// site is kept only when the list grew (see [`SiteTracker::exit`]).
-    collected_before: Option<usize>,
+    /// `CURRENT` as it was before entering one of our reparameterizations.
+    outer: Option<Option<ParamId>>,
     /// New values of adapted weights, by id, while mapping.
     weights: HashMap<ParamId, Tensor<2>>,
 }
@@ -144,21 +179,16 @@ impl SiteTracker {
                 container,
             };
             self.sites.push((site, weight));
-            self.collected_before = collected_len();
+            self.outer = Some(CURRENT.replace(Some(id)));
         }
     }
 
-    /// Leaving a reparameterization while collecting: its site stays only if it was one of
-    /// ours, which pushed itself onto the collected list.
     fn exit(&mut self, container_type: &str) {
         self.path.exit();
-        if container_type != "Reparameterization" {
-            return;
-        }
-        if let Some(before) = self.collected_before.take()
-            && collected_len() == Some(before)
+        if container_type == "Reparameterization"
+            && let Some(outer) = self.outer.take()
         {
-            self.sites.pop();
+            CURRENT.set(outer);
         }
     }
 
@@ -194,8 +224,8 @@ impl ModuleMapper for SiteTracker {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.enter(name, container_type);
     }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.exit(container_type);
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         if !self.weights.contains_key(&param.id) {
@@ -216,23 +246,22 @@ impl ModuleMapper for SiteTracker {
     }
 }
 
-/// How many adapters [`adapters`] has collected so far; `None` when not collecting.
-fn collected_len() -> Option<usize> {
-    COLLECTED.with_borrow(|collected| collected.as_ref().map(Vec::len))
-}
-
-/// Called by [`Adapter`]'s `visit`: noted while [`adapters`] collects.
+/// Called by [`Adapter`]'s `visit`: filed under its weight's id while [`adapters`] collects.
 pub(crate) fn visited(adapter: &Adapter) {
+    let Some(id) = CURRENT.get() else {
+        return;
+    };
     COLLECTED.with_borrow_mut(|collected| {
         if let Some(collected) = collected {
-            collected.push(adapter.clone());
+            collected.insert(id, adapter.clone());
         }
     });
 }
 
 /// Called by [`Adapter`]'s `map`: what it becomes while [`replace_adapters`] maps.
 pub(crate) fn replacement() -> Option<Adapter> {
-    REPLACEMENTS.with_borrow_mut(|queue| queue.as_mut().and_then(VecDeque::pop_front))
+    let id = CURRENT.get()?;
+    REPLACEMENTS.with_borrow(|replacements| replacements.as_ref()?.get(&id).cloned())
 }
 
 /// Every adapter in `model` with its site, in traversal order (a weight whose adapters
@@ -249,14 +278,17 @@ pub fn adapters<M: Module>(model: &M) -> Vec<(AdapterSite, Adapter)> {
 /// weight's base value as `[d_in, d_out]`, in traversal order.
 pub(crate) fn all_adapters<M: Module>(model: &M) -> Vec<(AdapterSite, Adapter, Tensor<2>)> {
     let mut tracker = SiteTracker::default();
-    let previous = COLLECTED.replace(Some(Vec::new()));
+    let scope = Scoped::set(&COLLECTED, HashMap::new());
     model.visit(&mut tracker);
-    let collected = COLLECTED.replace(previous).unwrap_or_default();
+    let collected = scope.take().unwrap_or_default();
+    drop(scope);
     tracker
         .sites
         .into_iter()
-        .zip(collected)
-        .map(|((site, weight), adapter)| (site, adapter, weight()))
+        .filter_map(|(site, weight)| {
+            let adapter = collected.get(&site.weight_id)?.clone();
+            Some((site, adapter, weight()))
+        })
         .collect()
 }
 
@@ -269,16 +301,183 @@ pub(crate) fn replace_adapters<M: Module>(
     mut f: impl FnMut(&AdapterSite, &Tensor<2>, Adapter) -> (Adapter, Option<Tensor<2>>),
 ) -> M {
     let mut tracker = SiteTracker::default();
-    let mut queue = VecDeque::new();
+    let mut replacements = HashMap::new();
     for (site, adapter, weight) in all_adapters(&model) {
         let (adapter, new_weight) = f(&site, &weight, adapter);
-        queue.push_back(adapter);
+        replacements.insert(site.weight_id, adapter);
         if let Some(new_weight) = new_weight {
             tracker.weights.insert(site.weight_id, new_weight);
         }
     }
-    let previous = REPLACEMENTS.replace(Some(queue));
-    let model = model.map(&mut tracker);
-    REPLACEMENTS.set(previous);
-    model
+    let _scope = Scoped::set(&REPLACEMENTS, replacements);
+    model.map(&mut tracker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LoraConfig, apply_lora, merge_adapters, with_adapter_names};
+    use burn::module::{ModuleDisplay, ModuleDisplayDefault};
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::Device;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    /// A module whose traversal panics: in `visit` (`on_visit`) or in `map`.
+    #[derive(Clone, Debug)]
+    struct Bomb {
+        on_visit: bool,
+    }
+
+    impl ModuleDisplayDefault for Bomb {
+        fn content(&self, content: burn::module::Content) -> Option<burn::module::Content> {
+            Some(content)
+        }
+    }
+    impl ModuleDisplay for Bomb {}
+
+    impl Module for Bomb {
+        fn collect_devices(&self, devices: burn::module::Devices) -> burn::module::Devices {
+            devices
+        }
+        fn fork(self, _: &Device) -> Self {
+            self
+        }
+        fn to_device(self, _: &Device) -> Self {
+            self
+        }
+        fn train(self) -> Self {
+            self
+        }
+        fn valid(&self) -> Self {
+            self.clone()
+        }
+        fn materialize(self) -> Self {
+            self
+        }
+        fn visit<V: ModuleVisitor>(&self, _: &mut V) {
+            assert!(!self.on_visit, "a visit that panics");
+        }
+        fn map<M: ModuleMapper>(self, _: &mut M) -> Self {
+            panic!("a map that panics")
+        }
+    }
+
+    fn adapted(device: &Device) -> Linear {
+        let linear = LinearConfig::new(4, 3).init(device);
+        let config = LoraConfig::new()
+            .with_rank(2)
+            .with_target_regex(Some(".*".into()));
+        apply_lora(linear, &config).unwrap()
+    }
+
+    /// A panic caught inside `adapters`' visit, inside `merge_adapters`' map, inside
+    /// `with_adapter_names`' forward or inside `with_dropout_seed` leaves no state on the
+    /// thread: the adapters of a model are found again, and the next traversal is clean.
+    #[test]
+    fn a_caught_panic_leaves_no_state_behind() {
+        let device = Device::flex();
+        let layer = adapted(&device);
+        let visit = (layer.clone(), Bomb { on_visit: true });
+        assert!(panics(|| adapters(&visit)));
+        assert!(state_is_clear(), "after a panic in a visit");
+        let map = (layer.clone(), Bomb { on_visit: false });
+        assert!(panics(|| merge_adapters(map.clone())));
+        assert!(state_is_clear(), "after a panic in a map");
+        assert!(panics(|| {
+            with_adapter_names(&layer, &["default"], || panic!("a forward that panics"))
+        }));
+        assert!(state_is_clear(), "after a panic in a mixed batch");
+        assert!(panics(|| crate::dropout::with_dropout_seed(1, || panic!(
+            "panics"
+        ))));
+        assert!(state_is_clear(), "after a panic under a seed stream");
+        assert_eq!(adapters(&layer).len(), 1);
+        assert!(state_is_clear());
+    }
+
+    /// Whether `f` panics (its message not printed).
+    fn panics<R>(f: impl FnOnce() -> R) -> bool {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let result = catch_unwind(AssertUnwindSafe(f));
+        std::panic::set_hook(hook);
+        result.is_err()
+    }
+
+    /// Adapters are filed by their weight's id: with the traversal's order reversed between
+    /// the visit and the map (a model whose `map` walks its parts the other way), each
+    /// weight still gets its own adapter back.
+    #[test]
+    fn replacement_is_keyed_by_the_weights_id() {
+        let device = Device::flex();
+        let (a, b) = (adapted(&device), adapted(&device));
+        let (a_id, b_id) = (a.weight.id, b.weight.id);
+        let model = Swapped(a, b);
+        let found: Vec<ParamId> = adapters(&model).iter().map(|(s, _)| s.weight_id).collect();
+        assert_eq!(found, [a_id, b_id]);
+        // Tag each adapter with its weight's id through `replace_adapters`, then map back.
+        let tagged = replace_adapters(model, |site, _, adapter| {
+            let name = format!("w{}", site.weight_id);
+            let adapter = adapter.with_active(vec![name]);
+            (adapter, None)
+        });
+        for (site, adapter) in adapters(&tagged) {
+            assert_eq!(
+                adapter.active_names(),
+                [format!("w{}", site.weight_id)],
+                "the adapter of {} went to another weight",
+                site.weight_id
+            );
+        }
+        assert!(state_is_clear());
+    }
+
+    /// Two linears that `visit` in order and `map` in reverse order.
+    #[derive(Clone, Debug)]
+    struct Swapped(Linear, Linear);
+
+    impl ModuleDisplayDefault for Swapped {
+        fn content(&self, content: burn::module::Content) -> Option<burn::module::Content> {
+            Some(content)
+        }
+    }
+    impl ModuleDisplay for Swapped {}
+
+    impl Module for Swapped {
+        fn collect_devices(&self, devices: burn::module::Devices) -> burn::module::Devices {
+            self.1.collect_devices(self.0.collect_devices(devices))
+        }
+        fn fork(self, d: &Device) -> Self {
+            Self(self.0.fork(d), self.1.fork(d))
+        }
+        fn to_device(self, d: &Device) -> Self {
+            Self(self.0.to_device(d), self.1.to_device(d))
+        }
+        fn train(self) -> Self {
+            Self(self.0.train(), self.1.train())
+        }
+        fn valid(&self) -> Self {
+            Self(self.0.valid(), self.1.valid())
+        }
+        fn materialize(self) -> Self {
+            Self(self.0.materialize(), self.1.materialize())
+        }
+        fn visit<V: ModuleVisitor>(&self, v: &mut V) {
+            v.enter_module("0", "Struct:Linear");
+            self.0.visit(v);
+            v.exit_module("0", "Struct:Linear");
+            v.enter_module("1", "Struct:Linear");
+            self.1.visit(v);
+            v.exit_module("1", "Struct:Linear");
+        }
+        fn map<M: ModuleMapper>(self, m: &mut M) -> Self {
+            m.enter_module("1", "Struct:Linear");
+            let second = self.1.map(m);
+            m.exit_module("1", "Struct:Linear");
+            m.enter_module("0", "Struct:Linear");
+            let first = self.0.map(m);
+            m.exit_module("0", "Struct:Linear");
+            Self(first, second)
+        }
+    }
 }
