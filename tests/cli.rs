@@ -1665,3 +1665,60 @@ fn sft_trains_from_jsonl_and_writes_metrics_and_a_peft_adapter() {
     let no_base = ["--data-file", s(&data), "--test-file", s(&data)];
     fails(run("sft", &no_base), &["--base"]);
 }
+
+/// examples/learner.rs: a model of stock `burn::nn` layers, LoRA by `apply_lora`, both
+/// stages on burn-train's `Learner`; the saved adapter, loaded back onto the saved base,
+/// scores what the trained model scored.
+#[test]
+fn learner_trains_a_stock_burn_model_with_lora_on_burn_train() {
+    let dir = scratch("cli", "learner");
+    let (train, test) = (dir.join("train.tsv"), dir.join("test.tsv"));
+    write_tsv(&train, 4);
+    write_tsv(&test, 1);
+    let out = dir.join("out");
+    let args = [
+        "--data-file",
+        s(&train),
+        "--test-file",
+        s(&test),
+        "--max-train",
+        "48",
+        "--epochs",
+        "1",
+        "--out",
+        s(&out),
+        "--overwrite",
+    ];
+    let report = succeeds(&run("learner", &args));
+    assert!(
+        report.contains("| + LoRA (second half) | 4226 |"),
+        "{report}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    // Rank 8 on query and value (d 64) in 2 layers, 2 · 2 · 8 · (64 + 64), and the head.
+    assert_eq!(
+        metrics["trainable_params"],
+        2 * 2 * 8 * (64 + 64) + 64 * 2 + 2
+    );
+    assert_eq!(metrics["test_examples"], 12);
+    assert_eq!(metrics["reloaded_accuracy"], metrics["lora_accuracy"]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("adapter/adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["modules_to_save"], serde_json::json!(["head"]));
+    assert!(out.join("train_lora/checkpoint/model-1.bpk").is_file());
+    fails(
+        run(
+            "learner",
+            &[
+                "--data-file",
+                "missing.tsv",
+                "--out",
+                s(&out),
+                "--overwrite",
+            ],
+        ),
+        &["missing.tsv"],
+    );
+}
