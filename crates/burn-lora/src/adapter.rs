@@ -17,7 +17,12 @@
 //!   building `A·B` for LoRA; it is also the path that serves mixed batches
 //!   ([`with_adapter_names`](crate::with_adapter_names)).
 //!
-//! An adapter's settings (names, active set, enabled, merged) are plain fields. Burn
+//! An adapter's settings (names, active set, enabled, merged) are plain fields, which Burn's
+//! records do not keep; the merged state is also kept as an int parameter per adapter
+//! (`<name>.merged`, `[1]`), so that a merged model saved with `save_file`/`into_record`
+//! and loaded onto a freshly adapted model comes back merged instead of adding its update
+//! a second time. (A DoRA adapter loaded merged cannot unmerge exactly: the weight norm it
+//! merged with is not in the record.) Burn
 //! traverses a reparameterization only through [`Module::visit`] and [`Module::map`], so
 //! this crate reads and replaces adapters in whole models by hooking those two calls (see
 //! [`adapters`](crate::adapters)).
@@ -40,6 +45,10 @@ pub const BASE_ADAPTER: &str = "__base__";
 
 /// The container type an [`Adapter`] enters each named adapter with.
 pub(crate) const NAMED: &str = "Adapters";
+/// The field under which each named adapter's merged mark is recorded.
+const MERGED: &str = "merged";
+/// Its container type.
+const MERGED_TYPE: &str = "Struct:MergedMark";
 
 /// The adapters on one weight: every named [`Lora`], which of them are active, and whether
 /// they are enabled or merged.
@@ -208,6 +217,10 @@ impl Adapter {
     }
 
     pub(crate) fn with_merged(mut self, merged: Vec<String>) -> Self {
+        for lora in &mut self.loras {
+            let device = lora.merged_mark.lazy_device();
+            lora.merged_mark = crate::lora::mark(merged.contains(&lora.name), &device);
+        }
         self.merged = merged;
         self
     }
@@ -275,6 +288,7 @@ impl Module for Adapter {
     fn fork(mut self, device: &Device) -> Self {
         for lora in &mut self.loras {
             lora.factors = lora.factors.clone().fork(device);
+            lora.merged_mark = lora.merged_mark.clone().fork(device);
         }
         self
     }
@@ -282,6 +296,7 @@ impl Module for Adapter {
     fn to_device(mut self, device: &Device) -> Self {
         for lora in &mut self.loras {
             lora.factors = lora.factors.clone().to_device(device);
+            lora.merged_mark = lora.merged_mark.clone().to_device(device);
         }
         self
     }
@@ -312,16 +327,39 @@ impl Module for Adapter {
         for lora in &self.loras {
             visitor.enter_module(&lora.name, NAMED);
             lora.factors.visit(visitor);
+            visitor.enter_module(MERGED, MERGED_TYPE);
+            visitor.visit_int(&lora.merged_mark);
+            visitor.exit_module(MERGED, MERGED_TYPE);
             visitor.exit_module(&lora.name, NAMED);
         }
     }
 
     fn map<M: ModuleMapper>(mut self, mapper: &mut M) -> Self {
+        let mut marks_changed = false;
         for lora in &mut self.loras {
             mapper.enter_module(&lora.name, NAMED);
             lora.factors = lora.factors.clone().map(mapper);
+            mapper.enter_module(MERGED, MERGED_TYPE);
+            let mark = mapper.map_int(lora.merged_mark.clone());
+            // A mapper that only moves or steps keeps the mark's id; loading a record gives
+            // it the recorded one. Comparing ids costs no read from the device.
+            marks_changed |= mark.id != lora.merged_mark.id;
+            lora.merged_mark = mark;
+            mapper.exit_module(MERGED, MERGED_TYPE);
             mapper.exit_module(&lora.name, NAMED);
         }
-        sites::replacement().unwrap_or(self)
+        if let Some(replacement) = sites::replacement() {
+            return replacement;
+        }
+        if marks_changed {
+            // A record was loaded: the merged state is the record's.
+            self.merged = self
+                .loras
+                .iter()
+                .filter(|l| l.merged_mark.val().into_data().iter::<i64>().next() == Some(1))
+                .map(|l| l.name.clone())
+                .collect();
+        }
+        self
     }
 }

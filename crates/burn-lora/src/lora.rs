@@ -8,7 +8,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 
 use crate::config::{LoraConfig, LoraInit, scaling};
 use crate::dropout::{dropout, drops};
@@ -42,6 +42,10 @@ pub struct Lora {
     /// DoRA, while merged: the weight norm the merge divided by, which unmerge needs
     /// (PEFT caches it the same way).
     pub(crate) merged_norm: Option<TensorData>,
+    /// `[1]`: 1 while this adapter is merged into its weight, else 0. An int parameter, so
+    /// Burn's records keep it beside the (merged) weight and a loaded record comes back
+    /// merged; it is no float parameter, so no count or optimizer sees it.
+    pub(crate) merged_mark: Param<Tensor<1, Int>>,
 }
 
 impl Lora {
@@ -71,7 +75,9 @@ impl Lora {
         lora_magnitude: Option<Param<Tensor<1>>>,
         config: &LoraConfig,
     ) -> Self {
+        let device = lora_a.lazy_device();
         Self {
+            merged_mark: mark(false, &device),
             name: name.to_string(),
             factors: LoraFactors {
                 lora_a,
@@ -245,6 +251,14 @@ impl Lora {
             ..self.clone()
         }
     }
+}
+
+/// A merged mark (see [`Lora`]): `[1]`, 1 for merged.
+pub(crate) fn mark(merged: bool, device: &Device) -> Param<Tensor<1, Int>> {
+    Param::initialized(
+        burn::module::ParamId::new(),
+        Tensor::from_data(TensorData::new(vec![i64::from(merged)], [1]), device),
+    )
 }
 
 /// `[d_out]` reshaped to `[1, ..., 1, d_out]` for broadcasting over `[..., d_out]`.

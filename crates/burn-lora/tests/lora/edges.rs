@@ -198,3 +198,35 @@ fn a_trainable_bias_is_not_saved_as_a_module_and_the_file_loads_back() {
     let diff = (a - b).abs().max().into_scalar::<f32>();
     assert!(diff < 1e-5, "{diff}");
 }
+
+/// A merged model saved through Burn's records (its weights hold `W + s·A·B`) and loaded
+/// onto a freshly adapted model comes back merged: the same outputs (Δ is not added a
+/// second time), and unmerging gives the base back.
+#[test]
+fn a_merged_models_record_loads_back_merged() {
+    let device = Device::flex();
+    let base = tiny(&device);
+    let x = Tensor::<2>::random([3, 8], Distribution::Default, &device);
+    let plain = base.forward(x.clone());
+    let model = crate::common::perturb(apply_lora(base.clone(), &config()).unwrap(), true, &device);
+    let unmerged = model.forward(x.clone());
+    let merged = burn_lora::merge_adapters(model).unwrap();
+    let record = merged.clone().into_record();
+
+    let fresh = apply_lora(tiny(&device), &config()).unwrap();
+    let loaded = fresh.load_record(record);
+    assert!(
+        burn_lora::adapters(&loaded)
+            .iter()
+            .all(|(_, a)| a.is_merged()),
+        "the merged state came back with the record"
+    );
+    let diff = crate::common::max_abs_diff(loaded.forward(x.clone()), unmerged);
+    assert!(
+        diff < 1e-5,
+        "loaded merged model vs the adapted one: {diff}"
+    );
+    let back = burn_lora::unmerge_adapters(loaded);
+    let base_out = burn_lora::set_adapters_enabled(back, false).forward(x);
+    assert!(crate::common::max_abs_diff(base_out, plain) < 1e-5);
+}
