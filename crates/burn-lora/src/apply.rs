@@ -208,8 +208,12 @@ impl Reparameterizer for Attach {
         param: Param<Tensor<D>>,
     ) -> (Param<Tensor<D>>, Option<Adapter>) {
         match self.targets.get(&param.id) {
-            Some((dims, config)) => {
-                let base = param.base().reshape(*dims);
+            Some((_, config)) => {
+                // The value's own shape: a lazy `Col`-layout weight reports `[d_out, d_in]`
+                // until its initialiser transposes it to `[d_in, d_out]`.
+                let base = param.base();
+                let shape = base.shape();
+                let base = base.reshape([shape[0], shape.num_elements() / shape[0].max(1)]);
                 let lora = Lora::new(&self.name, &base, config).with_trainable(self.trainable);
                 (param, Some(Adapter::with_lora(lora, self.active.clone())))
             }

@@ -230,3 +230,36 @@ fn a_merged_models_record_loads_back_merged() {
     let base_out = burn_lora::set_adapters_enabled(back, false).forward(x);
     assert!(crate::common::max_abs_diff(base_out, plain) < 1e-5);
 }
+
+/// A lazily initialised `Col`-layout linear (its lazy shape is `[d_out, d_in]`, its value
+/// `[d_in, d_out]`) gets factors of the value's shape: `A` `[d_in, r]`, `B` `[r, d_out]`,
+/// and the adapted layer computes `x·(W + s·A·B) + b`, as a `Row` layer with the same
+/// weights does.
+#[test]
+fn a_lazy_col_layout_linear_is_adapted_on_its_real_shape() {
+    use burn::nn::{LinearConfig, LinearLayout};
+    let device = Device::flex();
+    device.seed(9);
+    let col = LinearConfig::new(6, 12)
+        .with_layout(LinearLayout::Col)
+        .init(&device);
+    let config = LoraConfig::new()
+        .with_rank(2)
+        .with_alpha(4.0)
+        .with_target_regex(Some(".*".into()));
+    let adapted = crate::common::perturb(apply_lora(col, &config).unwrap(), true, &device);
+    let (_, adapter) = burn_lora::adapters(&adapted).remove(0);
+    assert_eq!(adapter.lora_a().val().dims(), [6, 2]);
+    assert_eq!(adapter.lora_b().val().dims(), [2, 12]);
+    let x = Tensor::<2>::random([3, 6], Distribution::Default, &device);
+    let w = adapted.weight.base();
+    assert_eq!(w.dims(), [6, 12]);
+    let delta = adapter
+        .lora_a()
+        .val()
+        .matmul(adapter.lora_b().val())
+        .mul_scalar(2.0);
+    let want = x.clone().matmul(w + delta) + adapted.bias.as_ref().unwrap().val().unsqueeze_dim(0);
+    let diff = crate::common::max_abs_diff(adapted.forward(x), want);
+    assert!(diff < 1e-5, "{diff}");
+}
