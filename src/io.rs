@@ -14,7 +14,7 @@ use crate::Error;
 
 /// Writes `bytes` to `path` through a temporary file ([`temp_path`]) and a rename, so
 /// `path` is the old file or the whole new one, never a half-written one (the same
-/// protocol as [`burn_lora::io::write_atomic`]).
+/// protocol as `burn-lora` writes adapter files with).
 ///
 /// # Errors
 ///
@@ -40,7 +40,13 @@ fn pause_before_rename() {
     }
 }
 
-pub use burn_lora::io::temp_path;
+/// The temporary name `path` is written under before it is renamed into place: the same
+/// directory, so the rename is atomic.
+pub fn temp_path(path: &Path) -> std::path::PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::path::PathBuf::from(tmp)
+}
 
 /// Pretty JSON of plain data.
 pub fn to_json<T: Serialize>(value: &T) -> String {

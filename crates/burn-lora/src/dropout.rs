@@ -1,5 +1,8 @@
 //! Dropout with a fast mask on CPU devices, and Burn's own on every other device.
 //!
+//! The adapters' dropout, public on purpose: any Burn model can use it in place of
+//! `Dropout::forward` (the demonstration's models use it for all their dropout).
+//!
 //! Burn's `Dropout::forward` draws its mask with `random_like(Bernoulli)`. On a CPU backend
 //! that is one ChaCha sample and one distribution call per element: a LoRA step on every
 //! linear of a small BERT draws about 12 million of them, and a profile put about a fifth of

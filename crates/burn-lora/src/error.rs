@@ -6,8 +6,10 @@
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong in burn-lora.
+/// Everything that can go wrong in burn-lora. New variants may come in a minor release, so
+/// a `match` needs a `_` arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The LoRA rank was zero.
     #[error("invalid LoRA config: rank (PEFT `r`) must be at least 1, got 0")]

@@ -6,21 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
-/// so `path` is either the old file or the whole new one, never a half-written one.
-///
-/// # Errors
-///
-/// [`Error::Io`] naming the file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let tmp = temp_path(path);
-    fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// The temporary name `path` is written under before it is renamed into place: the same
 /// directory, so the rename is atomic.
-pub fn temp_path(path: &Path) -> PathBuf {
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     PathBuf::from(tmp)
@@ -33,7 +21,7 @@ pub fn temp_path(path: &Path) -> PathBuf {
 /// # Errors
 ///
 /// [`Error::Io`] naming the directory.
-pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<(), Error> {
+pub(crate) fn replace_dir(tmp: &Path, dir: &Path) -> Result<(), Error> {
     if !dir.exists() {
         return fs::rename(tmp, dir).map_err(|e| Error::io(dir, e));
     }
@@ -53,7 +41,7 @@ pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<(), Error> {
 /// # Errors
 ///
 /// [`Error::Io`] naming the directory.
-pub fn fresh_temp_dir(dir: &Path) -> Result<PathBuf, Error> {
+pub(crate) fn fresh_temp_dir(dir: &Path) -> Result<PathBuf, Error> {
     let tmp = temp_path(dir);
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;

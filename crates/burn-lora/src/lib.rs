@@ -63,7 +63,7 @@ mod combine;
 mod config;
 pub mod dropout;
 mod error;
-pub mod io;
+mod io;
 mod lora;
 mod lora_linear;
 mod manage;
@@ -93,5 +93,5 @@ pub use peft::{
     load_adapter_weights_with, load_adapter_with, parse_adapter_config, read_adapter_config,
     save_adapter, save_adapter_with,
 };
-pub use report::{ADAM_BYTES_PER_PARAM, ParamReport, ParamRow, group, param_report};
+pub use report::{ADAM_BYTES_PER_PARAM, ParamReport, ParamRow, param_report};
 pub use sites::{AdapterSite, adapters};

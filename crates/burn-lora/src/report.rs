@@ -158,7 +158,7 @@ impl fmt::Display for ParamReport {
 }
 
 /// `1234567` as `1,234,567`, as PEFT prints counts.
-pub fn group(n: usize) -> String {
+pub(crate) fn group(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
