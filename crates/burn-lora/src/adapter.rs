@@ -31,7 +31,7 @@
 //! agree field by field.
 
 use burn::module::{Devices, Module, ModuleMapper, ModuleVisitor, Param, Reparameterization};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::config::{LoraConfig, LoraInit};
 use crate::lora::Lora;
@@ -257,9 +257,11 @@ impl Reparameterization for Adapter {
         let [d_in, _] = first.factors.lora_a.lazy_shape().dims::<2>();
         let d_out = first.factors.lora_b.lazy_shape().dims::<2>()[1];
         let dtype = first.factors.lora_a.val().dtype();
-        let weight = match base.dtype() == dtype {
-            true => base,
-            false => base.cast(dtype),
+        let weight = match base.dtype() {
+            // A quantized base is dequantized for this pass only: at rest it stays quantized.
+            DType::QFloat(_) => base.dequantize().cast(dtype),
+            d if d == dtype => base,
+            _ => base.cast(dtype),
         }
         .reshape([d_in, d_out]);
         let mut out = weight.clone();

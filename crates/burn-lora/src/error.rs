@@ -167,15 +167,13 @@ pub enum Error {
         /// The reparameterization's name (`Reparameterization::NAME`).
         name: String,
     },
-    /// A targeted weight is quantized; LoRA on a quantized base is not implemented yet.
+    /// A module to save holds a quantized weight, which cannot train.
     #[error(
-        "`{path}` is quantized ({dtype}); burn-lora attaches adapters to float weights only for now: apply LoRA before quantizing, or leave it out of the targets"
+        "`{path}` is quantized, and a module to save trains in full precision: leave that module out of the quantization (Module::quantize_weights_group), or out of modules_to_save"
     )]
-    QuantizedBase {
-        /// The linear's module path.
+    QuantizedModuleToSave {
+        /// The quantized parameter's path.
         path: String,
-        /// The weight's dtype.
-        dtype: String,
     },
     /// Attaching left no parameter trainable.
     #[error("apply_lora left no parameter trainable (targets: {targets}); nothing would train")]

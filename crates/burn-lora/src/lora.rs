@@ -52,8 +52,16 @@ impl Lora {
     /// A fresh adapter named `name` for the weight `base` `[d_in, d_out]`: `A` initialised
     /// per `config.init`, `B = 0`, and with `config.use_dora` the magnitude `‖W‖` per output,
     /// so the adapted weight starts equal to the base.
+    ///
+    /// A quantized base (Burn's `Quantizer`) gets f32 factors, and DoRA's magnitude is taken
+    /// on its dequantized value.
     pub(crate) fn new(name: &str, base: &Tensor<2>, config: &LoraConfig) -> Self {
-        let (a, b) = init_factors(base.dims(), base.dtype(), &base.device(), config);
+        let dtype = match base.dtype() {
+            DType::QFloat(_) => DType::F32,
+            dtype => dtype,
+        };
+        let base = &base.clone().dequantize();
+        let (a, b) = init_factors(base.dims(), dtype, &base.device(), config);
         let magnitude = config.use_dora.then(|| {
             let magnitude = column_norm(base.clone().cast(a.dtype())).detach();
             Param::from_tensor(magnitude)
@@ -160,7 +168,7 @@ impl Lora {
     /// DoRA's per-output factor `m / ‖W + s·A·B‖` for the base weight `weight`, the norm
     /// over each output's column and detached from the graph, as PEFT computes it.
     pub(crate) fn dora_scale(&self, weight: Tensor<2>, magnitude: &Param<Tensor<1>>) -> Tensor<1> {
-        let norm = column_norm(weight + self.delta_weight().detach()).detach();
+        let norm = column_norm(weight.dequantize() + self.delta_weight().detach()).detach();
         magnitude.val() / norm
     }
 

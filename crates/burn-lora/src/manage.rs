@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use crate::Error;
 use crate::config::within_any;
 use crate::lora_linear::all_finite;
-use crate::path::{OnParam, PathStack, visit_params};
+use crate::path::{OnParam, PathStack, join_path, visit_params};
 use crate::sites::{adapters, replace_adapters};
 
 /// Freezes every parameter except the LoRA factors and the parameters of
@@ -53,9 +53,37 @@ pub(crate) fn set_trainable_renamed<M: Module>(
     {
         return Err(Error::UnknownModuleToSave { name: name.clone() });
     }
+    // A module to save trains in full; a quantized weight cannot (QLoRA keeps the head in
+    // float, as PEFT's bitsandbytes models do).
+    if let Some(path) = quantized_param(&model, &|module| {
+        within_any(&rename(module), modules_to_save)
+    }) {
+        return Err(Error::QuantizedModuleToSave { path });
+    }
     Ok(model
         .set_require_grad(false)
         .set_require_grad_group(ParamGroup::from_ids(trainable), true))
+}
+
+/// The path of the first quantized parameter in a module `select` accepts.
+fn quantized_param<M: Module>(model: &M, select: &dyn Fn(&str) -> bool) -> Option<String> {
+    struct Find<'a>(&'a dyn Fn(&str) -> bool, Option<String>);
+    impl OnParam for Find<'_> {
+        fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
+            let (module, name) = path.split_last();
+            if self.1.is_none()
+                && path.adapter_owner().is_none()
+                && (self.0)(&module)
+                && param.is_initialized()
+                && matches!(param.val().dtype(), burn::tensor::DType::QFloat(_))
+            {
+                self.1 = Some(join_path(&module, &name));
+            }
+        }
+    }
+    let mut find = Find(select, None);
+    visit_params(model, &mut find);
+    find.1
 }
 
 /// Whether a parameter's name is a LoRA factor's (in an [`Adapter`] or a
@@ -124,6 +152,11 @@ fn check_adapters_finite<M: Module>(model: &M) -> Result<(), Error> {
 /// (Burn's own `apply_lora` or `apply_qlora`, a weight norm) keeps it, unmerged: fold those
 /// with Burn's `Module::materialize`.
 ///
+/// On a quantized base (QLoRA) the merged weights are float: the base dequantized plus
+/// `s·A·B`, in the factors' dtype (f32). Quantize the result again with Burn's
+/// `Module::quantize_weights` for a quantized merged model, or use [`merge_adapters`],
+/// which folds each adapter in place and quantizes the sum with the weight's own scheme.
+///
 /// # Errors
 ///
 /// [`Error::NonFinite`], naming the first layer whose factors hold NaN or infinity; the
@@ -137,6 +170,11 @@ pub fn merge_lora<M: Module>(model: M) -> Result<M, Error> {
 /// `merge_adapter`): the model computes the same outputs at the cost of a plain linear, and
 /// [`unmerge_adapters`] restores the base weights. DoRA adapters merge as PEFT merges them,
 /// `m / ‖W + s·A·B‖ · (W + s·A·B)`, keeping the norm for the unmerge.
+///
+/// A quantized weight is dequantized, the update added in f32, and the sum quantized again
+/// with the weight's scheme, so the merged model stays quantized at rest; unmerging then
+/// subtracts from the rounded sum, so it returns the base only to within one step of the
+/// scheme.
 ///
 /// # Errors
 ///

@@ -1,5 +1,5 @@
-//! Checks before attaching adapters: each targeted weight must be a float tensor carrying
-//! no other reparameterization.
+//! Checks before attaching adapters: each targeted weight must carry no other
+//! reparameterization (a quantized weight is fine: see `Lora::new`).
 //!
 //! Burn keeps one reparameterization per weight, and its `Param::map` puts a weight's own
 //! back after a mapper ran: attaching ours to a weight that carries Burn's LoRA would
@@ -10,15 +10,13 @@
 use std::collections::HashMap;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
 use crate::Error;
 
 /// What a traversal saw of one weight.
 #[derive(Debug, Default)]
 struct Fact {
-    /// Its dtype, when it was initialised.
-    dtype: Option<DType>,
     /// The name of the reparameterization it carries.
     reparameterization: Option<String>,
 }
@@ -38,8 +36,7 @@ impl ModuleVisitor for Facts {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let dtype = param.is_initialized().then(|| param.val().dtype());
-        self.facts.entry(param.id).or_default().dtype = dtype;
+        self.facts.entry(param.id).or_default();
         self.last = Some(param.id);
     }
 }
@@ -53,8 +50,7 @@ fn weight_facts<M: Module>(model: &M) -> HashMap<ParamId, Fact> {
     facts.facts
 }
 
-/// Errors naming the first target (by `(weight id, path)`, in order) that is quantized or
-/// already carries a reparameterization. Weights that carry our adapters are not passed.
+/// Errors naming the first target (by `(weight id, path)`, in order) that already carries a reparameterization. Weights that carry our adapters are not passed.
 pub(crate) fn check_targets<M: Module>(
     model: &M,
     targets: &[(ParamId, String)],
@@ -66,12 +62,6 @@ pub(crate) fn check_targets<M: Module>(
             return Err(Error::ForeignReparameterization {
                 path: path.clone(),
                 name: name.clone(),
-            });
-        }
-        if let Some(dtype @ DType::QFloat(_)) = fact.dtype {
-            return Err(Error::QuantizedBase {
-                path: path.clone(),
-                dtype: format!("{dtype:?}"),
             });
         }
     }

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::thread::LocalKey;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId, Reparameterization};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::adapter::Adapter;
 use crate::path::PathStack;
@@ -206,7 +206,9 @@ impl SiteTracker {
         let n = dims.iter().product::<usize>();
         let rows = if D == 2 { dims[0] } else { 1 };
         let param = param.clone();
-        let weight: BaseWeight = Box::new(move || param.base().reshape([rows, n / rows.max(1)]));
+        // A quantized weight is read dequantized: merges and new adapters compute in float.
+        let weight: BaseWeight =
+            Box::new(move || param.base().dequantize().reshape([rows, n / rows.max(1)]));
         self.last = Some((param_id, dims, container, weight));
     }
 }
@@ -238,11 +240,14 @@ impl ModuleMapper for SiteTracker {
         let weight = self.weights.remove(&param.id).expect("checked above");
         let param = param.map(|old| {
             let grad = old.is_require_grad();
-            weight
-                .reshape(old.shape())
-                .cast(old.dtype())
-                .detach()
-                .set_require_grad(grad)
+            let weight = weight.reshape(old.shape()).detach();
+            match old.dtype() {
+                // A quantized weight is quantized again with its own scheme (a merge into a
+                // quantized base rounds to that scheme, as PEFT's bitsandbytes merge does).
+                // Last: Burn's `detach` and `set_require_grad` would dequantize it.
+                DType::QFloat(scheme) => weight.quantize_dynamic(&scheme),
+                dtype => weight.cast(dtype).set_require_grad(grad),
+            }
         });
         self.note(&param);
         param

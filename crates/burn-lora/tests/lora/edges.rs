@@ -31,20 +31,135 @@ fn targeting_a_weight_that_carries_burns_lora_is_an_error_naming_it() {
     assert!(err.to_string().contains("`attn.query`"), "{err}");
 }
 
+/// One step of plain gradient descent on the trainable parameters.
+struct Sgd<'a>(&'a burn::tensor::Gradients, f64);
+
+impl burn::module::ModuleMapper for Sgd<'_> {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        param.map(|t| match t.grad(self.0) {
+            Some(g) if t.is_require_grad() => {
+                Tensor::from_inner(t.inner() - g.mul_scalar(self.1)).require_grad()
+            }
+            _ => t,
+        })
+    }
+}
+
+fn q8(device: &Device) -> Quantizer {
+    quantizer(device, QuantValue::Q8S)
+}
+
+fn quantizer(device: &Device, value: QuantValue) -> Quantizer {
+    let scheme = device.settings().quantization.scheme.with_value(value);
+    Quantizer::new(Calibration::MinMax, scheme)
+}
+
+/// On a Q4 base (flex stores each 4-bit value in an i8), LoRA trains as on Q8.
 #[test]
-fn a_quantized_base_is_an_error_not_a_panic() {
-    // Before: `init_factors` panicked, "Expected float data type, got QFloat(...)".
-    let device = Device::default();
-    let scheme = device
-        .settings()
-        .quantization
-        .scheme
-        .with_value(QuantValue::Q8S);
-    let model = tiny(&device).quantize_weights(&mut Quantizer::new(Calibration::MinMax, scheme));
-    let err = apply_lora(model, &config()).unwrap_err();
+fn lora_on_a_q4_base_trains() {
+    let device = Device::flex().autodiff();
+    let attn = burn::module::ParamGroup::from_regex(r"^attn\.").unwrap();
+    let base = tiny(&device).quantize_weights_group(&mut quantizer(&device, QuantValue::Q4S), attn);
+    let mut model = apply_lora(base, &config()).unwrap();
+    assert!(matches!(
+        model.attn.value.weight.base().dtype(),
+        burn::tensor::DType::QFloat(_)
+    ));
+    let x = Tensor::<2>::random([16, 8], Distribution::Default, &device);
+    let target = Tensor::<2>::random([16, 2], Distribution::Default, &device);
+    let mut losses = Vec::new();
+    for _ in 0..30 {
+        let loss = (model.forward(x.clone()) - target.clone())
+            .powi_scalar(2)
+            .mean();
+        losses.push(loss.clone().into_scalar::<f32>());
+        model = model.map(&mut Sgd(&loss.backward(), 0.1));
+    }
+    assert!(losses[29] < 0.8 * losses[0], "{losses:?}");
+}
+
+/// QLoRA: LoRA on a base Burn quantized (Q8, symmetric, per tensor). The factors are f32,
+/// the base stays quantized at rest; the adapted model trains (its loss falls), saves,
+/// loads onto a freshly quantized base with the same outputs, and merges (`merge_lora`
+/// gives float weights, `merge_adapters` quantizes the merged weight again).
+#[test]
+fn lora_on_a_q8_base_trains_saves_reloads_and_merges() {
+    let device = Device::flex().autodiff();
+    let lora = config().with_modules_to_save(vec!["head".into()]);
+    let lora = LoraConfig {
+        target_modules: vec!["query".into(), "value".into()],
+        ..lora
+    };
+    // A quantized module to save cannot train: an error naming it.
+    let all = tiny(&device).quantize_weights(&mut q8(&device)).fast();
+    let err = apply_lora(all, &lora).unwrap_err();
     assert!(
-        matches!(&err, Error::QuantizedBase { path, .. } if path == "attn.query"),
+        matches!(&err, Error::QuantizedModuleToSave { path } if path == "head.weight"),
         "{err}"
+    );
+    // The attention quantized, the head in float, as QLoRA is used.
+    let quantize = |model: crate::common::Tiny| {
+        let attn = burn::module::ParamGroup::from_regex(r"^attn\.").unwrap();
+        model.quantize_weights_group(&mut q8(&device), attn).fast()
+    };
+    let mut model = apply_lora(quantize(tiny(&device)), &lora).unwrap();
+    let (_, adapter) = burn_lora::adapters(&model).remove(0);
+    assert_eq!(adapter.lora_a().val().dtype(), burn::tensor::DType::F32);
+    let query = model.attn.query.weight.base();
+    assert!(
+        matches!(query.dtype(), burn::tensor::DType::QFloat(_)),
+        "{:?}",
+        query.dtype()
+    );
+    // Loss falls: regress onto a fixed target.
+    let x = Tensor::<2>::random([16, 8], Distribution::Default, &device);
+    let target = Tensor::<2>::random([16, 2], Distribution::Default, &device);
+    let mut losses = Vec::new();
+    for _ in 0..30 {
+        let loss = (model.forward(x.clone()) - target.clone())
+            .powi_scalar(2)
+            .mean();
+        losses.push(loss.clone().into_scalar::<f32>());
+        let grads = loss.backward();
+        model = model.map(&mut Sgd(&grads, 0.1));
+    }
+    assert!(losses[29] < 0.8 * losses[0], "{losses:?}");
+    assert!(
+        matches!(
+            model.attn.query.weight.base().dtype(),
+            burn::tensor::DType::QFloat(_)
+        ),
+        "still quantized after training"
+    );
+    let dir = crate::common::scratch("edges", "qlora");
+    burn_lora::save_adapter(&model, &dir).unwrap();
+    let fresh = quantize(tiny(&device));
+    let reloaded = burn_lora::load_adapter(fresh, &dir).unwrap();
+    let model = model.valid();
+    let reloaded = reloaded.valid();
+    let x = x.inner();
+    let want = model.forward(x.clone());
+    let diff = crate::common::max_abs_diff(reloaded.forward(x.clone()), want.clone());
+    assert!(diff < 1e-6, "reloaded vs trained: {diff}");
+    let merged = burn_lora::merge_lora(model.clone()).unwrap();
+    assert_eq!(
+        merged.attn.query.weight.val().dtype(),
+        burn::tensor::DType::F32
+    );
+    let diff = crate::common::max_abs_diff(merged.forward(x.clone()), want.clone());
+    assert!(diff < 1e-5, "merge_lora (float) vs unmerged: {diff}");
+    let requantized = burn_lora::merge_adapters(model).unwrap();
+    assert!(matches!(
+        requantized.attn.query.weight.base().dtype(),
+        burn::tensor::DType::QFloat(_)
+    ));
+    let diff = crate::common::max_abs_diff(requantized.forward(x), want);
+    assert!(
+        diff < 0.05,
+        "merge_adapters (requantized Q8) vs unmerged: {diff}"
     );
 }
 
