@@ -22,6 +22,7 @@ use burn_lora_demo::data::{Format, ReadOptions};
 use burn_lora_demo::device::parse_devices;
 use burn_lora_demo::model::bert::BertHead;
 use burn_lora_demo::train::checkpoint::Keep;
+use burn_lora_demo::train::quantize::BaseQuant;
 use burn_lora_demo::train::sentiment::{
     BaseModel, DEFAULT_BASE, JobDefaults, SentimentOptions, parse_pooling, run_sentiment,
 };
@@ -145,6 +146,10 @@ struct Args {
     /// Which epoch each mode keeps: `best` on validation (the default) or `last`.
     #[arg(long, default_value = "best")]
     keep: String,
+    /// Quantize the frozen base's linear weights before training (QLoRA): q8 or q4,
+    /// symmetric, per block of 32. Not with --modes full.
+    #[arg(long, value_name = "q8|q4")]
+    quantize: Option<String>,
 }
 
 fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
@@ -246,6 +251,7 @@ fn options(args: Args) -> Result<(SentimentOptions, Vec<Device>), Error> {
         resume: args.resume.is_some(),
         init_adapter: args.init_adapter,
         keep: Keep::parse(&args.keep)?,
+        quantize: args.quantize.as_deref().map(BaseQuant::parse).transpose()?,
         read: ReadOptions {
             format: args.format.as_deref().map(Format::parse).transpose()?,
             text_column: args.text_column,

@@ -27,6 +27,7 @@ use burn_lora::LoraConfig;
 use burn_lora_demo::Error;
 use burn_lora_demo::data::{SentimentDataset, SftDataset};
 use burn_lora_demo::device::parse_devices;
+use burn_lora_demo::train::quantize::BaseQuant;
 use burn_lora_demo::train::sft::{SftMode, SftOptions, SftReport, run_sft};
 use clap::Parser;
 
@@ -108,6 +109,10 @@ struct Args {
     /// it with --resume).
     #[arg(long)]
     stop_after_epoch: Option<usize>,
+    /// Quantize the base's linear weights before LoRA (QLoRA): q8 or q4, symmetric, per
+    /// block of 32. Not with --modes full.
+    #[arg(long, value_name = "q8|q4")]
+    quantize: Option<String>,
 }
 
 /// Sentiment as generation: (prompt, completion) per review.
@@ -210,6 +215,7 @@ fn run(args: &Args) -> Result<(), Error> {
         valid.len(),
         test.len()
     );
+    let quantize = args.quantize.as_deref().map(BaseQuant::parse).transpose()?;
     let mut reports: Vec<SftReport> = Vec::new();
     for mode in modes {
         let lr = args.lr.unwrap_or(match mode {
@@ -235,6 +241,7 @@ fn run(args: &Args) -> Result<(), Error> {
             overwrite: args.overwrite,
             max_exact: args.max_test,
             stop_after: args.stop_after_epoch,
+            quantize,
         };
         println!("== {} (lr {lr:e}) ==", mode.name());
         let report = run_sft(&options)?;

@@ -443,6 +443,7 @@ fn sft_options(base: &str, pairs: &[(&str, &str)], out: &Path, epochs: usize) ->
         overwrite: false,
         max_exact: None,
         stop_after: None,
+        quantize: None,
     }
 }
 
@@ -632,4 +633,23 @@ fn an_adapter_sft_trained_decodes_in_peft_as_it_does_here() {
     let merged = merge_lora(model).unwrap();
     let ours_merged = generate(&merged, &want.prompt_ids, &base.eos, base.pad, true);
     assert_eq!(ours_merged, want.greedy, "merged, then generated");
+}
+
+/// QLoRA SFT: the tiny Qwen2's linears quantized to Q8 (per block of 32), LoRA on top, the
+/// pairs memorised as on the float base; the base is still quantized at the end. With
+/// `--modes full` a quantized base is refused.
+#[test]
+fn sft_on_a_q8_base_memorises_the_pairs() {
+    use burn_lora_demo::train::quantize::BaseQuant;
+    let out = scratch("llm", "sft_q8");
+    let base = format!("hf:{}", fixture("qwen2").display());
+    let mut options = sft_options(&base, &PAIRS, &out, 30);
+    options.quantize = Some(BaseQuant::Q8);
+    let report = run_sft(&options).unwrap();
+    assert_eq!(report.exact_match, Some(1.0), "{report:?}");
+    assert_eq!(report.quantize, Some(BaseQuant::Q8));
+    options.mode = burn_lora_demo::train::sft::SftMode::Full;
+    options.overwrite = true;
+    let err = run_sft(&options).unwrap_err().to_string();
+    assert!(err.contains("--quantize q8"), "{err}");
 }

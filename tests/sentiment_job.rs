@@ -420,3 +420,27 @@ fn two_devices_train_through_burn_train_multi_device() {
     let err = run_sentiment(&options, &devices).unwrap_err().to_string();
     assert!(err.contains("MultiDevice"), "{err}");
 }
+
+/// `--quantize q8`: LoRA and head-only train on a quantized base (the head float), and
+/// metrics.json says how the base was quantized; full fine-tuning with it is refused.
+#[test]
+fn a_quantized_base_trains_lora_and_refuses_full_fine_tuning() {
+    use burn_lora_demo::train::quantize::BaseQuant;
+    let dir = scratch("sentiment_job", "quantized");
+    let mut options = tiny_job(
+        &dir,
+        vec![FinetuneMode::Lora(tiny_lora()), FinetuneMode::HeadOnly],
+    );
+    options.quantize = Some(BaseQuant::Q8);
+    let (metrics, _) = run_sentiment(&options, &[Device::default()]).unwrap();
+    assert_eq!(metrics.quantize, Some(BaseQuant::Q8));
+    assert_eq!(metrics.runs.len(), 2);
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("out/metrics.json")).unwrap()).unwrap();
+    assert_eq!(json["quantize"], "q8");
+    options.modes = vec![FinetuneMode::Full];
+    let err = run_sentiment(&options, &[Device::default()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--quantize q8"), "{err}");
+}

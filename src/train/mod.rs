@@ -12,6 +12,7 @@ pub mod parallel;
 mod plot;
 mod predict;
 mod pretrain;
+pub mod quantize;
 mod schedule;
 pub mod sentiment;
 pub mod sft;

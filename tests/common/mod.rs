@@ -170,6 +170,7 @@ pub fn tiny_job(
         resume: false,
         init_adapter: None,
         keep: burn_lora_demo::train::checkpoint::Keep::Best,
+        quantize: None,
     }
 }
 

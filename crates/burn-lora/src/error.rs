@@ -175,6 +175,18 @@ pub enum Error {
         /// The quantized parameter's path.
         path: String,
     },
+    /// A quantization scheme's blocks do not divide a weight.
+    #[error(
+        "`{path}`: its weight {dims:?} is not divisible by the quantization block {block:?}; use a block that divides every linear, or a per-tensor scheme"
+    )]
+    QuantizeBlock {
+        /// The linear's module path.
+        path: String,
+        /// The weight's shape.
+        dims: Vec<usize>,
+        /// The block's shape over the weight's dimensions.
+        block: Vec<usize>,
+    },
     /// Attaching left no parameter trainable.
     #[error("apply_lora left no parameter trainable (targets: {targets}); nothing would train")]
     NothingTrainable {

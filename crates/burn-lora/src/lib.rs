@@ -72,6 +72,7 @@ pub mod nn;
 mod path;
 mod peft;
 mod preflight;
+mod qlora;
 mod report;
 mod sites;
 
@@ -93,5 +94,6 @@ pub use peft::{
     load_adapter_weights_with, load_adapter_with, parse_adapter_config, read_adapter_config,
     save_adapter, save_adapter_with,
 };
+pub use qlora::quantize_linears;
 pub use report::{ADAM_BYTES_PER_PARAM, ParamReport, ParamRow, param_report};
 pub use sites::{AdapterSite, adapters};

@@ -46,6 +46,17 @@ pub fn run_sentiment(
     if devices.is_empty() {
         return Err(Error::Usage("the sentiment job needs a device".into()));
     }
+    if let Some(quant) = options.quantize
+        && options
+            .modes
+            .iter()
+            .any(|m| matches!(m, FinetuneMode::Full))
+    {
+        return Err(Error::Usage(format!(
+            "--quantize {}: full fine-tuning trains every weight, and a quantized weight cannot train; give --modes lora (or lora,head)",
+            quant.name()
+        )));
+    }
     if devices.len() > 1 && (options.checkpoint_every.is_some() || options.resume) {
         return Err(Error::Usage(format!(
             "--device with {} devices trains through burn-train's MultiDevice strategy, which checkpoints per epoch on its own; --checkpoint-every and --resume are the one-device loop's: give one device, or drop them",
@@ -213,6 +224,19 @@ fn run_modes<C: Classifier>(
         .collect();
     let init_dir = init.map(|(dir, _)| dir);
     let prepare = |mode: &FinetuneMode, model: C| -> Result<C, Error> {
+        // QLoRA: the frozen base quantized first; the head (and LoRA's modules to save)
+        // train, so they stay float.
+        let model = match (options.quantize, mode) {
+            (Some(quant), FinetuneMode::Lora(config)) => {
+                let mut keep = config.modules_to_save.clone();
+                keep.push(C::HEAD.to_string());
+                quant.quantize(model, &keep)?
+            }
+            (Some(quant), FinetuneMode::HeadOnly) => {
+                quant.quantize(model, &[C::HEAD.to_string()])?
+            }
+            _ => model,
+        };
         match (mode, &init_dir) {
             (FinetuneMode::Lora(config), Some(dir)) => {
                 let model = load_adapter_with(model, dir, &C::peft_options())?;

@@ -60,6 +60,9 @@ pub struct SentimentOptions {
     pub init_adapter: Option<PathBuf>,
     /// Which epoch's weights each mode keeps: the best on validation, or the last.
     pub keep: Keep,
+    /// Quantize the frozen base's linears before LoRA or head-only training (QLoRA);
+    /// refused with full fine-tuning.
+    pub quantize: Option<crate::train::quantize::BaseQuant>,
 }
 
 /// The job's defaults on a base: what the sentiment example uses for a flag it is not

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub dataset: String,
     /// The base directory, or `random`.
     pub base: String,
+    /// How the frozen base was quantized (`q8`, `q4`), or `None` for float.
+    #[serde(default)]
+    pub quantize: Option<crate::train::quantize::BaseQuant>,
     /// The backend trained on (`Flex`, `NdArray`, `Cube`, ...).
     pub backend: String,
     /// The devices trained on, as Burn names them.
@@ -268,6 +271,7 @@ pub(super) fn write_report(
     let metrics = Metrics {
         dataset: options.dataset.clone(),
         base: options.base.describe(),
+        quantize: options.quantize,
         backend: crate::device::backend(device),
         devices: devices.iter().map(crate::device::describe).collect(),
         labels: labels.names().to_vec(),

@@ -70,6 +70,7 @@ pub(super) fn job_record(
         ),
         ("init_adapter", format!("{:?}", options.init_adapter)),
         ("keep", format!("{:?}", options.keep)),
+        ("quantize", format!("{:?}", options.quantize)),
         (
             "devices",
             devices

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::Error;
 use crate::data::SftDataset;
 use crate::model::{CausalLm, DecoderBase};
+use crate::train::quantize::BaseQuant;
 use crate::train::sft::encode::encode_sft;
 use crate::train::sft::engine::{SftBatcher, StopAfter, latest_checkpoint};
 use crate::train::sft::outputs::{evaluate, save, write_curve};
@@ -87,6 +88,8 @@ pub struct SftOptions {
     /// Stop after this epoch, its checkpoint written, as an interrupted run would; `resume`
     /// continues it. burn-train's early-stopping hook does the stopping.
     pub stop_after: Option<usize>,
+    /// Quantize the base's linears before LoRA (QLoRA); refused with full fine-tuning.
+    pub quantize: Option<BaseQuant>,
 }
 
 /// What a run measured (`metrics.json`, one entry per mode).
@@ -94,6 +97,8 @@ pub struct SftOptions {
 pub struct SftReport {
     /// `lora` or `full`.
     pub mode: SftMode,
+    /// How the frozen base was quantized, if it was.
+    pub quantize: Option<BaseQuant>,
     /// Trainable parameters.
     pub trainable: usize,
     /// All parameters.
@@ -151,6 +156,12 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
             )));
         }
     }
+    if let (Some(quant), SftMode::Full) = (options.quantize, options.mode) {
+        return Err(Error::Usage(format!(
+            "--quantize {}: full fine-tuning trains every weight, and a quantized weight cannot train; use --modes lora",
+            quant.name()
+        )));
+    }
     let dir = options.out.join(options.mode.name());
     let train_dir = dir.join("train");
     if dir.exists() && !options.resume {
@@ -186,7 +197,13 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
     );
     device.seed(options.seed);
     let decoder = match options.mode {
-        SftMode::Lora => apply_lora(base.model.clone(), &options.lora)?,
+        SftMode::Lora => {
+            let model = match options.quantize {
+                Some(quant) => quant.quantize(base.model.clone(), &options.lora.modules_to_save)?,
+                None => base.model.clone(),
+            };
+            apply_lora(model, &options.lora)?
+        }
         SftMode::Full => base.model.clone(),
     };
     // On several devices each takes its share of a step's batch (burn-train's
@@ -270,6 +287,7 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
     write_curve(&dir, &curve)?;
     Ok(SftReport {
         mode: options.mode,
+        quantize: options.quantize,
         trainable: report.trainable,
         total: report.total,
         train_loss: curve.train_epoch_loss.last().copied().unwrap_or(f64::NAN),

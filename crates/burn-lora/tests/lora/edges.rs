@@ -378,3 +378,34 @@ fn a_lazy_col_layout_linear_is_adapted_on_its_real_shape() {
     let diff = crate::common::max_abs_diff(adapted.forward(x), want);
     assert!(diff < 1e-5, "{diff}");
 }
+
+/// `quantize_linears` quantizes the linears' weights outside `exclude` and nothing else; a
+/// block scheme that does not divide a weight is an error naming it, not Burn's panic.
+#[test]
+fn quantize_linears_keeps_excluded_modules_float_and_names_an_indivisible_weight() {
+    use burn::tensor::DType;
+    let device = Device::flex();
+    let model =
+        burn_lora::quantize_linears(tiny(&device), &mut q8(&device), &["head".into()]).unwrap();
+    assert!(matches!(
+        model.attn.key.weight.val().dtype(),
+        DType::QFloat(_)
+    ));
+    assert_eq!(model.head.weight.val().dtype(), DType::F32);
+    assert_eq!(
+        model.attn.key.bias.as_ref().unwrap().val().dtype(),
+        DType::F32
+    );
+    let scheme = device
+        .settings()
+        .quantization
+        .scheme
+        .with_value(QuantValue::Q8S)
+        .per_block([32], burn::tensor::quantization::ScaleDtype::F32);
+    let mut blocks = Quantizer::new(Calibration::MinMax, scheme);
+    let err = burn_lora::quantize_linears(tiny(&device), &mut blocks, &[]).unwrap_err();
+    assert!(
+        matches!(&err, Error::QuantizeBlock { path, dims, .. } if path == "attn.query" && dims == &[8, 8]),
+        "{err}"
+    );
+}
