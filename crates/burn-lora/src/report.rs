@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use serde::Serialize;
 
 use crate::manage::is_factor;
@@ -46,6 +46,11 @@ pub struct ParamReport {
     pub adam_state_bytes: usize,
     /// Bytes of Adam state full fine-tuning needs.
     pub full_finetune_adam_state_bytes: usize,
+    /// Bytes the frozen parameters take at rest, by dtype (`F32`, `BF16`,
+    /// `QFloat(Q8S)`, ...): for a quantized weight, the bytes its backend holds (values and
+    /// scales, read from the tensor: Burn's CPU backends keep one i8 per 4-bit value);
+    /// `uninitialized` for lazy parameters not created yet, counted as f32.
+    pub frozen_bytes_by_dtype: BTreeMap<String, usize>,
     /// One row per module that owns parameters, in traversal order.
     pub rows: Vec<ParamRow>,
 }
@@ -75,6 +80,7 @@ pub fn param_report<M: Module>(module: &M) -> ParamReport {
         reduction: full_finetune_trainable as f64 / trainable.max(1) as f64,
         adam_state_bytes: ADAM_BYTES_PER_PARAM * trainable,
         full_finetune_adam_state_bytes: ADAM_BYTES_PER_PARAM * full_finetune_trainable,
+        frozen_bytes_by_dtype: counter.frozen_bytes.clone(),
         rows: counter
             .order
             .iter()
@@ -88,6 +94,22 @@ struct Counter {
     rows: BTreeMap<String, ParamRow>,
     order: Vec<String>,
     lora_factors: usize,
+    frozen_bytes: BTreeMap<String, usize>,
+}
+
+/// A frozen parameter's dtype name and bytes at rest.
+fn bytes_at_rest<const D: usize>(param: &Param<Tensor<D>>, count: usize) -> (String, usize) {
+    if !param.is_initialized() {
+        return ("uninitialized".into(), 4 * count);
+    }
+    let value = param.val();
+    match value.dtype() {
+        DType::QFloat(scheme) => (
+            format!("QFloat({:?})", scheme.value),
+            value.into_data().as_bytes().len(),
+        ),
+        dtype => (format!("{dtype:?}"), dtype.size() * count),
+    }
 }
 
 impl OnParam for Counter {
@@ -107,7 +129,11 @@ impl OnParam for Counter {
         });
         match param.is_require_grad() {
             true => row.trainable += count,
-            false => row.frozen += count,
+            false => {
+                row.frozen += count;
+                let (dtype, bytes) = bytes_at_rest(param, count);
+                *self.frozen_bytes.entry(dtype).or_default() += bytes;
+            }
         }
     }
 }
@@ -147,6 +173,12 @@ impl fmt::Display for ParamReport {
             group(self.adam_state_bytes),
             group(self.full_finetune_adam_state_bytes),
         )?;
+        let at_rest: Vec<String> = self
+            .frozen_bytes_by_dtype
+            .iter()
+            .map(|(dtype, bytes)| format!("{dtype} {}", group(*bytes)))
+            .collect();
+        writeln!(f, "frozen at rest, bytes: {}", at_rest.join(", "))?;
         write!(
             f,
             "trainable params: {} || all params: {} || trainable%: {:.4}",

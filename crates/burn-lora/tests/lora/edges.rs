@@ -68,6 +68,12 @@ fn lora_on_a_q4_base_trains() {
         model.attn.value.weight.base().dtype(),
         burn::tensor::DType::QFloat(_)
     ));
+    // At rest: the group quantized attention's weights and biases, 3 · (8 · 8 + 8) = 216
+    // values in 6 tensors. flex keeps each 4-bit value in a whole byte, plus one f32 scale
+    // per tensor: Q4 takes Q8's memory on this backend. The head stays f32: 18 values.
+    let at_rest = param_report(&model).frozen_bytes_by_dtype;
+    assert_eq!(at_rest["QFloat(Q4S)"], 216 + 6 * 4, "{at_rest:?}");
+    assert_eq!(at_rest["F32"], 18 * 4, "{at_rest:?}");
     let x = Tensor::<2>::random([16, 8], Distribution::Default, &device);
     let target = Tensor::<2>::random([16, 2], Distribution::Default, &device);
     let mut losses = Vec::new();
