@@ -27,7 +27,7 @@
 //! this crate reads and replaces adapters in whole models by hooking those two calls (see
 //! [`adapters`](crate::adapters)).
 //!
-//! Size: about 320 lines: the holder, and the two Burn traits it implements, which must
+//! Size: about 370 lines: the holder, and the two Burn traits it implements, which must
 //! agree field by field.
 
 use burn::module::{Devices, Module, ModuleMapper, ModuleVisitor, Param, Reparameterization};
@@ -257,13 +257,14 @@ impl Reparameterization for Adapter {
         let [d_in, _] = first.factors.lora_a.lazy_shape().dims::<2>();
         let d_out = first.factors.lora_b.lazy_shape().dims::<2>()[1];
         let dtype = first.factors.lora_a.val().dtype();
-        let weight = match base.dtype() {
-            // A quantized base is dequantized for this pass only: at rest it stays quantized.
-            DType::QFloat(_) => base.dequantize().cast(dtype),
-            d if d == dtype => base,
-            _ => base.cast(dtype),
-        }
-        .reshape([d_in, d_out]);
+        // A quantized base is dequantized for this pass only: at rest it stays quantized.
+        let base = match base.dtype() {
+            DType::QFloat(_) => base.dequantize(),
+            _ => base,
+        };
+        // The adapted weight is computed in the factors' dtype and handed on in the base's.
+        let out_dtype = base.dtype();
+        let weight = crate::lora::in_dtype(base, dtype).reshape([d_in, d_out]);
         let mut out = weight.clone();
         for lora in loras {
             let delta = lora.delta_weight();
@@ -275,7 +276,7 @@ impl Reparameterization for Adapter {
                 }
             };
         }
-        out.reshape(shape)
+        crate::lora::in_dtype(out.reshape(shape), out_dtype)
     }
 }
 

@@ -53,6 +53,12 @@
 //! `cat` do, and `LoraConfig::with_use_dora(true)` makes DoRA adapters. Each matches PEFT
 //! 0.21's numbers on golden files PEFT wrote.
 //!
+//! ## QLoRA
+//!
+//! A base quantized with Burn's `Quantizer` ([`quantize_linears`] quantizes its linears and
+//! leaves the rest float) takes adapters like a float one: f32 factors, the base quantized
+//! at rest.
+//!
 //! The library selects no backend and never calls `Device::default()`: it computes on
 //! whatever device the model's tensors live on, in their dtype.
 #![warn(missing_docs)]
@@ -79,7 +85,7 @@ mod sites;
 pub use adapter::{Adapter, BASE_ADAPTER, DEFAULT_ADAPTER};
 pub use apply::{add_adapter, apply_lora, linear_paths};
 pub use combine::{Combination, add_weighted_adapter};
-pub use config::{ALL_LINEAR, LoraConfig, LoraInit, name_matches};
+pub use config::{ALL_LINEAR, AdapterDtype, LoraConfig, LoraInit, name_matches};
 pub use error::Error;
 pub use lora::{Lora, LoraFactors};
 pub use lora_linear::LoraLinear;
@@ -87,7 +93,7 @@ pub use manage::{
     active_adapters, delete_adapter, list_adapters, merge_adapters, merge_lora,
     set_active_adapters, set_adapters_enabled, set_lora_trainable, unmerge_adapters,
 };
-pub use mixed::with_adapter_names;
+pub use mixed::{with_adapter_names, with_adapter_names_flat};
 pub use path::join_path;
 pub use peft::{
     CONFIG_FILE, KEY_PREFIX, PeftOptions, WEIGHTS_FILE, load_adapter, load_adapter_weights,

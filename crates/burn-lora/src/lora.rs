@@ -3,7 +3,7 @@
 //! `s·A·B`, the factored branch `s·(dropout(x)·A)·B`, DoRA's norm, merge and unmerge.
 //! [`Adapter`](crate::Adapter) holds the [`Lora`]s of a weight.
 //!
-//! Size: about 320 lines. The forward branch, DoRA's scale, merge and unmerge are one set
+//! Size: about 370 lines. The forward branch, DoRA's scale, merge and unmerge are one set
 //! of formulas, each kept beside its inverse so that they stay consistent.
 
 use burn::module::{Module, Param};
@@ -53,13 +53,10 @@ impl Lora {
     /// per `config.init`, `B = 0`, and with `config.use_dora` the magnitude `‖W‖` per output,
     /// so the adapted weight starts equal to the base.
     ///
-    /// A quantized base (Burn's `Quantizer`) gets f32 factors, and DoRA's magnitude is taken
-    /// on its dequantized value.
+    /// The factors take `config.adapter_dtype` (f32 by default, whatever the base), and
+    /// DoRA's magnitude is taken on the base's dequantized value.
     pub(crate) fn new(name: &str, base: &Tensor<2>, config: &LoraConfig) -> Self {
-        let dtype = match base.dtype() {
-            DType::QFloat(_) => DType::F32,
-            dtype => dtype,
-        };
+        let dtype = config.adapter_dtype.resolve(base.dtype());
         let base = &base.clone().dequantize();
         let (a, b) = init_factors(base.dims(), dtype, &base.device(), config);
         let magnitude = config.use_dora.then(|| {
@@ -233,6 +230,31 @@ impl Lora {
         base: &Tensor<D>,
         weight: &Tensor<2>,
     ) -> Tensor<D> {
+        // The branch computes in the factors' dtype and answers in the input's, as PEFT's
+        // `_cast_input_dtype` and `result.to(torch_result_dtype)` do.
+        let out_dtype = x.dtype();
+        let dtype = self.factors.lora_a.val().dtype();
+        let dora = self.factors.lora_magnitude.is_some();
+        let (x, base, weight) = match out_dtype == dtype || !dora {
+            // LoRA alone reads neither `base` nor `weight`.
+            true => (in_dtype(x, dtype), base.clone(), weight.clone()),
+            false => (
+                in_dtype(x, dtype),
+                in_dtype(base.clone(), dtype),
+                in_dtype(weight.clone().dequantize(), dtype),
+            ),
+        };
+        in_dtype(self.forward_delta_in(x, base, weight), out_dtype)
+    }
+
+    /// [`forward_delta`](Self::forward_delta) with `x`, `base` and `weight` in the factors'
+    /// dtype.
+    fn forward_delta_in<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        base: Tensor<D>,
+        weight: Tensor<2>,
+    ) -> Tensor<D> {
         let dropping = drops(&self.factors.dropout, &x);
         let x = dropout(&self.factors.dropout, x);
         let lora = lora_branch(
@@ -246,8 +268,8 @@ impl Lora {
         };
         let scale = self.dora_scale(weight.clone(), magnitude);
         let base = match dropping {
-            true => burn::tensor::module::linear(x, weight.clone(), None),
-            false => base.clone(),
+            true => burn::tensor::module::linear(x, weight, None),
+            false => base,
         };
         let scale = unsqueeze_to::<D>(scale);
         base * (scale.clone() - 1.0) + lora * scale
@@ -300,7 +322,7 @@ impl Lora {
     }
 }
 
-/// Fresh factors for a `[d_in, d_out]` weight of `dtype` on `device`: `A` `[d_in, r]`
+/// Fresh factors of `dtype` for a `[d_in, d_out]` weight on `device`: `A` `[d_in, r]`
 /// initialised per `config.init`, `B` `[r, d_out]` zero.
 pub(crate) fn init_factors(
     [d_in, d_out]: [usize; 2],
@@ -320,11 +342,17 @@ pub(crate) fn init_factors(
     };
     let a = Tensor::<2>::random([d_in, rank], distribution, device);
     let b = Tensor::<2>::zeros([rank, d_out], device);
-    // The factors meet the base in `W + s·A·B` and the activations in `x·A`: an f16 or bf16
-    // base gets factors of its own precision.
     match dtype {
         DType::F32 => (a, b),
         dtype => (a.cast(dtype), b.cast(dtype)),
+    }
+}
+
+/// `tensor` in `dtype`: itself when it already is.
+pub(crate) fn in_dtype<const D: usize>(tensor: Tensor<D>, dtype: DType) -> Tensor<D> {
+    match tensor.dtype() == dtype {
+        true => tensor,
+        false => tensor.cast(dtype),
     }
 }
 

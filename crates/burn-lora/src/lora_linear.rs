@@ -11,13 +11,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::Tensor;
 use burn::tensor::module::linear;
+use burn::tensor::{DType, Tensor};
 
 use crate::Error;
 use crate::config::{LoraConfig, scaling};
 use crate::dropout::dropout;
-use crate::lora::{init_factors, lora_branch};
+use crate::lora::{in_dtype, init_factors, lora_branch};
 
 /// A linear layer with a LoRA adapter inside it.
 ///
@@ -77,7 +77,7 @@ impl LoraLinear {
             ));
         }
         let device = linear.weight.device();
-        let dtype = linear.weight.val().dtype();
+        let dtype = config.adapter_dtype.resolve(linear.weight.val().dtype());
         let (lora_a, lora_b) = init_factors([d_in, d_out], dtype, &device, config);
         Ok(Self {
             weight: linear.weight.set_require_grad(false),
@@ -111,7 +111,7 @@ impl LoraLinear {
         layer.lora_a = Param::from_tensor(lora_a);
         layer.lora_b = Param::from_tensor(lora_b);
         let delta = layer.delta_weight().detach();
-        layer.weight = layer.weight.map(|weight| weight - delta);
+        layer.weight = layer.weight.map(|weight| add_in_f32(weight, delta.neg()));
         Ok(layer)
     }
 
@@ -127,8 +127,11 @@ impl LoraLinear {
         if !self.adapter_enabled {
             return base;
         }
-        let x = dropout(&self.lora_dropout, x);
-        base + lora_branch(x, self.lora_a.val(), self.lora_b.val(), self.scaling())
+        // In the factors' dtype, answered in the input's (PEFT's autocast).
+        let out_dtype = x.dtype();
+        let x = in_dtype(dropout(&self.lora_dropout, x), self.lora_a.val().dtype());
+        let branch = lora_branch(x, self.lora_a.val(), self.lora_b.val(), self.scaling());
+        base + in_dtype(branch, out_dtype)
     }
 
     /// The factor the branch is multiplied by: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
@@ -167,7 +170,7 @@ impl LoraLinear {
             true => {
                 let delta = self.delta_weight().detach();
                 self.weight
-                    .map(|weight| (weight + delta).detach())
+                    .map(|weight| add_in_f32(weight, delta).detach())
                     .set_require_grad(false)
             }
             false => self.weight,
@@ -199,6 +202,16 @@ impl LoraLinear {
             })
         }
     }
+}
+
+/// `weight + delta` computed in f32 and stored in `weight`'s dtype: one rounding on a
+/// half-precision weight, whatever the factors' dtype.
+fn add_in_f32(weight: Tensor<2>, delta: Tensor<2>) -> Tensor<2> {
+    let dtype = weight.dtype();
+    in_dtype(
+        in_dtype(weight, DType::F32) + in_dtype(delta, DType::F32),
+        dtype,
+    )
 }
 
 /// Whether every value of `tensor` is finite, checked on the tensor's device (one boolean

@@ -347,28 +347,53 @@ impl burn::module::ModuleMapper for Cast {
 }
 
 #[test]
-fn half_precision_adapters_are_written_in_their_dtype_and_load_anywhere() {
+fn adapter_files_keep_the_factors_dtype_and_load_as_f32_by_default() {
     use burn::module::Module;
     use burn::tensor::DType;
+    use burn_lora::AdapterDtype;
     let device = Device::default();
     let base = base(&device);
     let half = base.clone().map(&mut Cast(DType::F16));
+    let key = "base_model.model.attn.query.lora_B.weight";
+    let file_dtype = |dir: &std::path::Path| {
+        let bytes = fs::read(dir.join(WEIGHTS_FILE)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensor(key).unwrap().dtype()
+    };
+    // On an f16 base the factors are f32 by default (PEFT's autocast_adapter_dtype=True),
+    // and the file stores them as they are.
     let trained = perturb(apply_lora(half.clone(), &config()).unwrap(), false, &device);
+    let dir = scratch("adapter_files", "f16_base_f32_factors");
+    save_adapter(&trained, &dir).unwrap();
+    assert_eq!(file_dtype(&dir), safetensors::Dtype::F32);
+    // With AdapterDtype::Base the factors are f16, and so is the file.
+    let config_half = config().with_adapter_dtype(AdapterDtype::Base);
+    let trained = perturb(
+        apply_lora(half.clone(), &config_half).unwrap(),
+        false,
+        &device,
+    );
     let dir = scratch("adapter_files", "f16");
     save_adapter(&trained, &dir).unwrap();
-    let bytes = fs::read(dir.join(WEIGHTS_FILE)).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let key = "base_model.model.attn.query.lora_B.weight";
-    assert_eq!(st.tensor(key).unwrap().dtype(), safetensors::Dtype::F16);
-    // Onto an f16 base: f16 factors. Onto the f32 base: f32 factors, same outputs.
+    assert_eq!(file_dtype(&dir), safetensors::Dtype::F16);
+    // Loaded, onto either base, the factors are f32 (PEFT autocasts a loaded adapter too),
+    // and the outputs agree with the f16 model's.
+    let x = x(&device);
+    let want = trained.forward(x.clone().cast(DType::F16)).cast(DType::F32);
     let onto_half = load_adapter(half, &dir).unwrap();
     let adapter = burn_lora::adapters(&onto_half).remove(0).1;
-    assert_eq!(adapter.lora_b().val().dtype(), DType::F16);
+    assert_eq!(adapter.lora_b().val().dtype(), DType::F32);
+    let got = onto_half
+        .forward(x.clone().cast(DType::F16))
+        .cast(DType::F32);
+    let diff = (got - want.clone()).abs().max().into_scalar::<f32>();
+    assert!(
+        diff < 2e-2,
+        "f32 factors on the f16 base against f16 factors: {diff}"
+    );
     let onto_full = load_adapter(base, &dir).unwrap();
     let adapter = burn_lora::adapters(&onto_full).remove(0).1;
     assert_eq!(adapter.lora_b().val().dtype(), DType::F32);
-    let x = x(&device);
-    let want = trained.forward(x.clone().cast(DType::F16)).cast(DType::F32);
     let got = onto_full.forward(x);
     let diff = (got - want).abs().max().into_scalar::<f32>();
     assert!(diff < 2e-2, "f16 against f32 outputs: {diff}");

@@ -7,8 +7,8 @@ use burn::nn::transformer::{
 };
 use burn::tensor::{DType, Device, Distribution, Tensor};
 use burn_lora::{
-    Adapter, Error, LoraConfig, adapters, apply_lora, linear_paths, merge_adapters, merge_lora,
-    param_report, set_adapters_enabled, unmerge_adapters,
+    Adapter, AdapterDtype, Error, LoraConfig, adapters, apply_lora, linear_paths, merge_adapters,
+    merge_lora, param_report, set_adapters_enabled, unmerge_adapters,
 };
 
 use crate::common::{Tiny, assert_close, max_abs_diff, perturb};
@@ -244,17 +244,91 @@ fn merge_unmerge_and_disable_on_a_stock_model() {
 }
 
 #[test]
-fn f16_base_keeps_f16_adapters() {
-    let device = Device::default();
-    let base = tiny(&device).map(&mut ToF16);
-    let model = apply_lora(base, &config()).unwrap();
+fn f16_base_gets_f32_factors_by_default() {
+    // PEFT's autocast_adapter_dtype=True: f32 factors on a half-precision base, the branch
+    // computed in f32 and answered in the input's dtype. One base, and factors set by a
+    // formula: the tests of this binary share the device's generator.
+    let device = Device::default().autodiff();
+    let full = tiny(&device);
+    let half = full.clone().map(&mut ToF16);
+    let model = apply_lora(half.clone(), &config()).unwrap();
+    for (site, adapter) in adapters(&model) {
+        assert_eq!(adapter.lora_a().val().dtype(), DType::F32, "{}", site.path);
+        assert_eq!(adapter.lora_b().val().dtype(), DType::F32, "{}", site.path);
+    }
+    assert_eq!(model.attn.query.weight.base().dtype(), DType::F16);
+    let x = x(&device).cast(DType::F16);
+    let base_out = half.forward(x.clone());
+    for out in [
+        model.clone().fast().forward(x.clone()),
+        model.forward(x.clone()),
+    ] {
+        assert_eq!(out.dtype(), DType::F16);
+        // B = 0: the adapted model starts out computing its base exactly.
+        assert_eq!(out.into_data(), base_out.clone().into_data());
+    }
+
+    // Gradients reach the f32 factors through the f16 activations, in f32, on both paths.
+    let model = model.map(&mut Formula(Vec::new()));
+    for out in [
+        model.clone().fast().forward(x.clone()),
+        model.clone().forward(x.clone()),
+    ] {
+        let grads = out.cast(DType::F32).powf_scalar(2.0).sum().backward();
+        let (_, adapter) = &adapters(&model)[0];
+        let grad = adapter.lora_a().grad(&grads).expect("A gets a gradient");
+        assert_eq!(grad.dtype(), DType::F32);
+        assert!(grad.abs().sum().into_scalar::<f32>() > 0.0);
+    }
+
+    // The f32 branch on an f16 base agrees with an all-f32 model to f16's precision.
+    let f32_model = apply_lora(full, &config())
+        .unwrap()
+        .map(&mut Formula(Vec::new()));
+    let want = f32_model.forward(x.clone().cast(DType::F32));
+    let got = model.forward(x.clone()).cast(DType::F32);
+    let diff = max_abs_diff(got, want);
+    assert!(diff < 2e-2, "f16 base vs f32: {diff}");
+
+    // AdapterDtype::Base keeps the base's precision, as PEFT's autocast_adapter_dtype=False.
+    let base_dtype = config().with_adapter_dtype(AdapterDtype::Base);
+    let model = apply_lora(half, &base_dtype).unwrap();
     for (site, adapter) in adapters(&model) {
         assert_eq!(adapter.lora_a().val().dtype(), DType::F16, "{}", site.path);
-        assert_eq!(adapter.lora_b().val().dtype(), DType::F16, "{}", site.path);
     }
-    let x = x(&device).cast(DType::F16);
     assert_eq!(model.clone().fast().forward(x.clone()).dtype(), DType::F16);
     assert_eq!(model.forward(x).dtype(), DType::F16);
+}
+
+/// Sets every `lora_a` and `lora_b` to values from a formula, in the factor's dtype.
+struct Formula(Vec<String>);
+
+impl burn::module::ModuleMapper for Formula {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.0.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.0.pop();
+    }
+    fn map_float<const N: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<N>>,
+    ) -> burn::module::Param<Tensor<N>> {
+        let name = self.0.last().map(String::as_str).unwrap_or("");
+        if name != "lora_a" && name != "lora_b" {
+            return param;
+        }
+        param.map(|t| {
+            let (grad, dtype, shape) = (t.is_require_grad(), t.dtype(), t.shape());
+            let values: Vec<f32> = (0..shape.num_elements())
+                .map(|k| ((k * 37 % 17) as f32 / 17.0 - 0.5) * 0.4)
+                .collect();
+            let data = burn::tensor::TensorData::new(values, shape);
+            Tensor::<N>::from_data(data, &t.device())
+                .cast(dtype)
+                .set_require_grad(grad)
+        })
+    }
 }
 
 /// Casts every float parameter to f16.
