@@ -237,6 +237,15 @@ pub enum Error {
         "a mixed batch reached no adapted layer on this thread: run the forward pass inside the closure, on the calling thread"
     )]
     MixedBatchUnrouted,
+    /// Adapted layers of a mixed batch's model ran on another thread, where the names do
+    /// not reach, and so served every example with the active adapters.
+    #[error(
+        "a mixed batch: {layers} adapted layer call(s) of this model ran on another thread, where the adapter names do not reach; run the forward pass on the calling thread (and no other forward of the same model meanwhile)"
+    )]
+    MixedBatchOffThread {
+        /// How many adapted layer calls ran without the names.
+        layers: usize,
+    },
     /// A mixed batch's adapter names do not match the batch.
     #[error("a mixed batch names {expected} adapters, but a layer's input has {found} examples")]
     MixedBatchSize {

@@ -20,7 +20,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LinearLayout};
 use burn::tensor::module::linear;
-use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Device, IndexingUpdateOp, Tensor};
 
 use crate::adapter::Adapter;
 use crate::lora::Lora;
@@ -82,9 +82,10 @@ impl Linear {
         let Some(adapter) = self.adapter() else {
             return linear(x, self.weight.val(), bias);
         };
-        if let Some(names) = sites::routed_names() {
-            return forward_mixed(x, self.weight.base(), bias, adapter, &names);
+        if let Some((names, per)) = sites::routed_names() {
+            return forward_mixed(x, self.weight.base(), bias, adapter, &names, per);
         }
+        sites::note_unrouted(self.weight.id);
         if !adapter.is_active() {
             return linear(x, self.weight.val(), bias);
         }
@@ -118,37 +119,38 @@ fn without_bias<const D: usize>(
 
 /// A mixed batch: `x·W + b` for every example, plus for each example the update of the
 /// adapter `names` gives it (none for `__base__`, or for an adapter this layer lacks), as
-/// PEFT's `_mixed_batch_forward`: each adapter computes on its own rows only.
+/// PEFT's `_mixed_batch_forward`: each adapter computes on its own rows only. The leading
+/// dimension is the batch; a 2-D input may also hold `per` rows per example, flattened
+/// batch-major, when the call said so.
 fn forward_mixed<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
     adapter: &Adapter,
     names: &[String],
+    per: usize,
 ) -> Tensor<D> {
     sites::note_routed();
     let mut result = linear(x.clone(), weight.clone(), bias.clone());
     if !adapter.is_enabled() {
         return result;
     }
-    let batch = x.dims()[0];
-    if batch != names.len() {
-        sites::note_wrong_batch(batch, names.len());
-        return result;
-    }
+    let rows_in = x.dims()[0];
+    let per = match rows_in {
+        n if n == names.len() => 1,
+        n if D == 2 && per > 1 && n == names.len() * per => per,
+        n => {
+            sites::note_wrong_batch(n, names.len());
+            return result;
+        }
+    };
     let dora = adapter.loras().iter().any(Lora::use_dora);
     let base = without_bias(&result, bias, dora);
     let device = x.device();
     for lora in adapter.loras() {
-        let rows: Vec<i64> = (0..batch)
-            .filter(|&i| names[i] == lora.name())
-            .map(|i| i as i64)
-            .collect();
-        if rows.is_empty() {
+        let Some(rows) = sites::routed_rows(lora.name(), per, &device) else {
             continue;
-        }
-        let n = rows.len();
-        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device);
+        };
         let delta = lora.forward_delta(
             x.clone().select(0, rows.clone()),
             &base.clone().select(0, rows.clone()),

@@ -12,15 +12,17 @@
 //! when it is dropped, so a panic caught inside a traversal or a forward pass leaves
 //! nothing behind.
 //!
-//! Size: about 480 lines, 200 of them unit tests: they read the thread-locals, which only
-//! this file can.
+//! Size: about 620 lines, 220 of them unit tests (they read the thread-locals, which only
+//! this file can); the rest is the traversal state and the mixed-batch routing.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::LocalKey;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId, Reparameterization};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::adapter::Adapter;
 use crate::path::PathStack;
@@ -82,6 +84,14 @@ pub(crate) fn state_is_clear() -> bool {
 pub(crate) struct Routing {
     /// One adapter name per example (`__base__` for none).
     pub names: Vec<String>,
+    /// Rows each example has in a 2-D input that flattens `[batch, seq, d]` batch-major
+    /// (1: a 2-D input has one row per example).
+    pub rows_per_example: usize,
+    /// The row indices of each adapter's examples, uploaded once per call: by name, rows
+    /// per example and device.
+    pub rows: Vec<(String, usize, Device, Tensor<1, Int>)>,
+    /// How many index tensors were uploaded (each name once per input shape and device).
+    pub uploads: usize,
     /// Set when a stock `Linear` computed an adapter densely, which cannot route.
     pub dense_used: bool,
     /// Set when an input's leading dimension was not the batch: `(found, expected)`.
@@ -90,10 +100,16 @@ pub(crate) struct Routing {
     pub routed: usize,
 }
 
-/// Runs `f` with `names` routing each example of a batch; returns what went wrong.
-pub(crate) fn with_routing<T>(names: Vec<String>, f: impl FnOnce() -> T) -> (T, Routing) {
+/// Runs `f` with `names` routing each example of a batch, each example having
+/// `rows_per_example` rows in a flattened 2-D input; returns what went wrong.
+pub(crate) fn with_routing<T>(
+    names: Vec<String>,
+    rows_per_example: usize,
+    f: impl FnOnce() -> T,
+) -> (T, Routing) {
     let routing = Routing {
         names,
+        rows_per_example: rows_per_example.max(1),
         ..Routing::default()
     };
     let scope = Scoped::set(&ROUTING, routing);
@@ -102,9 +118,99 @@ pub(crate) fn with_routing<T>(names: Vec<String>, f: impl FnOnce() -> T) -> (T, 
     (out, routing)
 }
 
-/// The adapter of each example while a mixed batch is served; `None` otherwise.
-pub(crate) fn routed_names() -> Option<Vec<String>> {
-    ROUTING.with_borrow(|r| r.as_ref().map(|r| r.names.clone()))
+/// The adapter of each example and the rows per example of a flattened input, while a
+/// mixed batch is served; `None` otherwise.
+pub(crate) fn routed_names() -> Option<(Vec<String>, usize)> {
+    ROUTING.with_borrow(|r| r.as_ref().map(|r| (r.names.clone(), r.rows_per_example)))
+}
+
+/// The rows of the examples named `name` in an input with `per` rows per example, on
+/// `device`: uploaded the first time a layer asks, then reused by every layer of the call.
+pub(crate) fn routed_rows(name: &str, per: usize, device: &Device) -> Option<Tensor<1, Int>> {
+    ROUTING.with_borrow_mut(|r| {
+        let r = r.as_mut()?;
+        if let Some((.., rows)) = r
+            .rows
+            .iter()
+            .find(|(n, p, d, _)| n == name && *p == per && d == device)
+        {
+            return Some(rows.clone());
+        }
+        let rows: Vec<i64> = (0..r.names.len())
+            .filter(|&i| r.names[i] == name)
+            .flat_map(|i| (i * per..(i + 1) * per).map(|row| row as i64))
+            .collect();
+        if rows.is_empty() {
+            return None;
+        }
+        let n = rows.len();
+        let tensor = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), device);
+        r.uploads += 1;
+        r.rows
+            .push((name.to_string(), per, device.clone(), tensor.clone()));
+        Some(tensor)
+    })
+}
+
+/// A mixed batch in flight: the ids of the weights its model adapts, and how many of those
+/// weights computed their adapters meanwhile without its names (on another thread).
+struct InFlight {
+    call: u64,
+    weights: HashSet<ParamId>,
+    strays: Arc<AtomicUsize>,
+}
+
+/// Every mixed batch in flight in this process. The names are thread-local, so a layer
+/// that runs on another thread cannot read them; it reports itself here instead.
+static IN_FLIGHT: Mutex<Vec<InFlight>> = Mutex::new(Vec::new());
+/// `IN_FLIGHT`'s length, read without the lock on every adapted forward.
+static ANY_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static NEXT_CALL: AtomicU64 = AtomicU64::new(0);
+
+/// Registers a mixed batch over the weights `weights` for as long as it lives.
+pub(crate) struct FlightGuard {
+    call: u64,
+    strays: Arc<AtomicUsize>,
+}
+
+impl FlightGuard {
+    pub(crate) fn register(weights: HashSet<ParamId>) -> Self {
+        let call = NEXT_CALL.fetch_add(1, Ordering::Relaxed);
+        let strays = Arc::new(AtomicUsize::new(0));
+        let mut flights = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+        flights.push(InFlight {
+            call,
+            weights,
+            strays: strays.clone(),
+        });
+        ANY_IN_FLIGHT.store(flights.len(), Ordering::SeqCst);
+        Self { call, strays }
+    }
+
+    /// Adapted layers of this call's model that ran without its names so far.
+    pub(crate) fn strays(&self) -> usize {
+        self.strays.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let mut flights = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+        flights.retain(|f| f.call != self.call);
+        ANY_IN_FLIGHT.store(flights.len(), Ordering::SeqCst);
+    }
+}
+
+/// Called by an adapted [`Linear`](crate::nn::Linear) that computes without routing: if a
+/// mixed batch over its weight is in flight (on another thread), that batch is told.
+pub(crate) fn note_unrouted(weight: ParamId) {
+    if ANY_IN_FLIGHT.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let flights = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+    for flight in flights.iter().filter(|f| f.weights.contains(&weight)) {
+        flight.strays.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// Notes that a layer served a mixed batch by the names.
@@ -437,6 +543,32 @@ mod tests {
                 site.weight_id
             );
         }
+        assert!(state_is_clear());
+    }
+
+    /// A mixed batch uploads each adapter's row indices once per call, not once per layer.
+    #[test]
+    fn a_mixed_batch_uploads_each_adapters_rows_once() {
+        let device = Device::flex();
+        let config = LoraConfig::new()
+            .with_rank(2)
+            .with_target_regex(Some(".*".into()));
+        let layer = || {
+            let layer = crate::nn::LinearConfig::new(4, 4).init(&device);
+            let layer = crate::add_adapter(layer, "a", &config).unwrap();
+            crate::add_adapter(layer, "b", &config).unwrap()
+        };
+        let (first, second) = (layer(), layer());
+        let x = Tensor::<2>::ones([3, 4], &device);
+        let names = vec!["a".into(), "b".into(), "a".into()];
+        let (_, routing) = with_routing(names, 1, || {
+            second.forward(first.forward(x.clone()) + second.forward(x.clone()))
+        });
+        assert_eq!(routing.routed, 3);
+        assert_eq!(
+            routing.uploads, 2,
+            "once per adapter, not per adapter and layer"
+        );
         assert!(state_is_clear());
     }
 

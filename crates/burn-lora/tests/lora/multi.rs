@@ -11,6 +11,7 @@ use burn_lora::{
     Combination, Error, LoraConfig, PeftOptions, active_adapters, adapters, add_adapter,
     add_weighted_adapter, delete_adapter, list_adapters, load_adapter_with, merge_adapters,
     param_report, save_adapter, set_active_adapters, set_adapters_enabled, with_adapter_names,
+    with_adapter_names_flat,
 };
 use safetensors::SafeTensors;
 
@@ -170,6 +171,73 @@ fn a_mixed_batch_equals_the_separate_runs() {
     let dense = add_adapter(Tiny::new(8, 2, &device), "a", &config(2)).unwrap();
     let err = with_adapter_names(&dense, &["a"; 6], || dense.forward(x.clone())).unwrap_err();
     assert!(matches!(err, Error::MixedBatchDense), "{err}");
+}
+
+#[test]
+fn a_mixed_batch_whose_layers_partly_run_on_another_thread_is_an_error() {
+    // Before: the query ran routed here, the value on a worker with the active adapter for
+    // every example, and the call returned Ok with rows from the wrong adapter.
+    let device = Device::default();
+    let model = three(&device);
+    let names = ["a", "__base__", "b"];
+    let x = Tensor::<2>::random([names.len(), 8], Distribution::Default, &device);
+    let err = with_adapter_names(&model, &names, || {
+        let attn = &model.attn;
+        let query = attn.query.forward(x.clone());
+        let value =
+            std::thread::scope(|s| s.spawn(|| attn.value.forward(x.clone())).join().unwrap());
+        query + value
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::MixedBatchOffThread { layers: 1 }),
+        "{err}"
+    );
+    // Nothing is left registered: the same model on another thread afterwards is plain.
+    std::thread::scope(|s| s.spawn(|| model.forward(x.clone())).join().unwrap());
+    let ok = with_adapter_names(&model, &names, || model.forward(x.clone()));
+    assert!(ok.is_ok());
+}
+
+#[test]
+fn a_flattened_batch_routes_each_examples_rows_when_told_how_many() {
+    // Before: a [batch·seq, d] input was a MixedBatchSize error, with no way to say what
+    // its rows were.
+    let device = Device::default();
+    let model = three(&device);
+    let names = ["a", "__base__", "d", "b"];
+    let seq = 3;
+    let x = Tensor::<2>::random([names.len() * seq, 8], Distribution::Default, &device);
+    let err = with_adapter_names(&model, &names, || model.forward(x.clone())).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::MixedBatchSize {
+                found: 12,
+                expected: 4
+            }
+        ),
+        "{err}"
+    );
+    let mixed = with_adapter_names_flat(&model, &names, seq, || model.forward(x.clone())).unwrap();
+    let base = set_adapters_enabled(model.clone(), false);
+    for (i, name) in names.iter().enumerate() {
+        let alone = match *name {
+            "__base__" => &base,
+            name => &with_active(&model, &[name]),
+        };
+        let rows = x.clone().narrow(0, i * seq, seq);
+        assert_close(
+            &format!("example {i} ({name})"),
+            mixed.clone().narrow(0, i * seq, seq).into_data(),
+            alone.forward(rows).into_data(),
+        );
+    }
+    // Inputs whose leading dimension is the batch still route by it.
+    let y = Tensor::<2>::random([names.len(), 8], Distribution::Default, &device);
+    let flat = with_adapter_names_flat(&model, &names, seq, || model.forward(y.clone())).unwrap();
+    let plain = with_adapter_names(&model, &names, || model.forward(y.clone())).unwrap();
+    assert_eq!(flat.into_data(), plain.into_data());
 }
 
 #[test]
