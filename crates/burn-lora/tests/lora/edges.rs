@@ -74,8 +74,7 @@ fn lora_on_a_q4_base_trains() {
     let at_rest = param_report(&model).frozen_bytes_by_dtype;
     assert_eq!(at_rest["QFloat(Q4S)"], 216 + 6 * 4, "{at_rest:?}");
     assert_eq!(at_rest["F32"], 18 * 4, "{at_rest:?}");
-    let x = Tensor::<2>::random([16, 8], Distribution::Default, &device);
-    let target = Tensor::<2>::random([16, 2], Distribution::Default, &device);
+    let (x, target) = (fixed([16, 8], 0.0, &device), fixed([16, 2], 1.0, &device));
     let mut losses = Vec::new();
     for _ in 0..30 {
         let loss = (model.forward(x.clone()) - target.clone())
@@ -84,7 +83,9 @@ fn lora_on_a_q4_base_trains() {
         losses.push(loss.clone().into_scalar::<f32>());
         model = model.map(&mut Sgd(&loss.backward(), 0.1));
     }
-    assert!(losses[29] < 0.8 * losses[0], "{losses:?}");
+    // The loss falls at every step, by more than 5 % over the 30.
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "{losses:?}");
+    assert!(losses[29] < 0.95 * losses[0], "{losses:?}");
 }
 
 /// QLoRA: LoRA on a base Burn quantized (Q8, symmetric, per tensor). The factors are f32,
@@ -111,7 +112,10 @@ fn lora_on_a_q8_base_trains_saves_reloads_and_merges() {
         let attn = burn::module::ParamGroup::from_regex(r"^attn\.").unwrap();
         model.quantize_weights_group(&mut q8(&device), attn).fast()
     };
-    let mut model = apply_lora(quantize(tiny(&device)), &lora).unwrap();
+    // One base, kept for the reload: the tests of this binary share the device's generator,
+    // so a seed does not rebuild it.
+    let base = tiny(&device);
+    let mut model = apply_lora(quantize(base.clone()), &lora).unwrap();
     let (_, adapter) = burn_lora::adapters(&model).remove(0);
     assert_eq!(adapter.lora_a().val().dtype(), burn::tensor::DType::F32);
     let query = model.attn.query.weight.base();
@@ -121,8 +125,7 @@ fn lora_on_a_q8_base_trains_saves_reloads_and_merges() {
         query.dtype()
     );
     // Loss falls: regress onto a fixed target.
-    let x = Tensor::<2>::random([16, 8], Distribution::Default, &device);
-    let target = Tensor::<2>::random([16, 2], Distribution::Default, &device);
+    let (x, target) = (fixed([16, 8], 0.0, &device), fixed([16, 2], 1.0, &device));
     let mut losses = Vec::new();
     for _ in 0..30 {
         let loss = (model.forward(x.clone()) - target.clone())
@@ -132,7 +135,9 @@ fn lora_on_a_q8_base_trains_saves_reloads_and_merges() {
         let grads = loss.backward();
         model = model.map(&mut Sgd(&grads, 0.1));
     }
-    assert!(losses[29] < 0.8 * losses[0], "{losses:?}");
+    // The loss falls at every step, by more than 5 % over the 30.
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "{losses:?}");
+    assert!(losses[29] < 0.95 * losses[0], "{losses:?}");
     assert!(
         matches!(
             model.attn.query.weight.base().dtype(),
@@ -142,7 +147,7 @@ fn lora_on_a_q8_base_trains_saves_reloads_and_merges() {
     );
     let dir = crate::common::scratch("edges", "qlora");
     burn_lora::save_adapter(&model, &dir).unwrap();
-    let fresh = quantize(tiny(&device));
+    let fresh = quantize(base);
     let reloaded = burn_lora::load_adapter(fresh, &dir).unwrap();
     let model = model.valid();
     let reloaded = reloaded.valid();
@@ -301,7 +306,8 @@ fn a_trainable_bias_is_not_saved_as_a_module_and_the_file_loads_back() {
     // module to save, so a bias the user trains made `attn.key` a module to save, and
     // load_adapter then refused the file (`key` is also a target's sibling linear).
     let device = Device::default();
-    let mut model = apply_lora(tiny(&device), &config()).unwrap();
+    let base = tiny(&device);
+    let mut model = apply_lora(base.clone(), &config()).unwrap();
     let bias = model.attn.key.bias.take().unwrap();
     model.attn.key.bias = Some(bias.set_require_grad(true));
     let model = crate::common::perturb(model, false, &device);
@@ -313,7 +319,7 @@ fn a_trainable_bias_is_not_saved_as_a_module_and_the_file_loads_back() {
         "{:?}",
         saved.modules_to_save
     );
-    let loaded = burn_lora::load_adapter(tiny(&device), &dir).unwrap();
+    let loaded = burn_lora::load_adapter(base, &dir).unwrap();
     let x = Tensor::<2>::random([3, 8], Distribution::Normal(0.0, 1.0), &device);
     let (a, b) = (model.forward(x.clone()), loaded.forward(x));
     let diff = (a - b).abs().max().into_scalar::<f32>();
@@ -414,4 +420,13 @@ fn quantize_linears_keeps_excluded_modules_float_and_names_an_indivisible_weight
         matches!(&err, Error::QuantizeBlock { path, dims, .. } if path == "attn.query" && dims == &[8, 8]),
         "{err}"
     );
+}
+
+/// Values from a formula, not the generator this binary's tests share: a regression whose
+/// loss must fall sees the same data in every run.
+fn fixed(shape: [usize; 2], phase: f32, device: &Device) -> Tensor<2> {
+    let values: Vec<f32> = (0..shape[0] * shape[1])
+        .map(|k| (k as f32 * 0.7 + phase).sin())
+        .collect();
+    Tensor::from_data(burn::tensor::TensorData::new(values, shape), device)
 }
