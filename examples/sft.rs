@@ -113,6 +113,10 @@ struct Args {
     /// block of 32. Not with --modes full.
     #[arg(long, value_name = "q8|q4")]
     quantize: Option<String>,
+    /// Burn's autodiff gradient checkpointing: the backward pass recomputes memory-bound
+    /// activations instead of keeping them (same gradients, less memory, more time).
+    #[arg(long)]
+    gradient_checkpointing: bool,
 }
 
 /// Sentiment as generation: (prompt, completion) per review.
@@ -242,6 +246,7 @@ fn run(args: &Args) -> Result<(), Error> {
             max_exact: args.max_test,
             stop_after: args.stop_after_epoch,
             quantize,
+            gradient_checkpointing: args.gradient_checkpointing,
         };
         println!("== {} (lr {lr:e}) ==", mode.name());
         let report = run_sft(&options)?;

@@ -350,6 +350,76 @@ fn our_causal_lm_adapter_loads_in_peft_with_the_same_outputs() {
     );
 }
 
+/// Burn's autodiff gradient checkpointing (`Device::autodiff().gradient_checkpointing()`:
+/// the backward pass recomputes memory-bound activations instead of keeping them) gives the
+/// gradients the plain tape gives, on a LoRA-adapted Qwen2 built on that device.
+#[test]
+fn checkpointed_and_plain_gradients_agree() {
+    let grads_on = |device: Device| -> Vec<(String, TensorData)> {
+        let spec = format!("hf:{}", fixture("qwen2").display());
+        let base = DecoderBase::load(&spec, &device).unwrap();
+        let config = LoraConfig::new()
+            .with_rank(4)
+            .with_alpha(8.0)
+            .with_target_modules(vec![burn_lora::ALL_LINEAR.into()]);
+        let model = apply_lora(base.model, &config).unwrap();
+        // Non-zero B, so that A's gradient is not zero.
+        let model = model.map(&mut FormulaFactors {
+            names: Vec::new(),
+            count: 0,
+        });
+        let ids = &golden("qwen2").prompt_ids;
+        let width = ids.iter().map(Vec::len).max().unwrap();
+        let rows: Vec<i64> = ids
+            .iter()
+            .flat_map(|row| (0..width).map(|i| *row.get(i).unwrap_or(&row[0]) as i64))
+            .collect();
+        let tokens =
+            Tensor::<2, Int>::from_data(TensorData::new(rows, [ids.len(), width]), &device);
+        let padding = tokens.clone().equal_elem(-1);
+        let logits = model.logits(tokens, padding);
+        let grads = (logits.clone() * logits).mean().backward();
+        burn_lora::adapters(&model)
+            .into_iter()
+            .flat_map(|(site, adapter)| {
+                let a = adapter.lora_a().grad(&grads).unwrap().into_data();
+                let b = adapter.lora_b().grad(&grads).unwrap().into_data();
+                [
+                    (format!("{}.A", site.path), a),
+                    (format!("{}.B", site.path), b),
+                ]
+            })
+            .collect()
+    };
+    let plain = grads_on(Device::default().autodiff());
+    let device = Device::default().autodiff().gradient_checkpointing();
+    assert!(
+        device
+            .gradient_checkpointing_strategy()
+            .is_some_and(|s| format!("{s:?}") == "Balanced")
+    );
+    let checkpointed = grads_on(device);
+    assert_eq!(
+        plain.len(),
+        2 * 7 * 2,
+        "q, k, v, o, gate, up, down in 2 layers"
+    );
+    let mut worst = 0.0f32;
+    for ((name, want), (_, got)) in plain.iter().zip(&checkpointed) {
+        let want: Vec<f32> = want.iter::<f32>().collect();
+        let got: Vec<f32> = got.iter::<f32>().collect();
+        assert!(
+            want.iter().any(|g| *g != 0.0),
+            "{name}: a zero gradient proves nothing"
+        );
+        for (w, g) in want.iter().zip(&got) {
+            worst = worst.max((w - g).abs() / w.abs().max(1.0));
+        }
+    }
+    println!("checkpointed vs plain LoRA gradients: max difference {worst:e}");
+    assert!(worst <= 1e-5, "{worst}");
+}
+
 /// A copy of the llama fixture with `edit` applied to its config.json.
 fn edited(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let dir = scratch("llm", name);
@@ -444,6 +514,7 @@ fn sft_options(base: &str, pairs: &[(&str, &str)], out: &Path, epochs: usize) ->
         max_exact: None,
         stop_after: None,
         quantize: None,
+        gradient_checkpointing: false,
     }
 }
 
@@ -492,6 +563,33 @@ fn sft_memorises_a_few_pairs_to_exact_match_and_writes_a_causal_lm_adapter() {
         assert_eq!(text.trim(), completion.trim());
     }
     assert!(out.join("lora/loss_curve.svg").is_file());
+}
+
+/// `--gradient-checkpointing` trains through burn-train's checkpointing device and, its
+/// gradients being the plain tape's, ends where the plain run ends.
+#[test]
+fn sft_with_gradient_checkpointing_trains_as_without() {
+    let base = format!("hf:{}", fixture("qwen2").display());
+    let plain = run_sft(&sft_options(&base, &PAIRS, &scratch("llm", "sft_plain"), 3)).unwrap();
+    let mut options = sft_options(&base, &PAIRS, &scratch("llm", "sft_ckpt"), 3);
+    options.gradient_checkpointing = true;
+    let checkpointed = run_sft(&options).unwrap();
+    println!(
+        "train loss plain {} checkpointed {}",
+        plain.train_loss, checkpointed.train_loss
+    );
+    assert!(plain.train_loss.is_finite());
+    assert!(
+        (plain.train_loss - checkpointed.train_loss).abs()
+            <= 1e-4 * plain.train_loss.abs().max(1.0)
+    );
+    assert!(
+        (plain.eval_loss - checkpointed.eval_loss).abs() <= 1e-4 * plain.eval_loss.abs().max(1.0)
+    );
+    // On several devices it is refused, naming the flag.
+    options.devices = vec![Device::default(), Device::default()];
+    let err = run_sft(&options).unwrap_err().to_string();
+    assert!(err.contains("--gradient-checkpointing"), "{err}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The pieces of burn-train the SFT job plugs in: its batcher, an early-stopping strategy
-//! that ends a run after a given epoch (with that epoch's checkpoint written), and the
-//! latest epoch checkpoint on disk.
+//! that ends a run after a given epoch (with that epoch's checkpoint written), the latest
+//! epoch checkpoint on disk, the training device, and the checks of the options.
 
 use std::path::Path;
 
@@ -9,6 +9,8 @@ use burn::tensor::Device;
 use burn::train::EarlyStoppingStrategy;
 use burn::train::metric::store::EventStoreClient;
 
+use super::job::{SftMode, SftOptions};
+use crate::Error;
 use crate::data::{SftBatch, SftTokens, sft_batch};
 
 /// burn-train's early stopping, used to end a run after a given epoch.
@@ -45,4 +47,41 @@ pub(crate) fn latest_checkpoint(dir: &Path) -> Option<usize> {
                 .ok()
         })
         .max()
+}
+
+/// The options' usage errors, before anything is loaded.
+pub(crate) fn check_options(options: &SftOptions) -> Result<(), Error> {
+    for (flag, value, least) in [
+        ("--epochs", options.epochs, 1),
+        ("--batch-size", options.batch_size, 1),
+        ("--max-len", options.max_len, 2),
+    ] {
+        if value < least {
+            return Err(Error::Usage(format!(
+                "{flag} {value}: must be at least {least}"
+            )));
+        }
+    }
+    if let (Some(quant), SftMode::Full) = (options.quantize, options.mode) {
+        return Err(Error::Usage(format!(
+            "--quantize {}: full fine-tuning trains every weight, and a quantized weight cannot train; use --modes lora",
+            quant.name()
+        )));
+    }
+    if options.gradient_checkpointing && options.devices.len() > 1 {
+        return Err(Error::Usage(
+            "--gradient-checkpointing runs on one device: burn-train forks the model to the other devices without the checkpointing strategy, which Burn 0.22 then refuses to mix".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The device training batches are made on: autodiff, checkpointing when asked, as
+/// burn-train forks the model (Burn refuses an operation between tensors of two strategies).
+pub(crate) fn train_device(device: &Device, checkpointing: bool) -> Device {
+    let device = device.clone().autodiff();
+    match checkpointing {
+        true => device.gradient_checkpointing(),
+        false => device,
+    }
 }

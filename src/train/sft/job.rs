@@ -23,7 +23,9 @@ use crate::data::SftDataset;
 use crate::model::{CausalLm, DecoderBase};
 use crate::train::quantize::BaseQuant;
 use crate::train::sft::encode::encode_sft;
-use crate::train::sft::engine::{SftBatcher, StopAfter, latest_checkpoint};
+use crate::train::sft::engine::{
+    SftBatcher, StopAfter, check_options, latest_checkpoint, train_device,
+};
 use crate::train::sft::outputs::{evaluate, save, write_curve};
 use crate::train::sft::progress::{Curve, SftProgress};
 use crate::train::sft::step::SftModel;
@@ -90,6 +92,11 @@ pub struct SftOptions {
     pub stop_after: Option<usize>,
     /// Quantize the base's linears before LoRA (QLoRA); refused with full fine-tuning.
     pub quantize: Option<BaseQuant>,
+    /// Train with Burn's autodiff gradient checkpointing (burn-train's
+    /// `SupervisedTraining::gradient_checkpointing`): the backward pass recomputes the
+    /// memory-bound activations (elementwise ops, softmax, norms) instead of keeping them;
+    /// matmul outputs are still kept. Same gradients, less memory, more time.
+    pub gradient_checkpointing: bool,
 }
 
 /// What a run measured (`metrics.json`, one entry per mode).
@@ -145,23 +152,7 @@ pub struct Truncated {
 /// `overwrite` or `resume`; a training that burn-train ended with an error; `resume`
 /// with no checkpoint.
 pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
-    for (flag, value, least) in [
-        ("--epochs", options.epochs, 1),
-        ("--batch-size", options.batch_size, 1),
-        ("--max-len", options.max_len, 2),
-    ] {
-        if value < least {
-            return Err(Error::Usage(format!(
-                "{flag} {value}: must be at least {least}"
-            )));
-        }
-    }
-    if let (Some(quant), SftMode::Full) = (options.quantize, options.mode) {
-        return Err(Error::Usage(format!(
-            "--quantize {}: full fine-tuning trains every weight, and a quantized weight cannot train; use --modes lora",
-            quant.name()
-        )));
-    }
+    check_options(options)?;
     let dir = options.out.join(options.mode.name());
     let train_dir = dir.join("train");
     if dir.exists() && !options.resume {
@@ -174,7 +165,13 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
         }
     }
     let device = options.devices[0].clone();
-    let base = DecoderBase::load(&options.base, &device)?;
+    // With checkpointing the weights are made on the checkpointing device itself: forking a
+    // model made elsewhere to it keeps Burn's default strategy on the weights, and Burn
+    // refuses an operation between two strategies.
+    let base = match options.gradient_checkpointing {
+        true => DecoderBase::load(&options.base, &train_device(&device, true))?,
+        false => DecoderBase::load(&options.base, &device)?,
+    };
     let limit = base.model.context_len().unwrap_or(usize::MAX);
     let max_len = options.max_len.min(limit);
     let train = encode_sft(&options.train, &base, max_len)?;
@@ -232,7 +229,7 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
     let loader_train = DataLoaderBuilder::new(batcher.clone())
         .batch_size(per_device)
         .shuffle(options.seed)
-        .set_device(device.clone().autodiff())
+        .set_device(train_device(&device, options.gradient_checkpointing))
         .build(InMemDataset::new(train.rows.clone()));
     let loader_valid = DataLoaderBuilder::new(batcher)
         .batch_size(options.batch_size)
@@ -256,6 +253,9 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
         .with_training_strategy(TrainingStrategy::Default(strategy));
     if let Some(epoch) = options.stop_after {
         training = training.early_stopping(StopAfter(epoch));
+    }
+    if options.gradient_checkpointing {
+        training = training.gradient_checkpointing();
     }
     if options.resume {
         let epoch = latest_checkpoint(&train_dir).ok_or_else(|| {
