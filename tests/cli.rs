@@ -1250,7 +1250,7 @@ fn bench_writes_the_documented_json_shape() {
     let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
     let mut top: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
     top.sort();
-    assert_eq!(top, ["backend", "cases"]);
+    assert_eq!(top, ["backend", "cases", "cpu"]);
     assert!(json["backend"].as_str().unwrap().starts_with("burn 0.22"));
     let cases = json["cases"].as_array().unwrap();
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
@@ -1289,6 +1289,67 @@ fn bench_writes_the_documented_json_shape() {
     assert_eq!(cases[1]["trainable_params"], 2 * 8 * 32 + 16 * 2 + 2);
     assert_eq!(cases[1]["trainable_params"], cases[2]["trainable_params"]);
     assert_eq!(cases[1]["trainable_params"], cases[4]["trainable_params"]);
+}
+
+/// `bench --llm`: the LLM-size cases under their documented names, on the tiny geometry
+/// (the same Qwen2-shaped decoder as `--llm qwen2-0.5b`, small enough for CI).
+#[test]
+fn bench_llm_writes_every_documented_case() {
+    let dir = scratch("cli", "bench-llm");
+    let out = dir.join("llm.json");
+    let args = [
+        "--llm",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--prompt-tokens",
+        "3",
+        "--new-tokens",
+        "4",
+        "--out",
+        s(&out),
+    ];
+    succeeds(&run("bench", &args));
+    let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(json["model"], "tiny");
+    assert!(!json["cpu"].as_str().unwrap().is_empty());
+    let cases = json["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "llm_lora_step",
+            "llm_lora_q8_step",
+            "llm_lora_ckpt_step",
+            "llm_full_step",
+            "llm_prefill",
+            "llm_decode_b1",
+            "llm_decode_b4"
+        ]
+    );
+    for case in cases {
+        assert!(case.get("skipped").is_none(), "{case}");
+        assert!(case["median_seconds"].as_f64().unwrap() > 0.0, "{case}");
+        assert!(case["peak_rss_bytes"].as_u64().unwrap() > 0, "{case}");
+    }
+    // LoRA r 16 on q, k, v, o, gate, up, down of 2 layers, d 64, kv 2 × 16, FFN 128:
+    // r · (d_in + d_out) each.
+    let per_layer = 16 * ((64 + 64) + (64 + 32) * 2 + (64 + 64) + (64 + 128) * 2 + (128 + 64));
+    assert_eq!(cases[0]["trainable_params"], 2 * per_layer);
+    assert_eq!(cases[1]["trainable_params"], 2 * per_layer);
+    assert_eq!(cases[3]["trainable_params"], cases[3]["params"]);
+    for (case, tokens) in [(4, 2 * 8), (5, 4), (6, 4 * 4)] {
+        let c = &cases[case];
+        let want = tokens as f64 / c["median_seconds"].as_f64().unwrap();
+        let got = c["tokens_per_second"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-6 * want, "{c}");
+    }
 }
 
 /// `examples/custom_model.rs`, the README's "Using LoRA in your own model": a stock

@@ -13,6 +13,16 @@
 //! "max_seconds", "peak_rss_bytes", "trainable_params"}]}`, the shape
 //! `scripts/peft_bench.py` writes for PyTorch + PEFT; with `--floor`, the last case is
 //! `floor_qv`.
+//!
+//! `--llm qwen2-0.5b` runs the LLM-size cases instead (see `llm.rs`): a decoder of
+//! Qwen2.5-0.5B's geometry with random weights, batch 4 × 256 tokens; `--out` writes
+//! `{"backend", "cpu", "model", "sizes", "cases": [{"name", "median_seconds",
+//! "peak_rss_bytes", ...}]}`, with `tokens_per_second` for prefill and decode, and
+//! `skipped` (the reason) for a case that could not run.
+//!
+//! ```sh
+//! cargo run --release --example bench -- --llm qwen2-0.5b --out runs/llm.json
+//! ```
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -27,6 +37,7 @@ use clap::Parser;
 #[path = "../common/allocator.rs"]
 mod allocator;
 mod cases;
+mod llm;
 
 /// Step timings of a GPT-shaped classifier, one case per process.
 #[derive(Parser, Debug, Clone)]
@@ -45,13 +56,25 @@ struct Args {
     heads: usize,
     #[arg(long, default_value_t = 512)]
     d_ff: usize,
+    /// Batch rows (default 32; 4 with --llm).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Tokens per row (default 64; 256 with --llm).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// LoRA rank, alpha = 2 · rank (default 8; 16 with --llm).
+    #[arg(long)]
+    rank: Option<usize>,
+    /// The LLM-size cases on a decoder of this geometry: qwen2-0.5b (Qwen2.5-0.5B's), or
+    /// tiny (a test's).
+    #[arg(long)]
+    llm: Option<String>,
+    /// With --llm: prompt tokens per row when decoding.
+    #[arg(long, default_value_t = 16)]
+    prompt_tokens: usize,
+    /// With --llm: tokens generated per row when decoding.
     #[arg(long, default_value_t = 32)]
-    batch: usize,
-    #[arg(long, default_value_t = 64)]
-    seq: usize,
-    /// LoRA rank (alpha = 2 · rank).
-    #[arg(long, default_value_t = 8)]
-    rank: usize,
+    new_tokens: usize,
     /// Training threads, each running forward and backward on its part of the batch
     /// (default: one per core on a CPU device, 1 on a GPU).
     #[arg(long)]
@@ -60,12 +83,12 @@ struct Args {
     /// with r in {1..64} and with d_model in {128..1024} (LoRA q,v vs full).
     #[arg(long)]
     scaling: bool,
-    /// Timed steps per case.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Untimed steps first.
-    #[arg(long, default_value_t = 3)]
-    warmup: usize,
+    /// Timed steps per case (default 20; 3 with --llm).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Untimed steps first (default 3; 1 with --llm).
+    #[arg(long)]
+    warmup: Option<usize>,
     /// Write the results as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -85,6 +108,25 @@ struct Args {
 }
 
 impl Args {
+    /// `value`, or its default: `llm` with `--llm`, else `plain`.
+    fn or(&self, value: Option<usize>, plain: usize, llm: usize) -> usize {
+        value.unwrap_or(if self.llm.is_some() { llm } else { plain })
+    }
+
+    fn steps(&self) -> usize {
+        self.or(self.steps, 20, 3)
+    }
+
+    fn warmup(&self) -> usize {
+        self.or(self.warmup, 3, 1)
+    }
+
+    fn replicas(&self) -> usize {
+        self.replicas.unwrap_or_else(|| {
+            parse_one_device(&self.device, "bench").map_or(1, |d| replicas_for(&d))
+        })
+    }
+
     fn sizes(&self) -> Sizes {
         Sizes {
             vocab: self.vocab,
@@ -92,12 +134,22 @@ impl Args {
             layers: self.layers,
             heads: self.heads,
             d_ff: self.d_ff,
-            batch: self.batch,
-            seq: self.seq,
-            rank: self.rank,
-            replicas: self.replicas.unwrap_or_else(|| {
-                parse_one_device(&self.device, "bench").map_or(1, |d| replicas_for(&d))
-            }),
+            batch: self.or(self.batch, 32, 4),
+            seq: self.or(self.seq, 64, 256),
+            rank: self.or(self.rank, 8, 16),
+            replicas: self.replicas(),
+        }
+    }
+
+    fn llm_sizes(&self) -> llm::LlmSizes {
+        let sizes = self.sizes();
+        llm::LlmSizes {
+            batch: sizes.batch,
+            seq: sizes.seq,
+            rank: sizes.rank,
+            replicas: sizes.replicas,
+            prompt: self.prompt_tokens,
+            new_tokens: self.new_tokens,
         }
     }
 
@@ -108,12 +160,14 @@ impl Args {
             ("--layers", self.layers),
             ("--heads", self.heads),
             ("--d-ff", self.d_ff),
-            ("--batch", self.batch),
-            ("--seq", self.seq),
-            ("--rank", self.rank),
+            ("--batch", self.sizes().batch),
+            ("--seq", self.sizes().seq),
+            ("--rank", self.sizes().rank),
             ("--replicas", self.sizes().replicas),
-            ("--steps", self.steps),
-            ("--warmup", self.warmup),
+            ("--steps", self.steps()),
+            ("--warmup", self.warmup()),
+            ("--prompt-tokens", self.prompt_tokens),
+            ("--new-tokens", self.new_tokens),
         ];
         let mut flags: Vec<String> = pairs
             .iter()
@@ -123,20 +177,26 @@ impl Args {
             flags.push("--malloc-defaults".into());
         }
         flags.extend(["--device".to_string(), self.device.clone()]);
+        if let Some(llm) = &self.llm {
+            flags.extend(["--llm".to_string(), llm.clone()]);
+        }
         flags
     }
 }
 
 fn child(args: &Args, name: &str) -> Result<(), String> {
+    let device = parse_one_device(&args.device, "bench").map_err(|e| e.to_string())?;
+    if let Some(llm) = &args.llm {
+        let config = llm::geometry(llm)?;
+        let sizes = args.llm_sizes();
+        let mut json = llm::run(name, &config, &sizes, args.warmup(), args.steps(), &device)?;
+        json["peak_rss_bytes"] = peak_rss().unwrap_or(0).into();
+        println!("{json}");
+        return Ok(());
+    }
     let case = Case::from_name(name).ok_or(format!("unknown case {name}"))?;
-    let result = run_case(
-        case,
-        &args.sizes(),
-        args.warmup,
-        args.steps,
-        &parse_one_device(&args.device, "bench").map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    let result = run_case(case, &args.sizes(), args.warmup(), args.steps(), &device)
+        .map_err(|e| e.to_string())?;
     let mut json = serde_json::to_value(&result).map_err(|e| e.to_string())?;
     json["peak_rss_bytes"] = peak_rss().unwrap_or(0).into();
     println!("{json}");
@@ -185,8 +245,8 @@ fn parent(args: &Args) -> Result<(), String> {
         "{}; sizes: {:?}; {} timed steps after {} warm-up, each case in its own process\n",
         backend(),
         args.sizes(),
-        args.steps,
-        args.warmup
+        args.steps(),
+        args.warmup()
     );
     for case in Case::ALL {
         let row = in_process(args, case)?;
@@ -255,7 +315,7 @@ fn parent(args: &Args) -> Result<(), String> {
         );
     }
     if let Some(out) = &args.out {
-        let json = serde_json::json!({"backend": backend(), "cases": cases});
+        let json = serde_json::json!({"backend": backend(), "cpu": cpu_model(), "cases": cases});
         std::fs::write(
             out,
             serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
@@ -269,10 +329,10 @@ fn parent(args: &Args) -> Result<(), String> {
 /// Trainable parameters, step time and adapter bytes against the rank, then against the
 /// width (full fine-tuning beside LoRA q,v).
 fn scaling(args: &Args) -> Result<(), String> {
-    let steps = args.steps.min(5);
+    let steps = args.steps().min(5);
     let quick = Args {
-        steps,
-        warmup: 1,
+        steps: Some(steps),
+        warmup: Some(1),
         ..args.clone()
     };
     println!(
@@ -286,7 +346,7 @@ fn scaling(args: &Args) -> Result<(), String> {
     for rank in [1, 2, 4, 8, 16, 32, 64] {
         let (r, _) = in_process(
             &Args {
-                rank,
+                rank: Some(rank),
                 ..quick.clone()
             },
             Case::LoraQv,
@@ -330,6 +390,7 @@ fn main() -> ExitCode {
     }
     let result = match &args.case {
         Some(name) => child(&args, name),
+        None if args.llm.is_some() => llm_parent(&args),
         None if args.scaling => scaling(&args),
         None => parent(&args),
     };
@@ -340,4 +401,108 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The CPU's model name, from /proc/cpuinfo ("unknown" elsewhere).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|name| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs `case` of `--llm` in a fresh process: its JSON with its peak RSS, or the case
+/// marked `skipped` with the reason when its process failed (out of memory, a panic).
+fn llm_in_process(args: &Args, case: &str) -> serde_json::Value {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return serde_json::json!({"name": case, "skipped": e.to_string()}),
+    };
+    let output = Command::new(&exe)
+        .args(args.flags())
+        .args(["--case", case])
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => return serde_json::json!({"name": case, "skipped": e.to_string()}),
+    };
+    // The JSON is the last line: a case may print a note before it.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let parsed = serde_json::from_str::<serde_json::Value>(last);
+    match (output.status.success(), parsed) {
+        (true, Ok(json)) => json,
+        _ => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reason = stderr
+                .lines()
+                .rev()
+                .find(|l| l.contains("panicked") || l.starts_with("error"))
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("the case's process ended with {}", output.status));
+            serde_json::json!({"name": case, "skipped": reason})
+        }
+    }
+}
+
+/// The `--llm` cases, one process each, as a table and, with `--out`, JSON.
+fn llm_parent(args: &Args) -> Result<(), String> {
+    let name = args.llm.clone().expect("called with --llm");
+    let config = llm::geometry(&name)?;
+    let sizes = args.llm_sizes();
+    println!(
+        "{}; {}; {name}: {} parameters; {sizes:?}; {} timed steps after {} warm-up, each case in its own process\n",
+        backend(),
+        cpu_model(),
+        config.num_params(),
+        args.steps(),
+        args.warmup()
+    );
+    println!(
+        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>11}",
+        "case", "median s", "min s", "max s", "peak MB", "tokens/s"
+    );
+    let mut cases = Vec::new();
+    for case in llm::CASES {
+        let json = llm_in_process(args, case);
+        match json["skipped"].as_str() {
+            Some(reason) => println!("{case:<20} skipped: {reason}"),
+            None => println!(
+                "{case:<20} {:>10.3} {:>10.3} {:>10.3} {:>10.0} {:>11}",
+                json["median_seconds"].as_f64().unwrap_or(f64::NAN),
+                json["min_seconds"].as_f64().unwrap_or(f64::NAN),
+                json["max_seconds"].as_f64().unwrap_or(f64::NAN),
+                json["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1e6,
+                json["tokens_per_second"]
+                    .as_f64()
+                    .map_or(String::new(), |t| format!("{t:.1}")),
+            ),
+        }
+        cases.push(json);
+    }
+    if let Some(out) = &args.out {
+        let json = serde_json::json!({
+            "backend": backend(),
+            "cpu": cpu_model(),
+            "model": name,
+            "sizes": sizes,
+            "cases": cases,
+        });
+        std::fs::write(
+            out,
+            serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
 }

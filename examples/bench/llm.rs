@@ -1,0 +1,253 @@
+//! `--llm`: the LLM-size cases. A decoder with the geometry of Qwen2.5-0.5B (24 layers,
+//! d 896, 14 query heads, 2 key-value heads, FFN 4864, vocab 151,936, tied embedding) and
+//! random weights made here, so nothing is downloaded; `scripts/peft_bench.py --llm` builds
+//! the same one from transformers' `Qwen2Config`.
+//!
+//! Cases, each in a process of its own (its peak RSS is its own):
+//! - `llm_lora_step`: one AdamW step of LoRA r 16 (alpha 32) on every linear, next-token
+//!   cross-entropy on a `batch × seq` batch of random tokens;
+//! - `llm_lora_q8_step`: the same on a base whose linears are Q8 (per block of 32);
+//! - `llm_lora_ckpt_step`: the same with Burn's autodiff gradient checkpointing
+//!   (`Device::autodiff().gradient_checkpointing()`, its `Balanced` strategy);
+//! - `llm_full_step`: a full fine-tuning step;
+//! - `llm_prefill`: one forward pass over the batch, no gradients;
+//! - `llm_decode_b1`, `llm_decode_b4`: greedy decoding through the KV cache of 1 and 4
+//!   prompts, prefill included, as transformers' `generate` is timed.
+
+use std::time::Instant;
+
+use burn::nn::loss::CrossEntropyLoss;
+use burn::optim::AdamWConfig;
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn_lora::{ALL_LINEAR, LoraConfig, apply_lora, param_report};
+use burn_lora_demo::model::llama::{Llama, LlamaConfig};
+use burn_lora_demo::model::{GenerateOptions, Sampling, generate_batch};
+use burn_lora_demo::train::parallel::{PartOutput, on_threads, parallel_grads};
+use burn_lora_demo::train::quantize::BaseQuant;
+use serde_json::{Value, json};
+
+/// The cases, in the order they run and are written.
+pub const CASES: [&str; 7] = [
+    "llm_lora_step",
+    "llm_lora_q8_step",
+    "llm_lora_ckpt_step",
+    "llm_full_step",
+    "llm_prefill",
+    "llm_decode_b1",
+    "llm_decode_b4",
+];
+
+/// Batch shape and decoding lengths of the LLM cases.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LlmSizes {
+    /// Training and prefill batch.
+    pub batch: usize,
+    /// Tokens per row.
+    pub seq: usize,
+    /// LoRA rank (alpha = 2 · rank).
+    pub rank: usize,
+    /// Training threads, each with its share of the batch.
+    pub replicas: usize,
+    /// Prompt tokens per row when decoding.
+    pub prompt: usize,
+    /// Tokens generated per row when decoding.
+    pub new_tokens: usize,
+}
+
+/// The geometry `name` names: `qwen2-0.5b`, or `tiny` (the same shape of model, small
+/// enough for a test).
+pub fn geometry(name: &str) -> Result<LlamaConfig, String> {
+    let (hidden, ffn, layers, heads, kv, vocab) = match name {
+        "qwen2-0.5b" => (896, 4864, 24, 14, 2, 151_936),
+        "tiny" => (64, 128, 2, 4, 2, 512),
+        other => return Err(format!("--llm {other}: use qwen2-0.5b or tiny")),
+    };
+    // Qwen2.5-0.5B's config.json, sizes and all, as transformers reads it.
+    let config = json!({
+        "architectures": ["Qwen2ForCausalLM"],
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "max_position_embeddings": 32768,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "num_key_value_heads": kv,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1_000_000.0,
+        "tie_word_embeddings": true,
+        "use_sliding_window": false,
+        "vocab_size": vocab,
+        "bos_token_id": 151_643,
+        "eos_token_id": 151_643,
+    });
+    LlamaConfig::parse(config.to_string().as_bytes(), std::path::Path::new(name))
+        .map_err(|e| e.to_string())
+}
+
+/// Runs one case and returns its JSON: `name`, `median_seconds`, `min_seconds`,
+/// `max_seconds`, `trainable_params`, `params`, and `tokens_per_second` for prefill and
+/// decode.
+pub fn run(
+    name: &str,
+    config: &LlamaConfig,
+    sizes: &LlmSizes,
+    warmup: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<Value, String> {
+    let times = |mut f: Box<dyn FnMut() + '_>| {
+        let mut times = Vec::new();
+        for i in 0..warmup + steps {
+            let start = Instant::now();
+            f();
+            if i >= warmup {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        times
+    };
+    let (times, trainable, tokens) = match name {
+        "llm_lora_step" | "llm_lora_q8_step" | "llm_lora_ckpt_step" | "llm_full_step" => {
+            let device = match name {
+                // Everything, weights and inputs alike, on the checkpointing device: Burn
+                // refuses to mix tensors of two strategies in one operation.
+                "llm_lora_ckpt_step" => device.clone().autodiff().gradient_checkpointing(),
+                _ => device.clone().autodiff(),
+            };
+            device.seed(0);
+            let model = config.init(&device);
+            let model = match name {
+                "llm_full_step" => model,
+                "llm_lora_q8_step" => lora(
+                    BaseQuant::Q8
+                        .quantize(model, &[])
+                        .map_err(|e| e.to_string())?,
+                    sizes,
+                )?,
+                _ => lora(model, sizes)?,
+            };
+            let trainable = param_report(&model).trainable;
+            let step = train_step(model, sizes, &device);
+            (times(Box::new(step)), trainable, None)
+        }
+        "llm_prefill" => {
+            device.seed(0);
+            let model = config.init(device);
+            let parts: Vec<_> = row_parts(sizes.batch, sizes.replicas)
+                .into_iter()
+                .map(|rows| random_tokens(rows, sizes.seq, config.vocab_size, device))
+                .collect();
+            let f = move || {
+                let inputs: Vec<_> = parts.iter().map(|t| (model.clone(), t.clone())).collect();
+                on_threads(inputs, |_, (model, tokens)| {
+                    model.forward(tokens).into_data()
+                });
+            };
+            (times(Box::new(f)), 0, Some(sizes.batch * sizes.seq))
+        }
+        "llm_decode_b1" | "llm_decode_b4" => {
+            let rows = if name == "llm_decode_b1" { 1 } else { 4 };
+            device.seed(0);
+            let model = config.init(device);
+            let prompts: Vec<Vec<u32>> = (0..rows)
+                .map(|row| {
+                    (0..sizes.prompt)
+                        .map(|i| ((row * 7919 + i * 104_729) % (config.vocab_size - 1) + 1) as u32)
+                        .collect()
+                })
+                .collect();
+            // No end-of-sequence token: every row generates exactly `new_tokens`.
+            let options = GenerateOptions {
+                max_new_tokens: sizes.new_tokens,
+                sampling: Sampling::Greedy,
+                eos: Vec::new(),
+                pad: 0,
+                use_cache: true,
+            };
+            let f = move || {
+                let mut rng = rand::rng();
+                let out = generate_batch(&model, &prompts, &options, &mut rng)
+                    .expect("prompts are valid");
+                assert!(out.iter().all(|g| g.tokens.len() == options.max_new_tokens));
+            };
+            (times(Box::new(f)), 0, Some(rows * sizes.new_tokens))
+        }
+        other => return Err(format!("unknown case {other}")),
+    };
+    let median = times[times.len() / 2];
+    let mut out = json!({
+        "name": name,
+        "median_seconds": median,
+        "min_seconds": times[0],
+        "max_seconds": times[times.len() - 1],
+        "trainable_params": trainable,
+        "params": config.num_params(),
+    });
+    if let Some(tokens) = tokens {
+        out["tokens_per_second"] = json!(tokens as f64 / median);
+    }
+    Ok(out)
+}
+
+/// LoRA r `sizes.rank`, alpha 2r, on every linear (q, k, v, o, gate, up, down), as PEFT's
+/// `target_modules="all-linear"` takes them on a causal LM.
+fn lora(model: Llama, sizes: &LlmSizes) -> Result<Llama, String> {
+    let config = LoraConfig::new()
+        .with_rank(sizes.rank)
+        .with_alpha(2.0 * sizes.rank as f64)
+        .with_target_modules(vec![ALL_LINEAR.into()]);
+    apply_lora(model, &config).map_err(|e| e.to_string())
+}
+
+/// How many rows each of `replicas` threads takes.
+fn row_parts(batch: usize, replicas: usize) -> Vec<usize> {
+    let per = batch.div_ceil(replicas.clamp(1, batch));
+    (0..batch)
+        .step_by(per)
+        .map(|start| per.min(batch - start))
+        .collect()
+}
+
+fn random_tokens(rows: usize, seq: usize, vocab: usize, device: &Device) -> Tensor<2, Int> {
+    Tensor::<2, Int>::random(
+        [rows, seq],
+        Distribution::Uniform(0.0, vocab as f64),
+        device,
+    )
+}
+
+/// One AdamW step (lr 1e-4) of next-token cross-entropy: each replica predicts tokens
+/// `1..seq` of its rows from `0..seq-1`, as transformers' `labels=input_ids` does.
+fn train_step(model: Llama, sizes: &LlmSizes, device: &Device) -> impl FnMut() {
+    let vocab = model.model.embed_tokens.weight.dims()[0];
+    let parts: Vec<_> = row_parts(sizes.batch, sizes.replicas)
+        .into_iter()
+        .map(|rows| random_tokens(rows, sizes.seq, vocab, device))
+        .collect();
+    let (batch, seq) = (sizes.batch, sizes.seq);
+    let loss_fn = CrossEntropyLoss::new(None, device);
+    let devices = vec![device.clone(); parts.len()];
+    let mut optim = AdamWConfig::new().init();
+    let mut model = Some(model);
+    move || {
+        let current = model.take().expect("the model is put back after each step");
+        let (grads, _, _) = parallel_grads(&current, &devices, |replica: &Llama, p, _| {
+            let tokens = parts[p].clone();
+            let rows = tokens.dims()[0];
+            let logits = replica.forward(tokens.clone().slice([0..rows, 0..seq - 1]));
+            let targets = tokens.slice([0..rows, 1..seq]).reshape([rows * (seq - 1)]);
+            let logits = logits.reshape([rows * (seq - 1), vocab]);
+            PartOutput {
+                loss: loss_fn
+                    .forward(logits, targets)
+                    .mul_scalar(rows as f64 / batch as f64),
+                extra: (),
+            }
+        });
+        let next = optim.step(1e-4, current, grads);
+        // Wait for the update to finish.
+        let _ = next.model.norm.gamma.val().into_data();
+        model = Some(next);
+    }
+}
