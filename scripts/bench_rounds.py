@@ -69,9 +69,10 @@ def main():
     def ms(x):
         return f"{1e3 * x:.1f}"
 
+    cpu = json.loads(Path(o).read_text()).get("cpu", "unknown")
     lines = [
         f"{args.rounds} interleaved rounds, median of the rounds' medians (min-max of the rounds), "
-        f"and the median of the same-round ratios.",
+        f"and the median of the same-round ratios. CPU: {cpu}.",
         "",
         "| case | burn-lora | spread | PyTorch + PEFT | spread | ours / PyTorch | peak RSS ours / PyTorch |",
         "|---|---|---|---|---|---|---|",

@@ -90,6 +90,18 @@ def run_case(name, args):
     }
 
 
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, as the Rust bench records it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vocab", type=int, default=8192)
@@ -124,7 +136,7 @@ def main():
     backend = f"pytorch {torch.__version__} + peft {peft.__version__}, {args.threads} threads"
     full = cases[0]["median_seconds"]
     base = cases[3]["median_seconds"]
-    print(f"{backend}")
+    print(f"{backend}; {cpu_model()}")
     print(f"{'case':<22}{'median ms':>10}{'min':>8}{'max':>8}{'ratio':>7}{'peak MB':>9}{'trainable':>11}")
     for c in cases:
         ref = base if c["name"].startswith("infer") else full
@@ -135,7 +147,7 @@ def main():
         )
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"backend": backend, "cases": cases}, f, indent=2)
+            json.dump({"backend": backend, "cpu": cpu_model(), "cases": cases}, f, indent=2)
 
 
 if __name__ == "__main__":
