@@ -203,14 +203,19 @@ fn child(args: &Args, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// This program run again with `args`' flags and `--case case`, to its end.
+fn child_process(args: &Args, case: &str) -> Result<std::process::Output, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    Command::new(&exe)
+        .args(args.flags())
+        .args(["--case", case])
+        .output()
+        .map_err(|e| e.to_string())
+}
+
 /// Runs `case` in a fresh process with `args`' sizes; its result and peak RSS.
 fn in_process(args: &Args, case: Case) -> Result<(CaseResult, u64), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let output = Command::new(&exe)
-        .args(args.flags())
-        .args(["--case", case.name()])
-        .output()
-        .map_err(|e| e.to_string())?;
+    let output = child_process(args, case.name())?;
     if !output.status.success() {
         return Err(format!(
             "case {} failed: {}",
@@ -316,12 +321,7 @@ fn parent(args: &Args) -> Result<(), String> {
     }
     if let Some(out) = &args.out {
         let json = serde_json::json!({"backend": backend(), "cpu": cpu_model(), "cases": cases});
-        std::fs::write(
-            out,
-            serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| format!("{}: {e}", out.display()))?;
-        println!("wrote {}", out.display());
+        write_json(out, &json)?;
     }
     Ok(())
 }
@@ -403,6 +403,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `json` to `out`, pretty-printed, and says so.
+fn write_json(out: &std::path::Path, json: &serde_json::Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(json).map_err(|e| e.to_string())?;
+    std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
 /// The CPU's model name, from /proc/cpuinfo ("unknown" elsewhere).
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -419,17 +427,9 @@ fn cpu_model() -> String {
 /// Runs `case` of `--llm` in a fresh process: its JSON with its peak RSS, or the case
 /// marked `skipped` with the reason when its process failed (out of memory, a panic).
 fn llm_in_process(args: &Args, case: &str) -> serde_json::Value {
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => return serde_json::json!({"name": case, "skipped": e.to_string()}),
-    };
-    let output = Command::new(&exe)
-        .args(args.flags())
-        .args(["--case", case])
-        .output();
-    let output = match output {
+    let output = match child_process(args, case) {
         Ok(output) => output,
-        Err(e) => return serde_json::json!({"name": case, "skipped": e.to_string()}),
+        Err(e) => return serde_json::json!({"name": case, "skipped": e}),
     };
     // The JSON is the last line: a case may print a note before it.
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -497,12 +497,7 @@ fn llm_parent(args: &Args) -> Result<(), String> {
             "sizes": sizes,
             "cases": cases,
         });
-        std::fs::write(
-            out,
-            serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| format!("{}: {e}", out.display()))?;
-        println!("wrote {}", out.display());
+        write_json(out, &json)?;
     }
     Ok(())
 }
