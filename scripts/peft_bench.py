@@ -73,20 +73,24 @@ def run_case(name, args):
             loss.backward()
             optim.step()
             optim.zero_grad(set_to_none=True)
-    for _ in range(args.warmup):
+    return {"name": name, **timed(step, args.warmup, args.steps), "trainable_params": trainable}
+
+
+def timed(step, warmup, steps):
+    """Runs `step` `warmup` times untimed, then `steps` times timed: the median, min and max
+    seconds and this process's peak RSS so far."""
+    for _ in range(warmup):
         step()
     times = []
-    for _ in range(args.steps):
+    for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
     return {
-        "name": name,
         "median_seconds": statistics.median(times),
         "min_seconds": min(times),
         "max_seconds": max(times),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "trainable_params": trainable,
     }
 
 

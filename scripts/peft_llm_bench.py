@@ -14,11 +14,11 @@ run (bitsandbytes' 8-bit on a CPU, out of memory) is written with `skipped` and 
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
-import time
+
+# The timing loop and the CPU's name, shared with the encoder bench beside this file.
+from peft_bench import cpu_model, timed
 
 CASES = [
     "llm_lora_step",
@@ -134,37 +134,11 @@ def run_case(name, args):
             optim.step()
             optim.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    out = {
-        "name": name,
-        "median_seconds": median,
-        "min_seconds": min(times),
-        "max_seconds": max(times),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "trainable_params": trainable,
-        "params": params,
-    }
+    out = {"name": name, **timed(step, args.warmup, args.steps),
+           "trainable_params": trainable, "params": params}
     if tokens_out:
-        out["tokens_per_second"] = tokens_out / median
+        out["tokens_per_second"] = tokens_out / out["median_seconds"]
     return out
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def main():
