@@ -76,7 +76,12 @@ impl Adapter {
     /// `[d_in, d_out]` (see [`LoraConfig`]): what [`apply_lora`](crate::apply_lora) attaches
     /// to each target, for building a reparameterization of one's own.
     pub fn new(base: &Tensor<2>, config: &LoraConfig) -> Self {
-        let lora = Lora::new(DEFAULT_ADAPTER, base, config);
+        let lora = Lora::new(
+            DEFAULT_ADAPTER,
+            base,
+            config,
+            crate::apply::LayerKind::Linear,
+        );
         Self::with_lora(lora, vec![DEFAULT_ADAPTER.to_string()])
     }
 

@@ -1,7 +1,10 @@
 //! LoRA on a whole model, whatever its types: [`apply_lora`] and [`add_adapter`] find the
-//! linears by Burn's own traversal and attach a named adapter to each target's weight.
-//! What changes adapters after that (training flags, merging, the active set, deleting)
-//! is in `manage.rs`.
+//! layers (linears, embeddings, convolutions) by Burn's own traversal and attach a named
+//! adapter to each target's weight. What changes adapters after that (training flags,
+//! merging, the active set, deleting) is in `manage.rs`.
+//!
+//! Size: about 325 lines: the layer kinds, target selection with its errors, and the
+//! reparameterizer that attaches, which all read the same sites.
 
 use std::collections::HashMap;
 
@@ -17,34 +20,73 @@ use crate::manage::{param_ids, set_trainable_renamed};
 use crate::path::{OnParam, PathStack, visit_params};
 use crate::sites::{adapters, replace_adapters};
 
-/// The container type of a `burn::nn::Linear` (and of the drop-in
-/// [`burn_lora::nn::Linear`](crate::nn::Linear)) as Burn's traversal reports it.
-const LINEAR: &str = "Struct:Linear";
+/// The kind of layer an adapter sits on. Its weight is read rows first: a linear's
+/// `[d_in, d_out]`, an embedding's `[n_embeddings, d_model]`, a convolution's
+/// `[channels_out, channels_in / groups · kernel]`; `A` is `[rows, r]` and `B` `[r, cols]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LayerKind {
+    /// `burn::nn::Linear` (or [`burn_lora::nn::Linear`](crate::nn::Linear)).
+    Linear,
+    /// `burn::nn::Embedding`: PEFT's `lora_embedding_A` / `lora_embedding_B`.
+    Embedding,
+    /// `burn::nn::Conv1d` or `Conv2d`: PEFT's `lora_A` is a convolution of the layer's kernel
+    /// into `r` channels (our `B`), its `lora_B` a 1×1 convolution back (our `A`).
+    Conv,
+}
 
-/// One linear layer of a model, as Burn's traversal finds it.
+impl LayerKind {
+    /// The kind of a weight of rank `rank` inside a module of Burn container type
+    /// `container_type` (`Struct:Linear`, ...), if it can carry an adapter.
+    pub(crate) fn of(container_type: &str, rank: usize) -> Option<Self> {
+        match (container_type, rank) {
+            ("Struct:Linear", 2) => Some(LayerKind::Linear),
+            ("Struct:Embedding", 2) => Some(LayerKind::Embedding),
+            ("Struct:Conv1d", 3) | ("Struct:Conv2d", 4) => Some(LayerKind::Conv),
+            _ => None,
+        }
+    }
+
+    /// The layer's name in errors: `linear`, `embedding`, `convolution`.
+    pub(crate) fn noun(self) -> &'static str {
+        match self {
+            LayerKind::Linear => "linear",
+            LayerKind::Embedding => "embedding",
+            LayerKind::Conv => "convolution",
+        }
+    }
+}
+
+/// One layer of a model that can carry an adapter, as Burn's traversal finds it.
 #[derive(Debug, Clone)]
 pub(crate) struct LinearSite {
     pub path: String,
     pub weight_id: ParamId,
+    /// The weight read rows first (see [`LayerKind`]).
     pub dims: [usize; 2],
+    /// The weight's own shape.
+    pub shape: Vec<usize>,
+    pub kind: LayerKind,
 }
 
-/// The linears of `model`: every `weight` of rank 2 directly inside a module named `Linear`
-/// (outside any adapter), in traversal order.
-pub(crate) fn linears<M: Module>(model: &M) -> Vec<LinearSite> {
+/// The layers of `model` that can carry an adapter: every `weight` directly inside a
+/// `Linear`, `Embedding`, `Conv1d` or `Conv2d` (outside any adapter), in traversal order.
+pub(crate) fn adaptable<M: Module>(model: &M) -> Vec<LinearSite> {
     struct Find(Vec<LinearSite>);
     impl OnParam for Find {
         fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
             let (module, name) = path.split_last();
-            if D == 2
-                && name == "weight"
-                && path.parent_type() == LINEAR
-                && path.adapter_owner().is_none()
-            {
+            let Some(kind) = LayerKind::of(path.parent_type(), D) else {
+                return;
+            };
+            if name == "weight" && path.adapter_owner().is_none() {
+                let shape = param.lazy_shape();
+                let rows = shape[0];
                 self.0.push(LinearSite {
                     path: module,
                     weight_id: param.id,
-                    dims: param.lazy_shape().dims::<2>(),
+                    dims: [rows, shape.num_elements() / rows.max(1)],
+                    shape: shape.to_vec(),
+                    kind,
                 });
             }
         }
@@ -52,6 +94,15 @@ pub(crate) fn linears<M: Module>(model: &M) -> Vec<LinearSite> {
     let mut find = Find(Vec::new());
     visit_params(model, &mut find);
     find.0
+}
+
+/// The linears of `model`: every `weight` of rank 2 directly inside a module named `Linear`
+/// (outside any adapter), in traversal order.
+pub(crate) fn linears<M: Module>(model: &M) -> Vec<LinearSite> {
+    adaptable(model)
+        .into_iter()
+        .filter(|site| site.kind == LayerKind::Linear)
+        .collect()
 }
 
 /// The module paths of every linear layer in `model` (`burn::nn::Linear` or
@@ -109,7 +160,7 @@ pub(crate) fn add_adapter_renamed<M: Module>(
     config.validate()?;
     check_new_name(&model, name)?;
     let matcher = config.target_matcher()?;
-    let linears: Vec<LinearSite> = linears(&model)
+    let linears: Vec<LinearSite> = adaptable(&model)
         .into_iter()
         .map(|site| LinearSite {
             path: rename(&site.path),
@@ -124,7 +175,7 @@ pub(crate) fn add_adapter_renamed<M: Module>(
     let trainable = first.is_none();
     let mut targets = HashMap::new();
     for site in &linears {
-        if !matcher.matches(&site.path)
+        if !matcher.matches(&site.path, site.kind)
             || config.excludes(&site.path)
             || !config.in_transformed_layers(&site.path)
         {
@@ -133,14 +184,21 @@ pub(crate) fn add_adapter_renamed<M: Module>(
         let [d_in, d_out] = site.dims;
         let site_config = config.for_module(&site.path);
         site_config.validate_for_layer(d_in, d_out, &site.path)?;
-        targets.insert(site.weight_id, (site.dims, site_config));
+        if site.kind != LayerKind::Linear && site_config.use_dora {
+            return Err(Error::NotOffered(format!(
+                "DoRA on the {} `{}`: burn-lora offers DoRA on linear layers only",
+                site.kind.noun(),
+                site.path
+            )));
+        }
+        targets.insert(site.weight_id, (site.kind, site_config));
     }
     // Weights that already carry adapters get the new one beside them; the others get a
     // fresh holder.
     let model = replace_adapters(model, |site, weight, adapter| {
         match targets.remove(&site.weight_id) {
-            Some((_, config)) => {
-                let lora = Lora::new(name, weight, &config).with_trainable(trainable);
+            Some((kind, config)) => {
+                let lora = Lora::new(name, weight, &config, kind).with_trainable(trainable);
                 (adapter.push(lora), None)
             }
             None => (adapter, None),
@@ -196,7 +254,7 @@ struct Attach {
     name: String,
     active: Vec<String>,
     trainable: bool,
-    targets: HashMap<ParamId, ([usize; 2], LoraConfig)>,
+    targets: HashMap<ParamId, (LayerKind, LoraConfig)>,
 }
 
 impl Reparameterizer for Attach {
@@ -208,13 +266,14 @@ impl Reparameterizer for Attach {
         param: Param<Tensor<D>>,
     ) -> (Param<Tensor<D>>, Option<Adapter>) {
         match self.targets.get(&param.id) {
-            Some((_, config)) => {
+            Some((kind, config)) => {
                 // The value's own shape: a lazy `Col`-layout weight reports `[d_out, d_in]`
                 // until its initialiser transposes it to `[d_in, d_out]`.
                 let base = param.base();
                 let shape = base.shape();
                 let base = base.reshape([shape[0], shape.num_elements() / shape[0].max(1)]);
-                let lora = Lora::new(&self.name, &base, config).with_trainable(self.trainable);
+                let lora =
+                    Lora::new(&self.name, &base, config, *kind).with_trainable(self.trainable);
                 (param, Some(Adapter::with_lora(lora, self.active.clone())))
             }
             None => (param, None),
@@ -237,7 +296,8 @@ fn check_targets_exist(
     {
         return Err(unknown_target(name, available()));
     }
-    let matched = |site: &&LinearSite| matcher.matches(&site.path) && !config.excludes(&site.path);
+    let matched =
+        |site: &&LinearSite| matcher.matches(&site.path, site.kind) && !config.excludes(&site.path);
     let selected = linears
         .iter()
         .filter(matched)

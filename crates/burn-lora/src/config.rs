@@ -1,6 +1,6 @@
 //! [`LoraConfig`]: what to adapt and how, with PEFT's field names.
 //!
-//! Size: about 330 lines of code and 95 of unit tests.
+//! Size: about 360 lines of code and 95 of unit tests.
 
 use burn::config::Config;
 use burn::tensor::DType;
@@ -16,6 +16,35 @@ pub enum LoraInit {
     KaimingUniform,
     /// PEFT's `init_lora_weights="gaussian"`: `A ~ N(0, std = 1/r)`.
     Gaussian,
+}
+
+/// Which biases train and are saved with an adapter (PEFT: `bias`).
+#[derive(Config, Debug, PartialEq, Copy)]
+pub enum LoraBias {
+    /// No bias trains (PEFT's `"none"`, the default).
+    None,
+    /// Every bias of the model trains and is saved with the adapter (PEFT's `"all"`).
+    All,
+    /// The biases of the adapted layers train and are saved (PEFT's `"lora_only"`).
+    LoraOnly,
+}
+
+impl LoraBias {
+    /// PEFT's name for it: `none`, `all`, `lora_only`.
+    pub fn peft_name(self) -> &'static str {
+        match self {
+            LoraBias::None => "none",
+            LoraBias::All => "all",
+            LoraBias::LoraOnly => "lora_only",
+        }
+    }
+
+    /// The setting PEFT names `name`, if there is one.
+    pub fn from_peft_name(name: &str) -> Option<Self> {
+        [LoraBias::None, LoraBias::All, LoraBias::LoraOnly]
+            .into_iter()
+            .find(|b| b.peft_name() == name)
+    }
 }
 
 /// The dtype of an adapter's factors `A` and `B` (and DoRA's magnitude).
@@ -86,13 +115,14 @@ pub struct LoraConfig {
     /// [`LoraInit::KaimingUniform`].
     #[config(default = "LoraInit::KaimingUniform")]
     pub init: LoraInit,
-    /// Module names to adapt (PEFT: `target_modules` as a list). A name matches a linear
-    /// whose module path (Burn's own, e.g. `layers.0.mha.query`) equals it or ends with `.`
-    /// and the name; `"all-linear"` matches every `burn::nn::Linear` except
-    /// `modules_to_save`. Default `["query", "value"]`, as in the LoRA paper.
+    /// Module names to adapt (PEFT: `target_modules` as a list). A name matches a layer
+    /// (`Linear`, `Embedding`, `Conv1d` or `Conv2d`) whose module path (Burn's own, e.g.
+    /// `layers.0.mha.query`) equals it or ends with `.` and the name; `"all-linear"`
+    /// matches every `burn::nn::Linear` except `modules_to_save`, never an embedding or a
+    /// convolution (as in PEFT). Default `["query", "value"]`, as in the LoRA paper.
     #[config(default = "vec![String::from(\"query\"), String::from(\"value\")]")]
     pub target_modules: Vec<String>,
-    /// A regular expression that must match a linear's whole path (PEFT: `target_modules`
+    /// A regular expression that must match a layer's whole path (PEFT: `target_modules`
     /// as a string). When set, it replaces `target_modules`. Default `None`.
     #[config(default = "None")]
     pub target_regex: Option<String>,
@@ -129,6 +159,11 @@ pub struct LoraConfig {
     /// `autocast_adapter_dtype=True`; adapter files store the factors in it, as PEFT's do.
     #[config(default = "AdapterDtype::F32")]
     pub adapter_dtype: AdapterDtype,
+    /// Which biases train and are saved with the adapter (PEFT: `bias`): none, every bias of
+    /// the model, or those of the adapted layers. Default [`LoraBias::None`]. A trained
+    /// bias changes the base model's output even with the adapter disabled, as in PEFT.
+    #[config(default = "LoraBias::None")]
+    pub bias: LoraBias,
 }
 
 impl LoraConfig {
@@ -310,12 +345,14 @@ pub(crate) enum TargetMatcher {
 }
 
 impl TargetMatcher {
-    /// Whether the linear at `path` is a target.
-    pub(crate) fn matches(&self, path: &str) -> bool {
+    /// Whether the layer of kind `kind` at `path` is a target: `all-linear` selects linears
+    /// only, as in PEFT; a name or a regex selects any kind.
+    pub(crate) fn matches(&self, path: &str, kind: crate::apply::LayerKind) -> bool {
         match self {
-            TargetMatcher::Names(names) => names
-                .iter()
-                .any(|name| name == ALL_LINEAR || name_matches(path, name)),
+            TargetMatcher::Names(names) => names.iter().any(|name| {
+                (name == ALL_LINEAR && kind == crate::apply::LayerKind::Linear)
+                    || name_matches(path, name)
+            }),
             TargetMatcher::Regex(re) => re.is_match(path),
         }
     }
@@ -415,7 +452,8 @@ mod tests {
     fn regex_targets_match_the_whole_path() {
         let config = LoraConfig::new().with_target_regex(Some(r".*\.(query|value)".into()));
         let matcher = config.target_matcher().unwrap();
-        assert!(matcher.matches("blocks.1.attn.value"));
-        assert!(!matcher.matches("blocks.1.attn.value_proj"));
+        let linear = crate::apply::LayerKind::Linear;
+        assert!(matcher.matches("blocks.1.attn.value", linear));
+        assert!(!matcher.matches("blocks.1.attn.value_proj", linear));
     }
 }

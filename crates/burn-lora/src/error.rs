@@ -31,6 +31,15 @@ pub enum Error {
     /// `alpha` was not a finite positive number.
     #[error("invalid LoRA config: alpha (PEFT `lora_alpha`) must be finite and > 0, got {0}")]
     InvalidAlpha(f64),
+    /// A LoRA+ learning-rate ratio or embedding learning rate that is not a finite
+    /// positive number.
+    #[error("invalid LoRA+ setting: {name} must be finite and > 0, got {value}")]
+    InvalidLoraPlus {
+        /// The setting, with PEFT's name (`loraplus_lr_ratio`, `loraplus_lr_embedding`).
+        name: &'static str,
+        /// The value given.
+        value: f64,
+    },
     /// Dropout outside `[0, 1)`.
     #[error("invalid LoRA config: dropout (PEFT `lora_dropout`) must be in [0, 1), got {0}")]
     InvalidDropout(f64),

@@ -53,6 +53,16 @@
 //! `cat` do, and `LoraConfig::with_use_dora(true)` makes DoRA adapters. Each matches PEFT
 //! 0.21's numbers on golden files PEFT wrote.
 //!
+//! ## Embeddings, convolutions, biases, LoRA+
+//!
+//! Targets can also name a `burn::nn::Embedding` (PEFT's `lora_embedding_A`/`_B`) or a
+//! `Conv1d`/`Conv2d` (PEFT's kernel-sized `lora_A` and 1×1 `lora_B`); they compute densely,
+//! and `all-linear` never selects them. `LoraConfig::with_bias` trains and saves biases as
+//! PEFT's `bias="all"`/`"lora_only"`; PEFT files with `fan_in_fan_out` (GPT-2's `Conv1D`)
+//! load onto Burn linears as they are. [`loraplus_lr_scheduler`] gives `B` a learning rate
+//! `loraplus_lr_ratio` times `A`'s through Burn's parameter groups (LoRA+). Each matches
+//! PEFT 0.21 on golden files.
+//!
 //! ## QLoRA
 //!
 //! A base quantized with Burn's `Quantizer` ([`quantize_linears`] quantizes its linears and
@@ -72,6 +82,7 @@ mod error;
 mod io;
 mod lora;
 mod lora_linear;
+mod loraplus;
 mod manage;
 mod mixed;
 pub mod nn;
@@ -85,10 +96,11 @@ mod sites;
 pub use adapter::{Adapter, BASE_ADAPTER, DEFAULT_ADAPTER};
 pub use apply::{add_adapter, apply_lora, linear_paths};
 pub use combine::{Combination, add_weighted_adapter};
-pub use config::{ALL_LINEAR, AdapterDtype, LoraConfig, LoraInit, name_matches};
+pub use config::{ALL_LINEAR, AdapterDtype, LoraBias, LoraConfig, LoraInit, name_matches};
 pub use error::Error;
 pub use lora::{Lora, LoraFactors};
 pub use lora_linear::LoraLinear;
+pub use loraplus::{LORAPLUS_LR_EMBEDDING, LoraPlusGroups, loraplus_groups, loraplus_lr_scheduler};
 pub use manage::{
     active_adapters, delete_adapter, list_adapters, merge_adapters, merge_lora,
     set_active_adapters, set_adapters_enabled, set_lora_trainable, unmerge_adapters,

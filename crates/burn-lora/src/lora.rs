@@ -3,14 +3,15 @@
 //! `s·A·B`, the factored branch `s·(dropout(x)·A)·B`, DoRA's norm, merge and unmerge.
 //! [`Adapter`](crate::Adapter) holds the [`Lora`]s of a weight.
 //!
-//! Size: about 370 lines. The forward branch, DoRA's scale, merge and unmerge are one set
+//! Size: about 400 lines. The forward branch, DoRA's scale, merge and unmerge are one set
 //! of formulas, each kept beside its inverse so that they stay consistent.
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 
-use crate::config::{LoraConfig, LoraInit, scaling};
+use crate::apply::LayerKind;
+use crate::config::{LoraBias, LoraConfig, LoraInit, scaling};
 use crate::dropout::{dropout, drops};
 
 /// The trainable part of one adapter: `A`, `B`, DoRA's magnitude, and the dropout on the
@@ -39,6 +40,8 @@ pub struct Lora {
     /// The config's `modules_to_save`, as configured: what `save_adapter` writes beside the
     /// factors (never inferred from which parameters train).
     pub(crate) modules_to_save: Vec<String>,
+    /// The config's `bias`: which biases train and are saved with this adapter.
+    pub(crate) bias: LoraBias,
     /// DoRA, while merged: the weight norm the merge divided by, which unmerge needs
     /// (PEFT caches it the same way).
     pub(crate) merged_norm: Option<TensorData>,
@@ -49,16 +52,18 @@ pub struct Lora {
 }
 
 impl Lora {
-    /// A fresh adapter named `name` for the weight `base` `[d_in, d_out]`: `A` initialised
-    /// per `config.init`, `B = 0`, and with `config.use_dora` the magnitude `‖W‖` per output,
-    /// so the adapted weight starts equal to the base.
+    /// A fresh adapter named `name` for the weight `base` `[d_in, d_out]` (read rows first,
+    /// see [`LayerKind`]) of a layer of kind `kind`: on a linear, `A` initialised per
+    /// `config.init` and `B = 0`; on an embedding or a convolution, as PEFT initialises
+    /// them, `A = 0` and `B` random. With `config.use_dora`, the magnitude `‖W‖` per output.
+    /// The adapted weight starts equal to the base.
     ///
     /// The factors take `config.adapter_dtype` (f32 by default, whatever the base), and
     /// DoRA's magnitude is taken on the base's dequantized value.
-    pub(crate) fn new(name: &str, base: &Tensor<2>, config: &LoraConfig) -> Self {
+    pub(crate) fn new(name: &str, base: &Tensor<2>, config: &LoraConfig, kind: LayerKind) -> Self {
         let dtype = config.adapter_dtype.resolve(base.dtype());
         let base = &base.clone().dequantize();
-        let (a, b) = init_factors(base.dims(), dtype, &base.device(), config);
+        let (a, b) = init_factors(base.dims(), dtype, &base.device(), config, kind);
         let magnitude = config.use_dora.then(|| {
             let magnitude = column_norm(base.clone().cast(a.dtype())).detach();
             Param::from_tensor(magnitude)
@@ -94,6 +99,7 @@ impl Lora {
             use_rslora: config.use_rslora,
             init: config.init,
             modules_to_save: config.modules_to_save.clone(),
+            bias: config.bias,
             merged_norm: None,
         }
     }
@@ -141,6 +147,11 @@ impl Lora {
     /// The dropout probability on the adapter's input (PEFT: `lora_dropout`).
     pub fn dropout_prob(&self) -> f64 {
         self.factors.dropout.prob
+    }
+
+    /// Which biases train and are saved with this adapter (PEFT: `bias`).
+    pub fn bias(&self) -> LoraBias {
+        self.bias
     }
 
     /// How `A` was initialised.
@@ -323,15 +334,44 @@ impl Lora {
 }
 
 /// Fresh factors of `dtype` for a `[d_in, d_out]` weight on `device`: `A` `[d_in, r]`
-/// initialised per `config.init`, `B` `[r, d_out]` zero.
+/// initialised per `config.init`, `B` `[r, d_out]` zero. On an embedding, `A` is zero and
+/// `B ~ N(0, 1)` (PEFT's `lora_embedding_A` zero, `lora_embedding_B` normal, whatever
+/// `init_lora_weights`); on a convolution, `A` (PEFT's `lora_B`) is zero and `B` (PEFT's
+/// `lora_A`, fan-in `channels_in · kernel`) initialised per `config.init`.
 pub(crate) fn init_factors(
     [d_in, d_out]: [usize; 2],
     dtype: DType,
     device: &Device,
     config: &LoraConfig,
+    kind: LayerKind,
 ) -> (Tensor<2>, Tensor<2>) {
     let rank = config.rank;
-    let distribution = match config.init {
+    let (a, b) = match kind {
+        LayerKind::Linear => linear_factors([d_in, d_out], rank, device, config.init),
+        LayerKind::Embedding => (
+            Tensor::<2>::zeros([d_in, rank], device),
+            Tensor::<2>::random([rank, d_out], Distribution::Normal(0.0, 1.0), device),
+        ),
+        LayerKind::Conv => {
+            // PEFT's `lora_A` is `[r, fan_in]`: our `B`, drawn as its transpose would be.
+            let (b_t, a_t) = linear_factors([d_out, d_in], rank, device, config.init);
+            (a_t.transpose(), b_t.transpose())
+        }
+    };
+    match dtype {
+        DType::F32 => (a, b),
+        dtype => (a.cast(dtype), b.cast(dtype)),
+    }
+}
+
+/// `A` `[d_in, r]` per `init` and `B` `[r, d_out]` zero, in f32.
+fn linear_factors(
+    [d_in, d_out]: [usize; 2],
+    rank: usize,
+    device: &Device,
+    init: LoraInit,
+) -> (Tensor<2>, Tensor<2>) {
+    let distribution = match init {
         // kaiming_uniform(a = sqrt(5)) has bound gain·sqrt(3 / fan_in) with
         // gain = sqrt(2 / (1 + 5)), which is 1 / sqrt(fan_in).
         LoraInit::KaimingUniform => {
@@ -342,10 +382,7 @@ pub(crate) fn init_factors(
     };
     let a = Tensor::<2>::random([d_in, rank], distribution, device);
     let b = Tensor::<2>::zeros([rank, d_out], device);
-    match dtype {
-        DType::F32 => (a, b),
-        dtype => (a.cast(dtype), b.cast(dtype)),
-    }
+    (a, b)
 }
 
 /// `tensor` in `dtype`: itself when it already is.

@@ -15,6 +15,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{DType, Tensor};
 
 use crate::Error;
+use crate::apply::LayerKind;
 use crate::config::{LoraConfig, scaling};
 use crate::dropout::dropout;
 use crate::lora::{in_dtype, init_factors, lora_branch};
@@ -78,7 +79,8 @@ impl LoraLinear {
         }
         let device = linear.weight.device();
         let dtype = config.adapter_dtype.resolve(linear.weight.val().dtype());
-        let (lora_a, lora_b) = init_factors([d_in, d_out], dtype, &device, config);
+        let (lora_a, lora_b) =
+            init_factors([d_in, d_out], dtype, &device, config, LayerKind::Linear);
         Ok(Self {
             weight: linear.weight.set_require_grad(false),
             bias: linear.bias.map(|bias| bias.set_require_grad(false)),

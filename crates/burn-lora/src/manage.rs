@@ -3,14 +3,14 @@
 //! ([`set_adapters_enabled`]), and the named set ([`list_adapters`], [`active_adapters`],
 //! [`set_active_adapters`], [`delete_adapter`]).
 //!
-//! Size: about 320 lines: each public function is short, and they share the traversals
+//! Size: about 350 lines: each public function is short, and they share the traversals
 //! that find trainable and quantized parameters, kept here beside their callers.
 
 use burn::module::{Module, Param, ParamGroup, ParamId};
 use burn::tensor::Tensor;
 
 use crate::Error;
-use crate::config::within_any;
+use crate::config::{LoraBias, within_any};
 use crate::lora_linear::all_finite;
 use crate::path::{OnParam, PathStack, join_path, visit_params};
 use crate::sites::{adapters, replace_adapters};
@@ -40,6 +40,7 @@ pub(crate) fn set_trainable_renamed<M: Module>(
         .first()
         .map(|(_, a)| a.active_names().to_vec());
     let mut trainable = active_factor_ids(&model, active.as_deref());
+    trainable.extend(bias_ids(&model, active.as_deref()));
     trainable.extend(param_ids(&model, |module, _| {
         within_any(&rename(module), modules_to_save)
     }));
@@ -113,6 +114,34 @@ fn active_factor_ids<M: Module>(model: &M, active: Option<&[String]>) -> Vec<Par
     let mut collect = Collect(active, Vec::new());
     visit_params(model, &mut collect);
     collect.1
+}
+
+/// The biases the adapters named in `active` (with `None`, every adapter) train by their
+/// `bias` setting, as PEFT's `bias`: every bias of the model with `all`, the biases of the
+/// layers an adapter sits on with `lora_only`.
+pub(crate) fn bias_ids<M: Module>(model: &M, active: Option<&[String]>) -> Vec<ParamId> {
+    let mut every = false;
+    let mut layers = std::collections::HashSet::new();
+    for (site, adapter) in adapters(model) {
+        for lora in adapter.loras() {
+            if active.is_some_and(|active| !active.contains(&lora.name)) {
+                continue;
+            }
+            match lora.bias() {
+                LoraBias::All => every = true,
+                LoraBias::LoraOnly => {
+                    layers.insert(site.path.clone());
+                }
+                LoraBias::None => {}
+            }
+        }
+    }
+    if !every && layers.is_empty() {
+        return Vec::new();
+    }
+    param_ids(model, |module, name| {
+        name == "bias" && (every || layers.contains(module))
+    })
 }
 
 /// The ids of the float parameters for which `select(owning_module, param_name)` holds.

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::config::{LoraConfig, LoraInit};
+use crate::config::{LoraBias, LoraConfig, LoraInit};
 
 /// PEFT's `target_modules` (and `exclude_modules`): a list of names, or one full-match
 /// regex.
@@ -110,7 +110,7 @@ impl PeftConfigJson {
             lora_dropout: settings.dropout,
             target_modules: Names::List(target_modules),
             use_rslora: settings.use_rslora,
-            bias: bias_none(),
+            bias: settings.bias.peft_name().to_string(),
             modules_to_save: (!modules_to_save.is_empty()).then_some(modules_to_save),
             fan_in_fan_out: false,
             use_dora: settings.use_dora,
@@ -146,12 +146,17 @@ impl PeftConfigJson {
                 found: self.peft_type,
             });
         }
-        if self.bias != "none" {
-            return Err(unsupported(format!("bias = \"{}\"", self.bias)));
-        }
-        if self.fan_in_fan_out {
-            return Err(unsupported("fan_in_fan_out = true".into()));
-        }
+        let bias = LoraBias::from_peft_name(&self.bias).ok_or_else(|| Error::Json {
+            path: path.to_path_buf(),
+            message: format!(
+                "bias must be \"none\", \"all\" or \"lora_only\", got \"{}\"",
+                self.bias
+            ),
+        })?;
+        // `fan_in_fan_out` only says that the base stores its weights `[d_in, d_out]`
+        // (GPT-2's `Conv1D`); `lora_A` and `lora_B` keep their shapes either way, and every
+        // Burn linear stores `[d_in, d_out]`. Nothing to do, and PEFT itself resets the
+        // flag to match the layer it finds.
         let rank_pattern = read_pattern(
             &self.rank_pattern,
             "rank_pattern",
@@ -242,7 +247,8 @@ impl PeftConfigJson {
             .with_rank_pattern(rank_pattern)
             .with_alpha_pattern(alpha_pattern)
             .with_layers_to_transform(layers_to_transform)
-            .with_layers_pattern(layers_pattern);
+            .with_layers_pattern(layers_pattern)
+            .with_bias(bias);
         let config = match self.target_modules {
             Names::List(names) => config.with_target_modules(names),
             Names::Regex(pattern) => config.with_target_regex(Some(pattern)),

@@ -9,8 +9,11 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{DType, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
-use super::{PeftOptions, WEIGHTS_FILE, file_key, read_adapter_config};
+use super::{
+    Biases, Border, PeftOptions, WEIGHTS_FILE, file_key, layers_by_path, read_adapter_config,
+};
 use crate::Error;
+use crate::apply::LinearSite;
 use crate::apply::add_adapter_renamed;
 use crate::config::{LoraConfig, within_any};
 use crate::path::{OnParam, PathStack, visit_params};
@@ -100,6 +103,15 @@ pub fn load_adapter_weights_with<M: Module>(
             others.join(", ")
         )));
     }
+    if config.bias != crate::LoraBias::None && !others.is_empty() {
+        return Err(Error::NotOffered(format!(
+            "{}: this adapter trains biases (bias = \"{}\"), which the model's adapters ({}) share; \
+             loading it would change what they compute: load it onto a base of its own",
+            path.display(),
+            config.bias.peft_name(),
+            others.join(", ")
+        )));
+    }
     let model = add_adapter_renamed(model, name, config, &|p| options.rename(p))?;
     let expected = adapter_slots(&model, &config.modules_to_save, options, name);
     let mut values: HashMap<ParamId, (TensorData, bool)> = HashMap::new();
@@ -128,8 +140,13 @@ pub fn load_adapter_weights_with<M: Module>(
                 found: view.shape().to_vec(),
             });
         }
-        let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype);
-        values.insert(slot.id, (data, slot.transposed));
+        let shape = match slot.border {
+            // A convolution's factor: the file's values in the factor's own shape.
+            Border::Reshape(_) => slot.shape.clone(),
+            _ => view.shape().to_vec(),
+        };
+        let data = TensorData::from_bytes_vec(view.data().to_vec(), shape, dtype);
+        values.insert(slot.id, (data, slot.border == Border::Transpose));
     }
     if let Some(key) = file
         .names()
@@ -148,7 +165,9 @@ pub fn load_adapter_weights_with<M: Module>(
 struct Slot {
     id: ParamId,
     torch_shape: Vec<usize>,
-    transposed: bool,
+    /// The parameter's own (Burn) shape.
+    shape: Vec<usize>,
+    border: Border,
 }
 
 /// Where each key of an adapter file for `model` goes, with the PyTorch shape it must have:
@@ -163,26 +182,34 @@ fn adapter_slots<M: Module>(
         modules_to_save: &'a [String],
         options: &'a PeftOptions,
         adapter: &'a str,
+        layers: HashMap<String, LinearSite>,
+        biases: Biases,
         out: BTreeMap<String, Slot>,
     }
     impl OnParam for Collect<'_> {
         fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
-            let Some(found) = file_key(path, D, self.options, self.adapter) else {
+            let shape = param.lazy_shape().to_vec();
+            let Some(found) = file_key(path, &shape, self.options, self.adapter, &self.layers)
+            else {
                 return;
             };
-            if let Some(module) = &found.module
-                && !within_any(module, self.modules_to_save)
+            let mut found = found;
+            if let Some(renamed) = &found.module
+                && !within_any(renamed, self.modules_to_save)
             {
-                return;
-            }
-            let mut torch_shape = param.lazy_shape().to_vec();
-            if found.transposed {
-                torch_shape.reverse();
+                // Not a module to save: read only as a bias the adapter trains.
+                let (module, name) = path.split_last();
+                let Some(key) = self.biases.key(&module, renamed, &name) else {
+                    return;
+                };
+                found.key = key;
+                found.module = None;
             }
             let slot = Slot {
                 id: param.id,
-                torch_shape,
-                transposed: found.transposed,
+                torch_shape: found.border.torch_shape(&shape),
+                shape,
+                border: found.border,
             };
             self.out.insert(found.key, slot);
         }
@@ -191,6 +218,8 @@ fn adapter_slots<M: Module>(
         modules_to_save,
         options,
         adapter,
+        layers: layers_by_path(model),
+        biases: Biases::of(model, adapter),
         out: BTreeMap::new(),
     };
     visit_params(model, &mut collect);

@@ -31,8 +31,11 @@ use std::path::Path;
 
 use burn::store::KeyRemapper;
 
+use std::collections::HashMap;
+
 use crate::Error;
-use crate::config::LoraConfig;
+use crate::apply::{LayerKind, LinearSite, adaptable};
+use crate::config::{LoraBias, LoraConfig};
 use crate::manage::is_factor;
 use crate::path::{PathStack, join_path};
 use config_json::PeftConfigJson;
@@ -156,42 +159,135 @@ pub fn parse_adapter_config(bytes: &[u8], path: &Path) -> Result<LoraConfig, Err
 struct FileKey {
     /// `base_model.model.<path>...`.
     key: String,
-    /// Whether it crosses the border transposed (factors, linear weights).
-    transposed: bool,
+    /// How its values cross the border.
+    border: Border,
     /// For a parameter outside an adapter: its module's PEFT name.
     module: Option<String>,
 }
 
+/// How a tensor's values cross between Burn's layout and PyTorch's.
+#[derive(Debug, Clone, PartialEq)]
+enum Border {
+    /// As they are: biases, norms, embeddings, convolution weights, magnitudes.
+    AsIs,
+    /// Transposed: linear weights and the factors of linears and embeddings.
+    Transpose,
+    /// The same values in PyTorch's shape (given): the factors of a convolution.
+    Reshape(Vec<usize>),
+}
+
+impl Border {
+    /// The PyTorch shape of a tensor of Burn shape `shape`.
+    fn torch_shape(&self, shape: &[usize]) -> Vec<usize> {
+        match self {
+            Border::AsIs => shape.to_vec(),
+            Border::Transpose => shape.iter().rev().copied().collect(),
+            Border::Reshape(torch) => torch.clone(),
+        }
+    }
+}
+
+/// The adaptable layers of `model` by Burn path: what [`file_key`] reads a factor's layer
+/// kind and weight shape from.
+fn layers_by_path<M: burn::module::Module>(model: &M) -> HashMap<String, LinearSite> {
+    adaptable(model)
+        .into_iter()
+        .map(|site| (site.path.clone(), site))
+        .collect()
+}
+
 /// The file key of the parameter at `path`: a factor's, or a plain parameter's (which the
 /// caller keeps if it is a module to save); `None` for anything else inside an adapter.
+/// `shape` is the parameter's; `layers` are the model's adaptable layers (see
+/// [`layers_by_path`]).
 fn file_key(
     path: &PathStack,
-    rank: usize,
+    shape: &[usize],
     options: &PeftOptions,
     adapter: &str,
+    layers: &HashMap<String, LinearSite>,
 ) -> Option<FileKey> {
     let (module, name) = path.split_last();
     match path.adapter_owner() {
         Some((layer, _)) if is_factor(&name) && path.adapter_name() == Some(adapter) => {
-            let (part, transposed) = match name.as_str() {
-                "lora_a" => ("lora_A.weight", true),
-                "lora_b" => ("lora_B.weight", true),
-                _ => ("lora_magnitude_vector", false),
+            let site = layers.get(&layer)?;
+            let (part, border) = match (site.kind, name.as_str()) {
+                (LayerKind::Embedding, "lora_a") => ("lora_embedding_A", Border::Transpose),
+                (LayerKind::Embedding, "lora_b") => ("lora_embedding_B", Border::Transpose),
+                // PEFT's `lora_B`, a 1×1 convolution `[out, r, 1, ...]`, is our `A` `[out, r]`;
+                // its `lora_A` `[r, in, kernel...]` is our `B` `[r, in · kernel]`.
+                (LayerKind::Conv, "lora_a") => {
+                    let mut torch = vec![site.shape[0], shape[1]];
+                    torch.resize(site.shape.len(), 1);
+                    ("lora_B.weight", Border::Reshape(torch))
+                }
+                (LayerKind::Conv, "lora_b") => {
+                    let mut torch = site.shape.clone();
+                    torch[0] = shape[0];
+                    ("lora_A.weight", Border::Reshape(torch))
+                }
+                (_, "lora_a") => ("lora_A.weight", Border::Transpose),
+                (_, "lora_b") => ("lora_B.weight", Border::Transpose),
+                _ => ("lora_magnitude_vector", Border::AsIs),
             };
             Some(FileKey {
                 key: format!("{KEY_PREFIX}{}.{part}", options.rename(&layer)),
-                transposed,
+                border,
                 module: None,
             })
         }
         Some(_) => None,
         None => {
             let module = options.rename(&module);
+            let border = match is_linear_weight(path, shape.len()) {
+                true => Border::Transpose,
+                false => Border::AsIs,
+            };
             Some(FileKey {
                 key: format!("{KEY_PREFIX}{}", join_path(&module, &name)),
-                transposed: is_linear_weight(path, rank),
+                border,
                 module: Some(module),
             })
+        }
+    }
+}
+
+/// The biases an adapter file holds (PEFT's `bias`): with `all` every bias of the model,
+/// with `lora_only` those of the layers the adapter sits on. PEFT keys the bias of an
+/// adapted layer `<path>.base_layer.bias` and any other `<path>.bias`.
+struct Biases {
+    setting: LoraBias,
+    /// The Burn paths of the layers carrying the adapter.
+    adapted: std::collections::HashSet<String>,
+}
+
+impl Biases {
+    /// The biases of `model`'s adapter `adapter`.
+    fn of<M: burn::module::Module>(model: &M, adapter: &str) -> Self {
+        let mut setting = LoraBias::None;
+        let mut adapted = std::collections::HashSet::new();
+        for (site, holder) in crate::sites::adapters(model) {
+            if let Some(lora) = holder.get(adapter) {
+                setting = lora.bias();
+                adapted.insert(site.path);
+            }
+        }
+        Self { setting, adapted }
+    }
+
+    /// The file key of the parameter `name` of the module at Burn path `module` (PEFT name
+    /// `renamed`), if it is a bias the file holds.
+    fn key(&self, module: &str, renamed: &str, name: &str) -> Option<String> {
+        let adapted = self.adapted.contains(module);
+        let saved = match self.setting {
+            LoraBias::None => false,
+            LoraBias::All => true,
+            LoraBias::LoraOnly => adapted,
+        };
+        match (name == "bias" && saved, adapted) {
+            (false, _) => None,
+            (true, true) => Some(format!("{KEY_PREFIX}{renamed}.base_layer.bias")),
+            (true, false) => Some(format!("{KEY_PREFIX}{renamed}.bias")),
         }
     }
 }

@@ -10,10 +10,11 @@ use burn::tensor::{DType, Tensor, TensorData};
 use safetensors::{Dtype, tensor::TensorView};
 
 use super::config_json::PeftConfigJson;
-use super::{CONFIG_FILE, PeftOptions, WEIGHTS_FILE, file_key};
+use super::{Biases, Border, CONFIG_FILE, PeftOptions, WEIGHTS_FILE, file_key, layers_by_path};
 use crate::Error;
 use crate::adapter::DEFAULT_ADAPTER;
-use crate::apply::linears;
+use crate::apply::LinearSite;
+use crate::apply::adaptable;
 use crate::config::{LoraConfig, name_matches, within_any};
 use crate::io::{fresh_temp_dir, replace_dir};
 use crate::lora::Lora;
@@ -121,10 +122,11 @@ fn write_one<M: Module>(
         .with_use_rslora(first.use_rslora())
         .with_use_dora(first.use_dora())
         .with_init(first.init())
+        .with_bias(first.bias())
         .with_rank_pattern(rank_pattern)
         .with_alpha_pattern(alpha_pattern);
     let adapted: Vec<String> = found.iter().map(|(s, _)| options.rename(&s.path)).collect();
-    let all: Vec<String> = linears(model)
+    let all: Vec<String> = adaptable(model)
         .iter()
         .map(|s| options.rename(&s.path))
         .collect();
@@ -208,29 +210,47 @@ fn adapter_tensors<M: Module>(
         options: &'a PeftOptions,
         adapter: &'a str,
         modules_to_save: &'a [String],
+        layers: HashMap<String, LinearSite>,
+        biases: Biases,
         out: BTreeMap<String, FileTensor>,
         non_finite: Option<String>,
     }
     impl OnParam for Collect<'_> {
         fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
-            let Some(found) = file_key(path, D, self.options, self.adapter) else {
+            let shape = param.lazy_shape().to_vec();
+            let Some(found) = file_key(path, &shape, self.options, self.adapter, &self.layers)
+            else {
                 return;
             };
+            let mut found = found;
             if let Some(renamed) = &found.module {
-                let module = path.split_last().0;
+                let (module, name) = path.split_last();
                 if !within_any(&module, self.modules_to_save)
                     && !within_any(renamed, self.modules_to_save)
                 {
-                    return;
+                    // Not a module to save: kept only as a bias the adapter trains.
+                    let Some(key) = self.biases.key(&module, renamed, &name) else {
+                        return;
+                    };
+                    found.key = key;
+                    found.module = None;
                 }
             }
             let tensor = param.val();
             if !all_finite(&tensor) {
                 self.non_finite.get_or_insert(found.key.clone());
             }
-            let data = match found.transposed {
-                true => tensor.transpose().into_data(),
-                false => tensor.into_data(),
+            let data = match &found.border {
+                Border::AsIs => tensor.into_data(),
+                Border::Transpose => tensor.transpose().into_data(),
+                Border::Reshape(torch) => {
+                    let data = tensor.into_data();
+                    TensorData::from_bytes_vec(
+                        data.as_bytes().to_vec(),
+                        torch.clone(),
+                        data.dtype(),
+                    )
+                }
             };
             let saved_module = found.module;
             self.out
@@ -241,6 +261,8 @@ fn adapter_tensors<M: Module>(
         options,
         adapter,
         modules_to_save,
+        layers: layers_by_path(model),
+        biases: Biases::of(model, adapter),
         out: BTreeMap::new(),
         non_finite: None,
     };

@@ -287,12 +287,9 @@ fn non_finite_adapter_is_never_saved() {
 
 #[test]
 fn refused_peft_options_are_named() {
+    // (`fan_in_fan_out: true` was refused here; it only describes GPT-2's layout and now
+    // loads: tests/lora/layers.rs.)
     for (from, to, what) in [
-        (
-            "\"fan_in_fan_out\": false",
-            "\"fan_in_fan_out\": true",
-            "fan_in_fan_out",
-        ),
         (
             "\"init_lora_weights\": true",
             "\"init_lora_weights\": \"pissa\"",
@@ -327,6 +324,15 @@ fn refused_peft_options_are_named() {
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
         assert!(err.to_string().contains(what), "{err}");
     }
+    // A bias setting PEFT does not have is an error naming the file and the field.
+    let dir = saved("refused_bias", &Device::default());
+    let config = fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+    let config = config.replace("\"bias\": \"none\"", "\"bias\": \"sideways\"");
+    fs::write(dir.join(CONFIG_FILE), config).unwrap();
+    let err = load_err(&dir);
+    assert!(matches!(err, Error::Json { .. }), "{err}");
+    assert!(err.to_string().contains("bias must be"), "{err}");
+    assert!(err.to_string().contains(CONFIG_FILE), "{err}");
 }
 
 #[test]

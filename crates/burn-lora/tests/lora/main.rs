@@ -5,6 +5,7 @@ mod common;
 mod dora;
 mod edges;
 mod files;
+mod layers;
 mod linear;
 mod model;
 mod multi;
