@@ -10,3 +10,4 @@ mod linear;
 mod model;
 mod multi;
 mod parity;
+mod props;
