@@ -20,7 +20,8 @@ which writes crates/burn-lora/tests/fixtures/peft_edges/:
   loraplus/    Tiny, adapter_before/, one SGD step of create_loraplus_optimizer (lr 0.05,
                loraplus_lr_ratio 8) on loss = sum(out * w), adapter_after/, io (x, w)
 
-Everything is float32 and PyTorch layout.
+Everything is float32 and PyTorch layout. A re-run writes the same tensors byte for byte;
+the order of `target_modules` in adapter_config.json varies (PEFT keeps a Python set).
 """
 import shutil
 from pathlib import Path
@@ -79,6 +80,13 @@ def save_adapter(model, path):
     (path / "README.md").unlink()  # PEFT's generated model card
 
 
+def save_adapter_and_io(model, out):
+    """The adapter in `out/adapter`, and a random x with the adapted model's output."""
+    save_adapter(model, out / "adapter")
+    x = torch.randn(3, 8)
+    save_file({"x": x, "out": model(x).detach()}, out / "io.safetensors")
+
+
 def fresh(out):
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -127,9 +135,7 @@ def write_bias(bias):
     # Stand-ins for trained values: every trainable parameter (factors, and the biases
     # this setting trains) moves away from its initial value.
     randomize(model, lambda name: dict(model.named_parameters())[name].requires_grad)
-    save_adapter(model, out / "adapter")
-    x = torch.randn(3, 8)
-    save_file({"x": x, "out": model(x).detach()}, out / "io.safetensors")
+    save_adapter_and_io(model, out)
 
 
 def write_fan_in():
@@ -142,9 +148,7 @@ def write_fan_in():
     config = LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], fan_in_fan_out=True)
     model = get_peft_model(base, config)
     randomize(model, lambda name: "lora_B" in name)
-    save_adapter(model, out / "adapter")
-    x = torch.randn(3, 8)
-    save_file({"x": x, "out": model(x).detach()}, out / "io.safetensors")
+    save_adapter_and_io(model, out)
 
 
 def write_loraplus():
