@@ -194,6 +194,11 @@ fn bias_all_and_lora_only_train_load_and_save_the_biases_peft_does() {
             json.contains(&format!("\"bias\": \"{}\"", bias.peft_name())),
             "{json}"
         );
+        // Beside another adapter it is refused: the adapters would share the biases.
+        let other = apply_lora(base.clone(), &LoraConfig::new().with_rank(2)).unwrap();
+        let err = load_adapter(other, dir.join("adapter")).unwrap_err();
+        assert!(matches!(err, Error::NotOffered(_)), "{err}");
+        assert!(err.to_string().contains("trains biases"), "{err}");
         // A fresh adapter with this setting trains its factors and these biases.
         let config = LoraConfig::new().with_rank(2).with_bias(bias);
         let fresh = apply_lora(base, &config).unwrap();
