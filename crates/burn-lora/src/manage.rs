@@ -6,6 +6,8 @@
 //! Size: about 350 lines: each public function is short, and they share the traversals
 //! that find trainable and quantized parameters, kept here beside their callers.
 
+use std::collections::HashSet;
+
 use burn::module::{Module, Param, ParamGroup, ParamId};
 use burn::tensor::Tensor;
 
@@ -40,7 +42,12 @@ pub(crate) fn set_trainable_renamed<M: Module>(
         .first()
         .map(|(_, a)| a.active_names().to_vec());
     let mut trainable = active_factor_ids(&model, active.as_deref());
-    trainable.extend(bias_ids(&model, active.as_deref()));
+    let biases = TrainedBiases::of(&model, |name| {
+        active.as_ref().is_none_or(|a| a.iter().any(|n| n == name))
+    });
+    trainable.extend(param_ids(&model, |module, name| {
+        biases.contains(module, name)
+    }));
     trainable.extend(param_ids(&model, |module, _| {
         within_any(&rename(module), modules_to_save)
     }));
@@ -116,32 +123,45 @@ fn active_factor_ids<M: Module>(model: &M, active: Option<&[String]>) -> Vec<Par
     collect.1
 }
 
-/// The biases the adapters named in `active` (with `None`, every adapter) train by their
-/// `bias` setting, as PEFT's `bias`: every bias of the model with `all`, the biases of the
-/// layers an adapter sits on with `lora_only`.
-pub(crate) fn bias_ids<M: Module>(model: &M, active: Option<&[String]>) -> Vec<ParamId> {
-    let mut every = false;
-    let mut layers = std::collections::HashSet::new();
-    for (site, adapter) in adapters(model) {
-        for lora in adapter.loras() {
-            if active.is_some_and(|active| !active.contains(&lora.name)) {
-                continue;
-            }
-            match lora.bias() {
-                LoraBias::All => every = true,
-                LoraBias::LoraOnly => {
-                    layers.insert(site.path.clone());
+/// The biases some of a model's adapters train by their `bias` setting, as PEFT's `bias`:
+/// every bias of the model with `all`, the biases of the layers an adapter sits on with
+/// `lora_only`. Read for the training flags and for adapter files alike.
+pub(crate) struct TrainedBiases {
+    /// An adapter with `all` is among them.
+    every: bool,
+    /// The layers a `lora_only` adapter among them sits on.
+    lora_only: HashSet<String>,
+    /// The layers any of them sits on (PEFT keys their biases `base_layer.bias`).
+    pub(crate) adapted: HashSet<String>,
+}
+
+impl TrainedBiases {
+    /// The biases trained by `model`'s adapters whose name `select` accepts.
+    pub(crate) fn of<M: Module>(model: &M, select: impl Fn(&str) -> bool) -> Self {
+        let mut biases = TrainedBiases {
+            every: false,
+            lora_only: HashSet::new(),
+            adapted: HashSet::new(),
+        };
+        for (site, adapter) in adapters(model) {
+            for lora in adapter.loras().iter().filter(|l| select(l.name())) {
+                biases.adapted.insert(site.path.clone());
+                match lora.bias() {
+                    LoraBias::All => biases.every = true,
+                    LoraBias::LoraOnly => {
+                        biases.lora_only.insert(site.path.clone());
+                    }
+                    LoraBias::None => {}
                 }
-                LoraBias::None => {}
             }
         }
+        biases
     }
-    if !every && layers.is_empty() {
-        return Vec::new();
+
+    /// Whether the parameter `name` of the module at Burn path `module` is one of them.
+    pub(crate) fn contains(&self, module: &str, name: &str) -> bool {
+        name == "bias" && (self.every || self.lora_only.contains(module))
     }
-    param_ids(model, |module, name| {
-        name == "bias" && (every || layers.contains(module))
-    })
 }
 
 /// The ids of the float parameters for which `select(owning_module, param_name)` holds.

@@ -10,12 +10,13 @@ use burn::tensor::{DType, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use super::{
-    Biases, Border, PeftOptions, WEIGHTS_FILE, file_key, layers_by_path, read_adapter_config,
+    Border, PeftOptions, WEIGHTS_FILE, bias_key, file_key, layers_by_path, read_adapter_config,
 };
 use crate::Error;
 use crate::apply::LinearSite;
 use crate::apply::add_adapter_renamed;
 use crate::config::{LoraConfig, within_any};
+use crate::manage::TrainedBiases;
 use crate::path::{OnParam, PathStack, visit_params};
 
 /// Loads a PEFT-format adapter from `dir` onto `model` as the adapter `default`, with Burn's
@@ -183,7 +184,7 @@ fn adapter_slots<M: Module>(
         options: &'a PeftOptions,
         adapter: &'a str,
         layers: HashMap<String, LinearSite>,
-        biases: Biases,
+        biases: TrainedBiases,
         out: BTreeMap<String, Slot>,
     }
     impl OnParam for Collect<'_> {
@@ -199,7 +200,7 @@ fn adapter_slots<M: Module>(
             {
                 // Not a module to save: read only as a bias the adapter trains.
                 let (module, name) = path.split_last();
-                let Some(key) = self.biases.key(&module, renamed, &name) else {
+                let Some(key) = bias_key(&self.biases, &module, renamed, &name) else {
                     return;
                 };
                 found.key = key;
@@ -219,7 +220,7 @@ fn adapter_slots<M: Module>(
         options,
         adapter,
         layers: layers_by_path(model),
-        biases: Biases::of(model, adapter),
+        biases: TrainedBiases::of(model, |name| name == adapter),
         out: BTreeMap::new(),
     };
     visit_params(model, &mut collect);

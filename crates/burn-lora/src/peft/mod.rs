@@ -35,8 +35,8 @@ use std::collections::HashMap;
 
 use crate::Error;
 use crate::apply::{LayerKind, LinearSite, adaptable};
-use crate::config::{LoraBias, LoraConfig};
-use crate::manage::is_factor;
+use crate::config::LoraConfig;
+use crate::manage::{TrainedBiases, is_factor};
 use crate::path::{PathStack, join_path};
 use config_json::PeftConfigJson;
 
@@ -252,44 +252,16 @@ fn file_key(
     }
 }
 
-/// The biases an adapter file holds (PEFT's `bias`): with `all` every bias of the model,
-/// with `lora_only` those of the layers the adapter sits on. PEFT keys the bias of an
+/// The file key of the parameter `name` of the module at Burn path `module` (PEFT name
+/// `renamed`), if it is a bias `biases` (one adapter's) trains: PEFT keys the bias of an
 /// adapted layer `<path>.base_layer.bias` and any other `<path>.bias`.
-struct Biases {
-    setting: LoraBias,
-    /// The Burn paths of the layers carrying the adapter.
-    adapted: std::collections::HashSet<String>,
-}
-
-impl Biases {
-    /// The biases of `model`'s adapter `adapter`.
-    fn of<M: burn::module::Module>(model: &M, adapter: &str) -> Self {
-        let mut setting = LoraBias::None;
-        let mut adapted = std::collections::HashSet::new();
-        for (site, holder) in crate::sites::adapters(model) {
-            if let Some(lora) = holder.get(adapter) {
-                setting = lora.bias();
-                adapted.insert(site.path);
-            }
-        }
-        Self { setting, adapted }
-    }
-
-    /// The file key of the parameter `name` of the module at Burn path `module` (PEFT name
-    /// `renamed`), if it is a bias the file holds.
-    fn key(&self, module: &str, renamed: &str, name: &str) -> Option<String> {
-        let adapted = self.adapted.contains(module);
-        let saved = match self.setting {
-            LoraBias::None => false,
-            LoraBias::All => true,
-            LoraBias::LoraOnly => adapted,
-        };
-        match (name == "bias" && saved, adapted) {
-            (false, _) => None,
-            (true, true) => Some(format!("{KEY_PREFIX}{renamed}.base_layer.bias")),
-            (true, false) => Some(format!("{KEY_PREFIX}{renamed}.bias")),
-        }
-    }
+fn bias_key(biases: &TrainedBiases, module: &str, renamed: &str, name: &str) -> Option<String> {
+    biases
+        .contains(module, name)
+        .then(|| match biases.adapted.contains(module) {
+            true => format!("{KEY_PREFIX}{renamed}.base_layer.bias"),
+            false => format!("{KEY_PREFIX}{renamed}.bias"),
+        })
 }
 
 /// Whether the parameter at `path` is the `weight` of a linear layer (stored transposed).

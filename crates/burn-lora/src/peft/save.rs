@@ -10,7 +10,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use safetensors::{Dtype, tensor::TensorView};
 
 use super::config_json::PeftConfigJson;
-use super::{Biases, Border, CONFIG_FILE, PeftOptions, WEIGHTS_FILE, file_key, layers_by_path};
+use super::{Border, CONFIG_FILE, PeftOptions, WEIGHTS_FILE, bias_key, file_key, layers_by_path};
 use crate::Error;
 use crate::adapter::DEFAULT_ADAPTER;
 use crate::apply::LinearSite;
@@ -19,6 +19,7 @@ use crate::config::{LoraConfig, name_matches, within_any};
 use crate::io::{fresh_temp_dir, replace_dir};
 use crate::lora::Lora;
 use crate::lora_linear::all_finite;
+use crate::manage::TrainedBiases;
 use crate::manage::list_adapters;
 use crate::path::{OnParam, PathStack, visit_params};
 use crate::sites::{AdapterSite, adapters};
@@ -211,7 +212,7 @@ fn adapter_tensors<M: Module>(
         adapter: &'a str,
         modules_to_save: &'a [String],
         layers: HashMap<String, LinearSite>,
-        biases: Biases,
+        biases: TrainedBiases,
         out: BTreeMap<String, FileTensor>,
         non_finite: Option<String>,
     }
@@ -229,7 +230,7 @@ fn adapter_tensors<M: Module>(
                     && !within_any(renamed, self.modules_to_save)
                 {
                     // Not a module to save: kept only as a bias the adapter trains.
-                    let Some(key) = self.biases.key(&module, renamed, &name) else {
+                    let Some(key) = bias_key(&self.biases, &module, renamed, &name) else {
                         return;
                     };
                     found.key = key;
@@ -262,7 +263,7 @@ fn adapter_tensors<M: Module>(
         adapter,
         modules_to_save,
         layers: layers_by_path(model),
-        biases: Biases::of(model, adapter),
+        biases: TrainedBiases::of(model, |name| name == adapter),
         out: BTreeMap::new(),
         non_finite: None,
     };
