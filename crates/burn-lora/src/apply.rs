@@ -56,16 +56,32 @@ impl LayerKind {
     }
 }
 
+/// A weight of shape `shape` read rows first, `[shape[0], the rest]`, as adapters read it
+/// (see [`LayerKind`]); a 1-D or empty shape as one row.
+pub(crate) fn rows_first(shape: &[usize]) -> [usize; 2] {
+    let n = shape.iter().product::<usize>();
+    let rows = match shape.len() {
+        0 | 1 => 1,
+        _ => shape[0],
+    };
+    [rows, n / rows.max(1)]
+}
+
 /// One layer of a model that can carry an adapter, as Burn's traversal finds it.
 #[derive(Debug, Clone)]
 pub(crate) struct LinearSite {
     pub path: String,
     pub weight_id: ParamId,
-    /// The weight read rows first (see [`LayerKind`]).
-    pub dims: [usize; 2],
     /// The weight's own shape.
     pub shape: Vec<usize>,
     pub kind: LayerKind,
+}
+
+impl LinearSite {
+    /// The weight read rows first (see [`rows_first`]).
+    pub(crate) fn dims(&self) -> [usize; 2] {
+        rows_first(&self.shape)
+    }
 }
 
 /// The layers of `model` that can carry an adapter: every `weight` directly inside a
@@ -79,13 +95,10 @@ pub(crate) fn adaptable<M: Module>(model: &M) -> Vec<LinearSite> {
                 return;
             };
             if name == "weight" && path.adapter_owner().is_none() {
-                let shape = param.lazy_shape();
-                let rows = shape[0];
                 self.0.push(LinearSite {
                     path: module,
                     weight_id: param.id,
-                    dims: [rows, shape.num_elements() / rows.max(1)],
-                    shape: shape.to_vec(),
+                    shape: param.lazy_shape().to_vec(),
                     kind,
                 });
             }
@@ -181,7 +194,7 @@ pub(crate) fn add_adapter_renamed<M: Module>(
         {
             continue;
         }
-        let [d_in, d_out] = site.dims;
+        let [d_in, d_out] = site.dims();
         let site_config = config.for_module(&site.path);
         site_config.validate_for_layer(d_in, d_out, &site.path)?;
         if site.kind != LayerKind::Linear && site_config.use_dora {
@@ -270,8 +283,7 @@ impl Reparameterizer for Attach {
                 // The value's own shape: a lazy `Col`-layout weight reports `[d_out, d_in]`
                 // until its initialiser transposes it to `[d_in, d_out]`.
                 let base = param.base();
-                let shape = base.shape();
-                let base = base.reshape([shape[0], shape.num_elements() / shape[0].max(1)]);
+                let base = base.clone().reshape(rows_first(&base.shape()));
                 let lora =
                     Lora::new(&self.name, &base, config, *kind).with_trainable(self.trainable);
                 (param, Some(Adapter::with_lora(lora, self.active.clone())))

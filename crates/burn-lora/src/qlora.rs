@@ -49,14 +49,14 @@ pub fn quantize_linears<M: Module>(
         let block = block.to_dim_vec(2);
         for site in &sites {
             let divides = site
-                .dims
+                .dims()
                 .iter()
                 .zip(&block)
                 .all(|(&dim, &extent)| dim.is_multiple_of(extent as usize));
             if !divides {
                 return Err(Error::QuantizeBlock {
                     path: site.path.clone(),
-                    dims: site.dims.to_vec(),
+                    dims: site.dims().to_vec(),
                     block: block.iter().map(|&b| b as usize).collect(),
                 });
             }

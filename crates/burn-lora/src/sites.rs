@@ -308,13 +308,12 @@ impl SiteTracker {
         let container = self.path.parent_type().to_string();
         let dims = param.lazy_shape().to_vec();
         let param_id = param.id;
-        // Adapters sit on linear weights; a weight of another rank is seen as one row.
-        let n = dims.iter().product::<usize>();
-        let rows = if D == 2 { dims[0] } else { 1 };
+        // Read rows first, as adapters read their weights (a convolution's
+        // `[out, in · kernel]`).
+        let view = crate::apply::rows_first(&dims);
         let param = param.clone();
         // A quantized weight is read dequantized: merges and new adapters compute in float.
-        let weight: BaseWeight =
-            Box::new(move || param.base().dequantize().reshape([rows, n / rows.max(1)]));
+        let weight: BaseWeight = Box::new(move || param.base().dequantize().reshape(view));
         self.last = Some((param_id, dims, container, weight));
     }
 }

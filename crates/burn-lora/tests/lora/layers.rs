@@ -13,8 +13,9 @@ use burn::nn::{Embedding, EmbeddingConfig, PaddingConfig1d, PaddingConfig2d};
 use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, TensorData};
 use burn_lora::{
-    Error, LoraBias, LoraConfig, adapters, apply_lora, load_adapter, loraplus_groups,
-    loraplus_lr_scheduler, merge_lora, param_report, save_adapter,
+    Error, LoraBias, LoraConfig, adapters, add_adapter, apply_lora, load_adapter, loraplus_groups,
+    loraplus_lr_scheduler, merge_adapters, merge_lora, param_report, save_adapter,
+    unmerge_adapters,
 };
 use safetensors::SafeTensors;
 
@@ -117,6 +118,33 @@ fn peft_adapters_on_an_embedding_and_convolutions_load_reproduce_save_and_merge(
     let out = scratch("layers", "saved");
     save_adapter(&model, &out).unwrap();
     assert_same_file(&out, &dir.join("adapter"));
+    // Merged in place and unmerged, the layers compute the same.
+    let in_place = merge_adapters(model.clone()).unwrap();
+    for (name, got) in in_place.outputs(&io, &device) {
+        assert_close(&format!("merged in place {name}"), got, read(&io, name));
+    }
+    let unmerged = unmerge_adapters(in_place);
+    for (name, got) in unmerged.outputs(&io, &device) {
+        assert_close(&format!("unmerged {name}"), got, read(&io, name));
+    }
+    // A second adapter on the same layers gets factors of each layer's own shape.
+    let two = add_adapter(
+        model.clone(),
+        "two",
+        &LoraConfig::new().with_rank(3).with_target_modules(vec![
+            "embed".into(),
+            "conv1".into(),
+            "conv2".into(),
+        ]),
+    )
+    .unwrap();
+    for (site, adapter) in adapters(&two) {
+        let (first, second) = (adapter.get("default").unwrap(), adapter.get("two").unwrap());
+        let rows = first.lora_a().val().dims()[0];
+        let cols = first.lora_b().val().dims()[1];
+        assert_eq!(second.lora_a().val().dims(), [rows, 3], "{}", site.path);
+        assert_eq!(second.lora_b().val().dims(), [3, cols], "{}", site.path);
+    }
     // Merged into the weights, the layers compute the same.
     let merged = merge_lora(model).unwrap();
     assert!(adapters(&merged).is_empty());
