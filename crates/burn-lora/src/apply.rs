@@ -69,7 +69,7 @@ pub(crate) fn rows_first(shape: &[usize]) -> [usize; 2] {
 
 /// One layer of a model that can carry an adapter, as Burn's traversal finds it.
 #[derive(Debug, Clone)]
-pub(crate) struct LinearSite {
+pub(crate) struct LayerSite {
     pub path: String,
     pub weight_id: ParamId,
     /// The weight's own shape.
@@ -77,7 +77,7 @@ pub(crate) struct LinearSite {
     pub kind: LayerKind,
 }
 
-impl LinearSite {
+impl LayerSite {
     /// The weight read rows first (see [`rows_first`]).
     pub(crate) fn dims(&self) -> [usize; 2] {
         rows_first(&self.shape)
@@ -86,8 +86,8 @@ impl LinearSite {
 
 /// The layers of `model` that can carry an adapter: every `weight` directly inside a
 /// `Linear`, `Embedding`, `Conv1d` or `Conv2d` (outside any adapter), in traversal order.
-pub(crate) fn adaptable<M: Module>(model: &M) -> Vec<LinearSite> {
-    struct Find(Vec<LinearSite>);
+pub(crate) fn adaptable<M: Module>(model: &M) -> Vec<LayerSite> {
+    struct Find(Vec<LayerSite>);
     impl OnParam for Find {
         fn on_param<const D: usize>(&mut self, path: &PathStack, param: &Param<Tensor<D>>) {
             let (module, name) = path.split_last();
@@ -95,7 +95,7 @@ pub(crate) fn adaptable<M: Module>(model: &M) -> Vec<LinearSite> {
                 return;
             };
             if name == "weight" && path.adapter_owner().is_none() {
-                self.0.push(LinearSite {
+                self.0.push(LayerSite {
                     path: module,
                     weight_id: param.id,
                     shape: param.lazy_shape().to_vec(),
@@ -111,7 +111,7 @@ pub(crate) fn adaptable<M: Module>(model: &M) -> Vec<LinearSite> {
 
 /// The linears of `model`: every `weight` of rank 2 directly inside a module named `Linear`
 /// (outside any adapter), in traversal order.
-pub(crate) fn linears<M: Module>(model: &M) -> Vec<LinearSite> {
+pub(crate) fn linears<M: Module>(model: &M) -> Vec<LayerSite> {
     adaptable(model)
         .into_iter()
         .filter(|site| site.kind == LayerKind::Linear)
@@ -173,9 +173,9 @@ pub(crate) fn add_adapter_renamed<M: Module>(
     config.validate()?;
     check_new_name(&model, name)?;
     let matcher = config.target_matcher()?;
-    let linears: Vec<LinearSite> = adaptable(&model)
+    let linears: Vec<LayerSite> = adaptable(&model)
         .into_iter()
-        .map(|site| LinearSite {
+        .map(|site| LayerSite {
             path: rename(&site.path),
             ..site
         })
@@ -296,7 +296,7 @@ impl Reparameterizer for Attach {
 /// Errors unless every named target matches at least one linear, and the selection as a
 /// whole matches one.
 fn check_targets_exist(
-    linears: &[LinearSite],
+    linears: &[LayerSite],
     config: &LoraConfig,
     matcher: &TargetMatcher,
 ) -> Result<(), Error> {
@@ -309,7 +309,7 @@ fn check_targets_exist(
         return Err(unknown_target(name, available()));
     }
     let matched =
-        |site: &&LinearSite| matcher.matches(&site.path, site.kind) && !config.excludes(&site.path);
+        |site: &&LayerSite| matcher.matches(&site.path, site.kind) && !config.excludes(&site.path);
     let selected = linears
         .iter()
         .filter(matched)

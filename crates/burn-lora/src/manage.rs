@@ -3,7 +3,7 @@
 //! ([`set_adapters_enabled`]), and the named set ([`list_adapters`], [`active_adapters`],
 //! [`set_active_adapters`], [`delete_adapter`]).
 //!
-//! Size: about 350 lines: each public function is short, and they share the traversals
+//! Size: about 370 lines: each public function is short, and they share the traversals
 //! that find trainable and quantized parameters, kept here beside their callers.
 
 use std::collections::HashSet;

@@ -13,7 +13,7 @@ use super::{
     Border, PeftOptions, WEIGHTS_FILE, bias_key, file_key, layers_by_path, read_adapter_config,
 };
 use crate::Error;
-use crate::apply::LinearSite;
+use crate::apply::LayerSite;
 use crate::apply::add_adapter_renamed;
 use crate::config::{LoraConfig, within_any};
 use crate::manage::TrainedBiases;
@@ -183,7 +183,7 @@ fn adapter_slots<M: Module>(
         modules_to_save: &'a [String],
         options: &'a PeftOptions,
         adapter: &'a str,
-        layers: HashMap<String, LinearSite>,
+        layers: HashMap<String, LayerSite>,
         biases: TrainedBiases,
         out: BTreeMap<String, Slot>,
     }

@@ -34,7 +34,7 @@ use burn::store::KeyRemapper;
 use std::collections::HashMap;
 
 use crate::Error;
-use crate::apply::{LayerKind, LinearSite, adaptable};
+use crate::apply::{LayerKind, LayerSite, adaptable};
 use crate::config::LoraConfig;
 use crate::manage::{TrainedBiases, is_factor};
 use crate::path::{PathStack, join_path};
@@ -189,7 +189,7 @@ impl Border {
 
 /// The adaptable layers of `model` by Burn path: what [`file_key`] reads a factor's layer
 /// kind and weight shape from.
-fn layers_by_path<M: burn::module::Module>(model: &M) -> HashMap<String, LinearSite> {
+fn layers_by_path<M: burn::module::Module>(model: &M) -> HashMap<String, LayerSite> {
     adaptable(model)
         .into_iter()
         .map(|site| (site.path.clone(), site))
@@ -205,7 +205,7 @@ fn file_key(
     shape: &[usize],
     options: &PeftOptions,
     adapter: &str,
-    layers: &HashMap<String, LinearSite>,
+    layers: &HashMap<String, LayerSite>,
 ) -> Option<FileKey> {
     let (module, name) = path.split_last();
     match path.adapter_owner() {

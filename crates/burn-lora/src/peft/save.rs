@@ -13,7 +13,7 @@ use super::config_json::PeftConfigJson;
 use super::{Border, CONFIG_FILE, PeftOptions, WEIGHTS_FILE, bias_key, file_key, layers_by_path};
 use crate::Error;
 use crate::adapter::DEFAULT_ADAPTER;
-use crate::apply::LinearSite;
+use crate::apply::LayerSite;
 use crate::apply::adaptable;
 use crate::config::{LoraConfig, name_matches, within_any};
 use crate::io::{fresh_temp_dir, replace_dir};
@@ -211,7 +211,7 @@ fn adapter_tensors<M: Module>(
         options: &'a PeftOptions,
         adapter: &'a str,
         modules_to_save: &'a [String],
-        layers: HashMap<String, LinearSite>,
+        layers: HashMap<String, LayerSite>,
         biases: TrainedBiases,
         out: BTreeMap<String, FileTensor>,
         non_finite: Option<String>,
