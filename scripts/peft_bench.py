@@ -106,6 +106,30 @@ def cpu_model():
     return "unknown"
 
 
+def child_cases(script, names, args, skip_failed=False):
+    """Runs each case of `names` in a process of its own (`script --case NAME`, the other
+    flags forwarded), so each has its own peak RSS; yields the JSON line each prints as it
+    ends. With `skip_failed`, a case that fails is `{"name", "skipped": its last error
+    line}`; otherwise its failure raises."""
+    forward = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if k not in ("case", "out", "only") and v is not None
+    ]
+    for name in names:
+        run = subprocess.run(
+            [sys.executable, script, "--case", name, *forward],
+            check=not skip_failed, capture_output=True, text=True,
+        )
+        lines = run.stdout.strip().splitlines()
+        try:
+            yield json.loads(lines[-1])
+        except (IndexError, json.JSONDecodeError):
+            err = [l for l in run.stderr.strip().splitlines() if l.strip()]
+            reason = err[-1] if err else f"exit status {run.returncode}"
+            yield {"name": name, "skipped": reason}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vocab", type=int, default=8192)
@@ -125,18 +149,7 @@ def main():
         print(json.dumps(run_case(args.case, args)))
         return
     import torch, peft
-    forward = [
-        f"--{k.replace('_', '-')}={v}"
-        for k, v in vars(args).items()
-        if k not in ("case", "out")
-    ]
-    cases = []
-    for name in CASES:
-        out = subprocess.run(
-            [sys.executable, __file__, "--case", name, *forward],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        cases.append(json.loads(out.strip().splitlines()[-1]))
+    cases = list(child_cases(__file__, CASES, args))
     backend = f"pytorch {torch.__version__} + peft {peft.__version__}, {args.threads} threads"
     full = cases[0]["median_seconds"]
     base = cases[3]["median_seconds"]

@@ -14,11 +14,10 @@ run (bitsandbytes' 8-bit on a CPU, out of memory) is written with `skipped` and 
 
 import argparse
 import json
-import subprocess
 import sys
 
 # The timing loop and the CPU's name, shared with the encoder bench beside this file.
-from peft_bench import cpu_model, timed
+from peft_bench import child_cases, cpu_model, timed
 
 CASES = [
     "llm_lora_step",
@@ -163,11 +162,6 @@ def main():
     import torch
     import transformers
 
-    forward = [
-        f"--{k.replace('_', '-')}={v}"
-        for k, v in vars(args).items()
-        if k not in ("case", "out", "only") and v is not None
-    ]
     names = args.only.split(",") if args.only else CASES
     cases = []
     backend = (
@@ -176,19 +170,9 @@ def main():
     )
     print(f"{backend}; {cpu_model()}; {args.llm}")
     print(f"{'case':<20}{'median s':>10}{'min s':>10}{'max s':>10}{'peak MB':>10}{'tokens/s':>11}")
-    for name in names:
-        run = subprocess.run(
-            [sys.executable, __file__, "--case", name, *forward],
-            capture_output=True, text=True,
-        )
-        lines = run.stdout.strip().splitlines()
-        try:
-            case = json.loads(lines[-1])
-        except (IndexError, json.JSONDecodeError):
-            err = [l for l in run.stderr.strip().splitlines() if l.strip()]
-            reason = err[-1] if err else f"exit status {run.returncode}"
-            case = {"name": name, "skipped": reason}
+    for case in child_cases(__file__, names, args, skip_failed=True):
         cases.append(case)
+        name = case["name"]
         if "skipped" in case:
             print(f"{name:<20} skipped: {case['skipped']}")
         else:
