@@ -77,6 +77,8 @@ def run_case(name, args):
     import torch
     from peft import LoraConfig, get_peft_model
 
+    if name not in CASES:
+        raise SystemExit(f"unknown case {name!r}; the cases are {', '.join(CASES)}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config, model = qwen2(args)
