@@ -23,6 +23,7 @@ CASES = [
     "llm_lora_step",
     "llm_lora_q8_step",
     "llm_lora_ckpt_step",
+    "llm_lora_q8_ckpt_step",
     "llm_full_step",
     "llm_prefill",
     "llm_decode_b1",
@@ -85,10 +86,11 @@ def run_case(name, args):
     params = sum(p.numel() for p in model.parameters())
     vocab = config.vocab_size
     tokens = torch.randint(0, vocab, (args.batch, args.seq))
-    if name == "llm_lora_q8_step":
+    if name in ("llm_lora_q8_step", "llm_lora_q8_ckpt_step"):
         model = q8_model(config, model)
-    if name in ("llm_lora_step", "llm_lora_q8_step", "llm_lora_ckpt_step"):
-        if name == "llm_lora_ckpt_step":
+    if name in ("llm_lora_step", "llm_lora_q8_step", "llm_lora_ckpt_step",
+                "llm_lora_q8_ckpt_step"):
+        if name.endswith("_ckpt_step"):
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )

@@ -1327,6 +1327,7 @@ fn bench_llm_writes_every_documented_case() {
             "llm_lora_step",
             "llm_lora_q8_step",
             "llm_lora_ckpt_step",
+            "llm_lora_q8_ckpt_step",
             "llm_full_step",
             "llm_prefill",
             "llm_decode_b1",
@@ -1343,8 +1344,10 @@ fn bench_llm_writes_every_documented_case() {
     let per_layer = 16 * ((64 + 64) + (64 + 32) * 2 + (64 + 64) + (64 + 128) * 2 + (128 + 64));
     assert_eq!(cases[0]["trainable_params"], 2 * per_layer);
     assert_eq!(cases[1]["trainable_params"], 2 * per_layer);
-    assert_eq!(cases[3]["trainable_params"], cases[3]["params"]);
-    for (case, tokens) in [(4, 2 * 8), (5, 4), (6, 4 * 4)] {
+    assert_eq!(cases[2]["trainable_params"], 2 * per_layer);
+    assert_eq!(cases[3]["trainable_params"], 2 * per_layer);
+    assert_eq!(cases[4]["trainable_params"], cases[4]["params"]);
+    for (case, tokens) in [(5, 2 * 8), (6, 4), (7, 4 * 4)] {
         let c = &cases[case];
         let want = tokens as f64 / c["median_seconds"].as_f64().unwrap();
         let got = c["tokens_per_second"].as_f64().unwrap();

@@ -420,6 +420,111 @@ fn checkpointed_and_plain_gradients_agree() {
     assert!(worst <= 1e-5, "{worst}");
 }
 
+/// Per-block recomputation (`train::recompute::backward_per_block`, transformers' kind of
+/// gradient checkpointing) gives the plain tape's loss and gradients: for LoRA on every
+/// linear, and for full fine-tuning, where the tied embedding gets gradients from both the
+/// head and the input. One row is padded, so the padding mask takes part.
+#[test]
+fn per_block_recomputation_gives_the_plain_gradients() {
+    use burn::optim::GradientsParams;
+    use burn_lora_demo::train::recompute::backward_per_block;
+
+    /// Every trainable parameter's gradient, by path.
+    fn by_path<M: Module>(model: &M, grads: &GradientsParams) -> Vec<(String, Vec<f32>)> {
+        struct Collect<'a>(&'a GradientsParams, Vec<String>, Vec<(String, Vec<f32>)>);
+        impl burn::module::ModuleVisitor for Collect<'_> {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.1.push(name.to_string());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.1.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(g) = self.0.get::<D>(param.id) {
+                    let values = g.into_data().iter::<f32>().collect();
+                    self.2.push((self.1.join("."), values));
+                }
+            }
+        }
+        let mut visitor = Collect(grads, Vec::new(), Vec::new());
+        model.visit(&mut visitor);
+        visitor.2
+    }
+    let device = Device::default().autodiff();
+    let spec = format!("hf:{}", fixture("qwen2").display());
+    let Decoder::Llama(base) = DecoderBase::load(&spec, &device).unwrap().model else {
+        panic!("qwen2 is a Llama-family model");
+    };
+    let config = LoraConfig::new()
+        .with_rank(4)
+        .with_alpha(8.0)
+        .with_target_modules(vec![burn_lora::ALL_LINEAR.into()]);
+    let lora = apply_lora(base.clone(), &config)
+        .unwrap()
+        .map(&mut FormulaFactors {
+            names: Vec::new(),
+            count: 0,
+        });
+    let ids = &golden("qwen2").prompt_ids;
+    let width = ids.iter().map(Vec::len).max().unwrap();
+    let rows: Vec<i64> = ids
+        .iter()
+        .flat_map(|row| (0..width).map(|i| *row.get(i).unwrap_or(&0) as i64))
+        .collect();
+    let pads: Vec<bool> = ids
+        .iter()
+        .flat_map(|row| (0..width).map(move |i| i >= row.len()))
+        .collect();
+    assert!(pads.contains(&true), "a padded row");
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(rows, [ids.len(), width]), &device);
+    let padding = Tensor::<2, burn::tensor::Bool>::from_data(
+        TensorData::new(pads, [ids.len(), width]),
+        &device,
+    );
+    let loss = |logits: Tensor<3>| (logits.clone() * logits).mean();
+    // Full: per layer q, k, v (weight and bias), o, gate, up, down and two norms; then the
+    // embedding and the final norm.
+    for (what, model, count) in [("LoRA", lora, 2 * 7 * 2), ("full", base, 2 * 12 + 2)] {
+        let logits = model.logits(tokens.clone(), padding.clone());
+        let plain_loss = loss(logits);
+        let want = by_path(
+            &model,
+            &GradientsParams::from_grads(plain_loss.backward(), &model),
+        );
+        let (got_loss, grads) =
+            backward_per_block(&model, tokens.clone(), padding.clone(), loss).unwrap();
+        let got = by_path(&model, &grads);
+        assert_eq!(
+            want.len(),
+            count,
+            "{what}: {:?}",
+            want.iter().map(|(p, _)| p)
+        );
+        assert_eq!(
+            want.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            got.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            "{what}: the same parameters get gradients"
+        );
+        let (a, b) = (
+            plain_loss.into_scalar::<f32>(),
+            got_loss.into_scalar::<f32>(),
+        );
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "{what}: loss {a} vs {b}");
+        let mut worst = 0.0f32;
+        for ((path, w), (_, g)) in want.iter().zip(&got) {
+            assert!(
+                w.iter().any(|v| *v != 0.0),
+                "{what} {path}: a zero gradient proves nothing"
+            );
+            for (w, g) in w.iter().zip(g) {
+                worst = worst.max((w - g).abs() / w.abs().max(1.0));
+            }
+        }
+        println!("{what}: per-block recomputed vs plain gradients, max difference {worst:e}");
+        assert!(worst <= 1e-5, "{what}: {worst}");
+    }
+}
+
 /// A copy of the llama fixture with `edit` applied to its config.json.
 fn edited(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let dir = scratch("llm", name);

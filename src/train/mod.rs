@@ -13,6 +13,7 @@ mod plot;
 mod predict;
 mod pretrain;
 pub mod quantize;
+pub mod recompute;
 mod schedule;
 pub mod sentiment;
 pub mod sft;

@@ -61,6 +61,40 @@ where
     T: Send,
     F: Fn(&M, usize, &Device) -> PartOutput<T> + Sync,
 {
+    parallel_part_grads(model, devices, |replica: &M, part, device| {
+        let out = forward(replica, part, device);
+        PartGrads {
+            loss: out.loss.clone().into_scalar::<f64>(),
+            grads: GradientsParams::from_grads(out.loss.backward(), replica),
+            extra: out.extra,
+        }
+    })
+}
+
+/// What one part computed for itself, backward pass included (for a part whose backward
+/// is not one `loss.backward()`, such as
+/// [`backward_per_block`](crate::train::recompute::backward_per_block)).
+pub struct PartGrads<T> {
+    /// The part's gradients, for the replica's parameters.
+    pub grads: GradientsParams,
+    /// The part's loss value, weighted by its share of the batch.
+    pub loss: f64,
+    /// What else the caller keeps from the part.
+    pub extra: T,
+}
+
+/// [`parallel_grads`] for parts that run their own backward pass: `part(&replica, part,
+/// device)` returns the part's gradients, which are summed as `parallel_grads` sums them.
+pub fn parallel_part_grads<M, T, F>(
+    model: &M,
+    devices: &[Device],
+    part: F,
+) -> (GradientsParams, f64, Vec<T>)
+where
+    M: Module + Send,
+    T: Send,
+    F: Fn(&M, usize, &Device) -> PartGrads<T> + Sync,
+{
     let device = first_device(model);
     let parts = devices.len();
     // Seeds are drawn here, in order, from the device's generator, so that `device.seed`
@@ -71,17 +105,15 @@ where
         true => device_seeds(&device, parts),
         false => vec![0; parts],
     };
-    let run = |part: usize, replica: M| {
-        with_dropout_seed(seeds[part], || {
+    let run = |index: usize, replica: M| {
+        with_dropout_seed(seeds[index], || {
             let part_device = first_device(&replica);
-            let out = forward(&replica, part, &part_device);
-            let value = out.loss.clone().into_scalar::<f64>();
-            let grads = GradientsParams::from_grads(out.loss.backward(), &replica);
+            let out = part(&replica, index, &part_device);
             let grads = match part_device == device {
-                true => grads,
-                false => grads.to_device(&device, &replica),
+                true => out.grads,
+                false => out.grads.to_device(&device, &replica),
             };
-            (grads, value, out.extra)
+            (grads, out.loss, out.extra)
         })
     };
     let replica = |part_device: &Device| match *part_device == device {

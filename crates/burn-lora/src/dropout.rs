@@ -62,6 +62,16 @@ pub fn device_seeds(device: &Device, n: usize) -> Vec<u64> {
     seeds
 }
 
+/// The next seed of this thread's stream while [`with_dropout_seed`] runs, else one drawn
+/// from `device`'s generator: where [`dropout`] takes each mask's seed. Code that runs a
+/// forward pass twice and needs the same masks both times (recomputing activations in the
+/// backward pass) takes one here and runs each pass under `with_dropout_seed(seed, ..)`.
+pub fn next_seed(device: &Device) -> u64 {
+    SEED_STREAM
+        .with_borrow_mut(|stream| stream.as_mut().map(|rng| rng.next_u64()))
+        .unwrap_or_else(|| device_seeds(device, 1)[0])
+}
+
 /// Whether `device` is one of Burn's CPU backends (`flex`, `ndarray`), where a mask built on
 /// the host costs no transfer. The backend features are the application's choice, not this
 /// library's, so the device is recognised by its name.
@@ -92,10 +102,7 @@ pub fn dropout<const D: usize>(module: &Dropout, x: Tensor<D>) -> Tensor<D> {
     let keep = 1.0 - module.prob;
     // 2^32 · keep, compared with uniform 32-bit words: P(word < threshold) = keep.
     let threshold = (keep * 4_294_967_296.0).round().min(u32::MAX as f64) as u32;
-    let seed = SEED_STREAM
-        .with_borrow_mut(|stream| stream.as_mut().map(|rng| rng.next_u64()))
-        .unwrap_or_else(|| device_seeds(&device, 1)[0]);
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = StdRng::seed_from_u64(next_seed(&device));
     let shape = x.shape();
     let n = shape.num_elements();
     let mut words = vec![0u8; 4 * n];
