@@ -113,8 +113,9 @@ struct Args {
     /// block of 32. Not with --modes full.
     #[arg(long, value_name = "q8|q4")]
     quantize: Option<String>,
-    /// Burn's autodiff gradient checkpointing: the backward pass recomputes memory-bound
-    /// activations instead of keeping them (same gradients, less memory, more time).
+    /// Gradient checkpointing per decoder block, as transformers does it: the forward pass
+    /// keeps each block's input, the backward pass recomputes one block at a time (same
+    /// gradients, less memory, one more forward pass of time).
     #[arg(long)]
     gradient_checkpointing: bool,
 }

@@ -525,6 +525,103 @@ fn per_block_recomputation_gives_the_plain_gradients() {
     }
 }
 
+/// Per-block recomputation on our GPT with dropout everywhere (embedding, attention,
+/// residual, MLP, LoRA's input): on a CPU each block's recomputed pass draws the masks its
+/// first pass drew. The reference is a plain tape whose embedding and blocks run under the
+/// seeds `backward_per_block` takes, in its order; recomputing with other masks would
+/// give other gradients.
+#[test]
+fn per_block_recomputation_redraws_the_first_passes_dropout_masks() {
+    use burn::optim::GradientsParams;
+    use burn_lora_demo::model::{GptConfig, with_dropout_seed};
+    use burn_lora_demo::train::recompute::{BlockStack, backward_per_block};
+
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    let config = GptConfig::new(64)
+        .with_d_model(32)
+        .with_n_layers(3)
+        .with_n_heads(2)
+        .with_d_ff(64)
+        .with_max_seq_len(16)
+        .with_dropout(0.2);
+    let lora = LoraConfig::new()
+        .with_rank(4)
+        .with_alpha(8.0)
+        .with_dropout(0.3)
+        .with_target_modules(vec![burn_lora::ALL_LINEAR.into()]);
+    let model = apply_lora(config.init(&device), &lora)
+        .unwrap()
+        .map(&mut FormulaFactors {
+            names: Vec::new(),
+            count: 0,
+        });
+    let tokens = Tensor::<2, Int>::from_data(
+        TensorData::new((0..24).map(|i| (i * 7 % 64) as i64).collect(), [2, 12]),
+        &device,
+    );
+    let padding = tokens.clone().equal_elem(-1);
+    let loss = |logits: Tensor<3>| (logits.clone() * logits).mean();
+    let grads_of = |grads: &GradientsParams| -> Vec<f32> {
+        burn_lora::adapters(&model)
+            .into_iter()
+            .flat_map(|(_, a)| {
+                let mut v: Vec<f32> = grads
+                    .get::<2>(a.lora_a().id)
+                    .unwrap()
+                    .into_data()
+                    .iter()
+                    .collect();
+                v.extend(
+                    grads
+                        .get::<2>(a.lora_b().id)
+                        .unwrap()
+                        .into_data()
+                        .iter::<f32>(),
+                );
+                v
+            })
+            .collect()
+    };
+    let (_, grads) = with_dropout_seed(42, || {
+        backward_per_block(&model, tokens.clone(), padding.clone(), loss).unwrap()
+    });
+    let got = grads_of(&grads);
+    let want = with_dropout_seed(42, || {
+        let seeds: Vec<u64> = (0..=3)
+            .map(|_| burn_lora::dropout::next_seed(&device))
+            .collect();
+        let context = model.context(&tokens, padding.clone());
+        let mut x = with_dropout_seed(seeds[0], || model.embed(tokens.clone(), &context));
+        for i in 0..3 {
+            x = with_dropout_seed(seeds[i + 1], || model.block(i, x, &context));
+        }
+        let tape = loss(model.finish(x)).backward();
+        grads_of(&GradientsParams::from_grads(tape, &model))
+    });
+    let unseeded = {
+        let tape = loss(model.logits(tokens.clone(), padding.clone())).backward();
+        grads_of(&GradientsParams::from_grads(tape, &model))
+    };
+    let worst = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / x.abs().max(1.0))
+            .fold(0.0f32, f32::max)
+    };
+    println!(
+        "same masks: {:e}; other masks: {:e}",
+        worst(&want, &got),
+        worst(&unseeded, &got)
+    );
+    assert_eq!(want.len(), got.len());
+    assert!(worst(&want, &got) <= 1e-5);
+    assert!(
+        worst(&unseeded, &got) > 1e-3,
+        "other masks must give other gradients"
+    );
+}
+
 /// A copy of the llama fixture with `edit` applied to its config.json.
 fn edited(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let dir = scratch("llm", name);
@@ -670,31 +767,39 @@ fn sft_memorises_a_few_pairs_to_exact_match_and_writes_a_causal_lm_adapter() {
     assert!(out.join("lora/loss_curve.svg").is_file());
 }
 
-/// `--gradient-checkpointing` trains through burn-train's checkpointing device and, its
-/// gradients being the plain tape's, ends where the plain run ends.
+/// `--gradient-checkpointing` (per-block recomputation inside burn-train's step) gives the
+/// plain tape's gradients, so it ends where the plain run ends, on one device and on two.
 #[test]
 fn sft_with_gradient_checkpointing_trains_as_without() {
     let base = format!("hf:{}", fixture("qwen2").display());
-    let plain = run_sft(&sft_options(&base, &PAIRS, &scratch("llm", "sft_plain"), 3)).unwrap();
-    let mut options = sft_options(&base, &PAIRS, &scratch("llm", "sft_ckpt"), 3);
-    options.gradient_checkpointing = true;
-    let checkpointed = run_sft(&options).unwrap();
-    println!(
-        "train loss plain {} checkpointed {}",
-        plain.train_loss, checkpointed.train_loss
-    );
-    assert!(plain.train_loss.is_finite());
-    assert!(
-        (plain.train_loss - checkpointed.train_loss).abs()
-            <= 1e-4 * plain.train_loss.abs().max(1.0)
-    );
-    assert!(
-        (plain.eval_loss - checkpointed.eval_loss).abs() <= 1e-4 * plain.eval_loss.abs().max(1.0)
-    );
-    // On several devices it is refused, naming the flag.
-    options.devices = vec![Device::default(), Device::default()];
-    let err = run_sft(&options).unwrap_err().to_string();
-    assert!(err.contains("--gradient-checkpointing"), "{err}");
+    for devices in [1, 2] {
+        let options = |name: &str, checkpointing: bool| {
+            let mut o = sft_options(
+                &base,
+                &PAIRS,
+                &scratch("llm", &format!("{name}{devices}")),
+                3,
+            );
+            o.devices = vec![Device::default(); devices];
+            o.gradient_checkpointing = checkpointing;
+            o
+        };
+        let plain = run_sft(&options("sft_plain", false)).unwrap();
+        let checkpointed = run_sft(&options("sft_ckpt", true)).unwrap();
+        println!(
+            "{devices} device(s): train loss plain {} checkpointed {}",
+            plain.train_loss, checkpointed.train_loss
+        );
+        assert!(plain.train_loss.is_finite());
+        assert!(
+            (plain.train_loss - checkpointed.train_loss).abs()
+                <= 1e-4 * plain.train_loss.abs().max(1.0)
+        );
+        assert!(
+            (plain.eval_loss - checkpointed.eval_loss).abs()
+                <= 1e-4 * plain.eval_loss.abs().max(1.0)
+        );
+    }
 }
 
 #[test]

@@ -19,81 +19,99 @@
 //!
 //! At most one block's activations are alive at a time, beside the head's. The price is
 //! one more forward pass through the blocks. Dropout draws the same masks in both passes on
-//! a CPU device: each block runs under a seed of its own ([`with_dropout_seed`]); a GPU
+//! a CPU device: the embedding and each block run under a seed of their own
+//! ([`with_dropout_seed`]); a GPU
 //! draws its masks on the device, so there a model with dropout is refused rather than
 //! given gradients of masks its forward pass never used.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{Bool, Gradients, Int, Tensor};
+use burn::tensor::{Bool, Device, Gradients, Int, Tensor};
 use burn_lora::Adapter;
 use burn_lora::dropout::{is_cpu_device, next_seed, with_dropout_seed};
 
 use crate::Error;
 use crate::model::llama::{Llama, Rope};
-use crate::model::{CausalLm, KvCache, decoder_bias};
+use crate::model::{CausalLm, Decoder, Gpt, KvCache, decoder_bias, dropout};
+
+/// A decoder seen as what per-block recomputation walks: an embedding, a stack of blocks,
+/// and a head (final norm and projection). Implemented by [`Llama`], [`Gpt`] and
+/// [`Decoder`]; a model of your own implements it to use [`backward_per_block`].
+pub trait BlockStack: Module + Clone {
+    /// What every block takes beside its input (positions, the attention bias).
+    type Context;
+
+    /// The context of a right-padded batch (`padding` true at padding tokens).
+    fn context(&self, tokens: &Tensor<2, Int>, padding: Tensor<2, Bool>) -> Self::Context;
+
+    /// The first block's input, `[batch, seq, d]`.
+    fn embed(&self, tokens: Tensor<2, Int>, context: &Self::Context) -> Tensor<3>;
+
+    /// The number of blocks.
+    fn num_blocks(&self) -> usize;
+
+    /// Block `i` on `x`, `[batch, seq, d]` in and out.
+    fn block(&self, i: usize, x: Tensor<3>, context: &Self::Context) -> Tensor<3>;
+
+    /// The logits from the last block's output: final norm and head.
+    fn finish(&self, hidden: Tensor<3>) -> Tensor<3>;
+
+    /// Whether a dropout of the model itself (not of an adapter) is active in training.
+    fn has_dropout(&self) -> bool;
+}
 
 /// The loss of `loss(logits)` on `model`, and its gradients for every trainable parameter,
-/// with each decoder block's activations recomputed in the backward pass (see the module
-/// docs). The same gradients as `GradientsParams::from_grads(loss.backward(), model)` after
-/// a plain forward pass, to rounding, for a fraction of the memory.
+/// with each block's activations recomputed in the backward pass (see the module docs).
+/// The same gradients as `GradientsParams::from_grads(loss.backward(), model)` after a
+/// plain forward pass, for a fraction of the memory.
 ///
 /// `tokens` and `padding` are those of [`CausalLm::logits`]; `loss` maps the logits
 /// (`[batch, seq, vocab_size]`) to a one-element loss. The returned loss is detached.
 ///
 /// # Errors
 ///
-/// [`Error::Usage`] when the model has dropout (in an adapter or in attention) and its
-/// device is not a CPU: the recomputed pass would draw other masks than the first.
-pub fn backward_per_block<F>(
-    model: &Llama,
+/// [`Error::Usage`] when the model has active dropout (in an adapter or in the model) and
+/// its device is not a CPU: the recomputed pass would draw other masks than the first.
+pub fn backward_per_block<M, F>(
+    model: &M,
     tokens: Tensor<2, Int>,
     padding: Tensor<2, Bool>,
     loss: F,
 ) -> Result<(Tensor<1>, GradientsParams), Error>
 where
+    M: BlockStack,
     F: FnOnce(Tensor<3>) -> Tensor<1>,
 {
     let device = tokens.device();
+    check_per_block(model, &device)?;
     let cpu = is_cpu_device(&device);
-    if !cpu && has_dropout(model) {
-        return Err(Error::Usage(format!(
-            "per-block gradient checkpointing with dropout needs a CPU device ({device:?} draws \
-             its dropout masks on the device, and the recomputed pass would draw others); set \
-             the dropout to 0 or use Burn's checkpointing"
-        )));
-    }
-    let [batch, seq] = tokens.dims();
-    let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
-        .reshape([1, seq])
-        .repeat_dim(0, batch);
-    let bias = decoder_bias(padding, seq);
-    let rope = Rope::new(positions, &model.inv_freq, &device);
-    let layers = &model.model.layers;
+    let context = model.context(&tokens, padding);
+    let blocks = model.num_blocks();
+    // One seed for the embedding and one per block, each pass under the same one.
     let seeds: Vec<u64> = match cpu {
-        true => (0..layers.len()).map(|_| next_seed(&device)).collect(),
-        false => vec![0; layers.len()],
+        true => (0..=blocks).map(|_| next_seed(&device)).collect(),
+        false => vec![0; blocks + 1],
     };
-    let block = |i: usize, layer: &crate::model::llama::DecoderLayer, x: Tensor<3>| {
-        let mut cache = KvCache::disabled(1);
-        with_dropout_seed(seeds[i], || {
-            layer.forward(x, &rope, bias.clone(), &mut cache, 0)
-        })
-    };
+    let embed = |m: &M| with_dropout_seed(seeds[0], || m.embed(tokens.clone(), &context));
+    let block = |m: &M, i: usize, x| with_dropout_seed(seeds[i + 1], || m.block(i, x, &context));
 
     // 1. Forward with nothing tracked, keeping each block's input.
-    let embed = model.model.embed_tokens.clone().map(&mut Detach);
-    let mut inputs = Vec::with_capacity(layers.len() + 1);
-    inputs.push(embed.forward(tokens.clone()).detach());
-    for (i, layer) in layers.iter().enumerate() {
+    let detached = model.clone().map(&mut Detach);
+    let mut inputs = Vec::with_capacity(blocks + 1);
+    inputs.push(embed(&detached));
+    for i in 0..blocks {
         let x = inputs[i].clone();
-        inputs.push(block(i, &layer.clone().map(&mut Detach), x).detach());
+        inputs.push(block(&detached, i, x));
     }
+    drop(detached);
 
     // 2. The head.
     let mut grads = GradientsParams::new();
-    let hidden = inputs.pop().expect("the embedding's output").require_grad();
-    let value = loss(model.head(model.model.norm.forward(hidden.clone())));
+    let hidden = inputs
+        .pop()
+        .expect("the last block's output")
+        .require_grad();
+    let value = loss(model.finish(hidden.clone()));
     let mut tape = value.backward();
     let mut g = hidden
         .grad_remove(&mut tape)
@@ -101,27 +119,175 @@ where
     add(&mut grads, &mut tape, model);
 
     // 3. Each block, from the last.
-    for (i, layer) in layers.iter().enumerate().rev() {
+    for i in (0..blocks).rev() {
         let x = inputs.pop().expect("one input per block").require_grad();
-        let out = block(i, layer, x.clone());
+        let out = block(model, i, x.clone());
         let mut tape = (out * g).sum().backward();
         g = x
             .grad_remove(&mut tape)
             .expect("a block's output depends on its input");
-        add(&mut grads, &mut tape, layer);
+        add(&mut grads, &mut tape, model);
     }
 
     // 4. The embedding, when it trains.
-    let embedded = model.model.embed_tokens.forward(tokens);
+    let embedded = embed(model);
     if embedded.is_tracked() {
         let mut tape = (embedded * g).sum().backward();
-        add(&mut grads, &mut tape, &model.model.embed_tokens);
+        add(&mut grads, &mut tape, model);
     }
     Ok((value.detach(), grads))
 }
 
-/// Whether an adapter or an attention layer of `model` drops anything in training.
-fn has_dropout(model: &Llama) -> bool {
+/// Whether [`backward_per_block`] can train `model` on `device`: it can, except with
+/// active dropout (in an adapter or in the model) on a device that is not a CPU, where the
+/// recomputed pass would draw other masks than the first.
+///
+/// # Errors
+///
+/// [`Error::Usage`] in that case, saying so.
+pub fn check_per_block<M: BlockStack>(model: &M, device: &Device) -> Result<(), Error> {
+    match is_cpu_device(device) || !(model.has_dropout() || adapters_drop(model)) {
+        true => Ok(()),
+        false => Err(Error::Usage(format!(
+            "gradient checkpointing per block with dropout needs a CPU device ({device:?} \
+             draws its dropout masks on the device, and the recomputed pass would draw \
+             others); set the dropout to 0 or train without checkpointing"
+        ))),
+    }
+}
+
+impl BlockStack for Llama {
+    type Context = (Rope, Tensor<4>);
+
+    fn context(&self, tokens: &Tensor<2, Int>, padding: Tensor<2, Bool>) -> Self::Context {
+        let [batch, seq] = tokens.dims();
+        let device = tokens.device();
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
+            .reshape([1, seq])
+            .repeat_dim(0, batch);
+        (
+            Rope::new(positions, &self.inv_freq, &device),
+            decoder_bias(padding, seq),
+        )
+    }
+
+    fn embed(&self, tokens: Tensor<2, Int>, _: &Self::Context) -> Tensor<3> {
+        self.model.embed_tokens.forward(tokens)
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    fn block(&self, i: usize, x: Tensor<3>, (rope, bias): &Self::Context) -> Tensor<3> {
+        let mut cache = KvCache::disabled(1);
+        self.model.layers[i].forward(x, rope, bias.clone(), &mut cache, 0)
+    }
+
+    fn finish(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.head(self.model.norm.forward(hidden))
+    }
+
+    fn has_dropout(&self) -> bool {
+        self.model
+            .layers
+            .iter()
+            .any(|l| l.self_attn.dropout.prob > 0.0)
+    }
+}
+
+impl BlockStack for Gpt {
+    type Context = (Tensor<2, Int>, Tensor<4>);
+
+    fn context(&self, tokens: &Tensor<2, Int>, padding: Tensor<2, Bool>) -> Self::Context {
+        let [batch, seq] = tokens.dims();
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &tokens.device())
+            .reshape([1, seq])
+            .repeat_dim(0, batch);
+        (positions, decoder_bias(padding, seq))
+    }
+
+    fn embed(&self, tokens: Tensor<2, Int>, (positions, _): &Self::Context) -> Tensor<3> {
+        let x = self.token_embedding.forward(tokens)
+            + self.position_embedding.forward(positions.clone());
+        dropout(&self.dropout, x)
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn block(&self, i: usize, x: Tensor<3>, (_, bias): &Self::Context) -> Tensor<3> {
+        self.blocks[i].forward(x, bias.clone())
+    }
+
+    fn finish(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.head(self.norm.forward(hidden))
+    }
+
+    fn has_dropout(&self) -> bool {
+        self.dropout.prob > 0.0
+            || self.blocks.iter().any(|b| {
+                b.dropout.prob > 0.0 || b.attn.dropout.prob > 0.0 || b.mlp.dropout.prob > 0.0
+            })
+    }
+}
+
+/// The two families' contexts, for [`Decoder`].
+pub enum DecoderContext {
+    /// Our GPT's.
+    Gpt(<Gpt as BlockStack>::Context),
+    /// A Llama-family model's.
+    Llama(<Llama as BlockStack>::Context),
+}
+
+impl BlockStack for Decoder {
+    type Context = DecoderContext;
+
+    fn context(&self, tokens: &Tensor<2, Int>, padding: Tensor<2, Bool>) -> Self::Context {
+        match self {
+            Decoder::Gpt(m) => DecoderContext::Gpt(m.context(tokens, padding)),
+            Decoder::Llama(m) => DecoderContext::Llama(m.context(tokens, padding)),
+        }
+    }
+
+    fn embed(&self, tokens: Tensor<2, Int>, context: &Self::Context) -> Tensor<3> {
+        match (self, context) {
+            (Decoder::Gpt(m), DecoderContext::Gpt(c)) => m.embed(tokens, c),
+            (Decoder::Llama(m), DecoderContext::Llama(c)) => m.embed(tokens, c),
+            _ => unreachable!("a context comes from its own model"),
+        }
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.num_layers()
+    }
+
+    fn block(&self, i: usize, x: Tensor<3>, context: &Self::Context) -> Tensor<3> {
+        match (self, context) {
+            (Decoder::Gpt(m), DecoderContext::Gpt(c)) => m.block(i, x, c),
+            (Decoder::Llama(m), DecoderContext::Llama(c)) => m.block(i, x, c),
+            _ => unreachable!("a context comes from its own model"),
+        }
+    }
+
+    fn finish(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match self {
+            Decoder::Gpt(m) => m.finish(hidden),
+            Decoder::Llama(m) => m.finish(hidden),
+        }
+    }
+
+    fn has_dropout(&self) -> bool {
+        match self {
+            Decoder::Gpt(m) => m.has_dropout(),
+            Decoder::Llama(m) => m.has_dropout(),
+        }
+    }
+}
+
+/// Whether an adapter of `model` drops anything in training.
+fn adapters_drop<M: Module>(model: &M) -> bool {
     struct Dropouts(bool);
     impl ModuleVisitor for Dropouts {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -132,12 +298,7 @@ fn has_dropout(model: &Llama) -> bool {
     }
     let mut visitor = Dropouts(false);
     model.visit(&mut visitor);
-    let attention = model
-        .model
-        .layers
-        .iter()
-        .any(|l| l.self_attn.dropout.prob > 0.0);
-    visitor.0 || attention
+    visitor.0
 }
 
 /// Detaches every tracked parameter: a forward pass through the result records no graph.

@@ -68,20 +68,5 @@ pub(crate) fn check_options(options: &SftOptions) -> Result<(), Error> {
             quant.name()
         )));
     }
-    if options.gradient_checkpointing && options.devices.len() > 1 {
-        return Err(Error::Usage(
-            "--gradient-checkpointing runs on one device: burn-train forks the model to the other devices without the checkpointing strategy, which Burn 0.22 then refuses to mix".into(),
-        ));
-    }
     Ok(())
-}
-
-/// The device training batches are made on: autodiff, checkpointing when asked, as
-/// burn-train forks the model (Burn refuses an operation between tensors of two strategies).
-pub(crate) fn train_device(device: &Device, checkpointing: bool) -> Device {
-    let device = device.clone().autodiff();
-    match checkpointing {
-        true => device.gradient_checkpointing(),
-        false => device,
-    }
 }

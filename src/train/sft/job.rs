@@ -22,10 +22,9 @@ use crate::Error;
 use crate::data::SftDataset;
 use crate::model::{CausalLm, DecoderBase};
 use crate::train::quantize::BaseQuant;
+use crate::train::recompute::check_per_block;
 use crate::train::sft::encode::encode_sft;
-use crate::train::sft::engine::{
-    SftBatcher, StopAfter, check_options, latest_checkpoint, train_device,
-};
+use crate::train::sft::engine::{SftBatcher, StopAfter, check_options, latest_checkpoint};
 use crate::train::sft::outputs::{evaluate, save, write_curve};
 use crate::train::sft::progress::{Curve, SftProgress};
 use crate::train::sft::step::SftModel;
@@ -92,10 +91,11 @@ pub struct SftOptions {
     pub stop_after: Option<usize>,
     /// Quantize the base's linears before LoRA (QLoRA); refused with full fine-tuning.
     pub quantize: Option<BaseQuant>,
-    /// Train with Burn's autodiff gradient checkpointing (burn-train's
-    /// `SupervisedTraining::gradient_checkpointing`): the backward pass recomputes the
-    /// memory-bound activations (elementwise ops, softmax, norms) instead of keeping them;
-    /// matmul outputs are still kept. Same gradients, less memory, more time.
+    /// Gradient checkpointing per decoder block, as transformers'
+    /// `gradient_checkpointing_enable` does it
+    /// ([`backward_per_block`](crate::train::recompute::backward_per_block)): the forward
+    /// pass keeps each block's input only, and the backward pass recomputes one block at a
+    /// time. Same gradients, less memory, one more forward pass of time.
     pub gradient_checkpointing: bool,
 }
 
@@ -165,13 +165,7 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
         }
     }
     let device = options.devices[0].clone();
-    // With checkpointing the weights are made on the checkpointing device itself: forking a
-    // model made elsewhere to it keeps Burn's default strategy on the weights, and Burn
-    // refuses an operation between two strategies.
-    let base = match options.gradient_checkpointing {
-        true => DecoderBase::load(&options.base, &train_device(&device, true))?,
-        false => DecoderBase::load(&options.base, &device)?,
-    };
+    let base = DecoderBase::load(&options.base, &device)?;
     let limit = base.model.context_len().unwrap_or(usize::MAX);
     let max_len = options.max_len.min(limit);
     let train = encode_sft(&options.train, &base, max_len)?;
@@ -211,8 +205,12 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
     let model = SftModel {
         decoder,
         share: 1.0 / parts as f64,
+        per_block: options.gradient_checkpointing,
     }
     .train();
+    if options.gradient_checkpointing {
+        check_per_block(&model.decoder, &device)?;
+    }
     let report = param_report(&model);
     let longest = train.rows.len() - (parts - 1) * (train.rows.len() / parts);
     let steps_per_epoch = longest.div_ceil(per_device);
@@ -229,7 +227,7 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
     let loader_train = DataLoaderBuilder::new(batcher.clone())
         .batch_size(per_device)
         .shuffle(options.seed)
-        .set_device(train_device(&device, options.gradient_checkpointing))
+        .set_device(device.clone().autodiff())
         .build(InMemDataset::new(train.rows.clone()));
     let loader_valid = DataLoaderBuilder::new(batcher)
         .batch_size(options.batch_size)
@@ -253,9 +251,6 @@ pub fn run_sft(options: &SftOptions) -> Result<SftReport, Error> {
         .with_training_strategy(TrainingStrategy::Default(strategy));
     if let Some(epoch) = options.stop_after {
         training = training.early_stopping(StopAfter(epoch));
-    }
-    if options.gradient_checkpointing {
-        training = training.gradient_checkpointing();
     }
     if options.resume {
         let epoch = latest_checkpoint(&train_dir).ok_or_else(|| {
