@@ -236,9 +236,9 @@ impl BlockStack for Gpt {
 /// The two families' contexts, for [`Decoder`].
 pub enum DecoderContext {
     /// Our GPT's.
-    Gpt(<Gpt as BlockStack>::Context),
+    Gpt(Box<<Gpt as BlockStack>::Context>),
     /// A Llama-family model's.
-    Llama(<Llama as BlockStack>::Context),
+    Llama(Box<<Llama as BlockStack>::Context>),
 }
 
 impl BlockStack for Decoder {
@@ -246,8 +246,8 @@ impl BlockStack for Decoder {
 
     fn context(&self, tokens: &Tensor<2, Int>, padding: Tensor<2, Bool>) -> Self::Context {
         match self {
-            Decoder::Gpt(m) => DecoderContext::Gpt(m.context(tokens, padding)),
-            Decoder::Llama(m) => DecoderContext::Llama(m.context(tokens, padding)),
+            Decoder::Gpt(m) => DecoderContext::Gpt(Box::new(m.context(tokens, padding))),
+            Decoder::Llama(m) => DecoderContext::Llama(Box::new(m.context(tokens, padding))),
         }
     }
 
