@@ -427,7 +427,7 @@ fn checkpointed_and_plain_gradients_agree() {
 #[test]
 fn per_block_recomputation_gives_the_plain_gradients() {
     use burn::optim::GradientsParams;
-    use burn_lora_demo::train::recompute::backward_per_block;
+    use burn_lora_demo::train::recompute::{backward_per_block, backward_per_block_chunked};
 
     /// Every trainable parameter's gradient, by path.
     fn by_path<M: Module>(model: &M, grads: &GradientsParams) -> Vec<(String, Vec<f32>)> {
@@ -486,42 +486,53 @@ fn per_block_recomputation_gives_the_plain_gradients() {
     // embedding and the final norm.
     for (what, model, count) in [("LoRA", lora, 2 * 7 * 2), ("full", base, 2 * 12 + 2)] {
         let logits = model.logits(tokens.clone(), padding.clone());
+        let total = logits.dims().iter().product::<usize>() as f32;
         let plain_loss = loss(logits);
         let want = by_path(
             &model,
             &GradientsParams::from_grads(plain_loss.backward(), &model),
         );
-        let (got_loss, grads) =
-            backward_per_block(&model, tokens.clone(), padding.clone(), loss).unwrap();
-        let got = by_path(&model, &grads);
         assert_eq!(
             want.len(),
             count,
             "{what}: {:?}",
             want.iter().map(|(p, _)| p)
         );
-        assert_eq!(
-            want.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-            got.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-            "{what}: the same parameters get gradients"
-        );
-        let (a, b) = (
-            plain_loss.into_scalar::<f32>(),
-            got_loss.into_scalar::<f32>(),
-        );
-        assert!((a - b).abs() <= 1e-6 * a.abs(), "{what}: loss {a} vs {b}");
-        let mut worst = 0.0f32;
-        for ((path, w), (_, g)) in want.iter().zip(&got) {
-            assert!(
-                w.iter().any(|v| *v != 0.0),
-                "{what} {path}: a zero gradient proves nothing"
+        let plain_loss = plain_loss.into_scalar::<f32>();
+        // Whole, and with the head run 2 positions at a time (the mean's share per chunk).
+        let whole = backward_per_block(&model, tokens.clone(), padding.clone(), loss).unwrap();
+        let chunked =
+            backward_per_block_chunked(&model, tokens.clone(), padding.clone(), 2, |logits, _| {
+                (logits.clone() * logits).sum().div_scalar(total)
+            })
+            .unwrap();
+        for (how, (got_loss, grads)) in [("whole", whole), ("2 positions a chunk", chunked)] {
+            let got = by_path(&model, &grads);
+            assert_eq!(
+                want.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+                got.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+                "{what}, {how}: the same parameters get gradients"
             );
-            for (w, g) in w.iter().zip(g) {
-                worst = worst.max((w - g).abs() / w.abs().max(1.0));
+            let got_loss = got_loss.into_scalar::<f32>();
+            assert!(
+                (plain_loss - got_loss).abs() <= 1e-5 * plain_loss.abs(),
+                "{what}, {how}: loss {plain_loss} vs {got_loss}"
+            );
+            let mut worst = 0.0f32;
+            for ((path, w), (_, g)) in want.iter().zip(&got) {
+                assert!(
+                    w.iter().any(|v| *v != 0.0),
+                    "{what} {path}: a zero gradient proves nothing"
+                );
+                for (w, g) in w.iter().zip(g) {
+                    worst = worst.max((w - g).abs() / w.abs().max(1.0));
+                }
             }
+            println!(
+                "{what}, {how}: per-block recomputed vs plain gradients, max difference {worst:e}"
+            );
+            assert!(worst <= 1e-5, "{what}, {how}: {worst}");
         }
-        println!("{what}: per-block recomputed vs plain gradients, max difference {worst:e}");
-        assert!(worst <= 1e-5, "{what}: {worst}");
     }
 }
 

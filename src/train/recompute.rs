@@ -82,6 +82,39 @@ where
     M: BlockStack,
     F: FnOnce(Tensor<3>) -> Tensor<1>,
 {
+    let seq = tokens.dims()[1];
+    let mut loss = Some(loss);
+    backward_per_block_chunked(model, tokens, padding, seq, |logits, _| {
+        (loss.take().expect("one chunk covers every position"))(logits)
+    })
+}
+
+/// [`backward_per_block`] with the head and the loss run `chunk` positions at a time, each
+/// chunk its own backward pass: the logits (`[batch, chunk, vocab_size]`, 0.6 GB for 4 rows
+/// of 256 positions of a 151,936-token vocabulary) and the loss's intermediates are alive
+/// for one chunk only. `loss(logits, start)` gets the logits of positions
+/// `start..start + len` of every row and returns that chunk's part of the loss; the loss is
+/// the sum of the parts (for a mean over tokens, weight each chunk's mean by its share of
+/// the tokens). The returned loss is that sum, detached.
+///
+/// # Errors
+///
+/// As [`backward_per_block`]; [`Error::Usage`] for a `chunk` of 0.
+pub fn backward_per_block_chunked<M, F>(
+    model: &M,
+    tokens: Tensor<2, Int>,
+    padding: Tensor<2, Bool>,
+    chunk: usize,
+    mut loss: F,
+) -> Result<(Tensor<1>, GradientsParams), Error>
+where
+    M: BlockStack,
+    F: FnMut(Tensor<3>, usize) -> Tensor<1>,
+{
+    if chunk == 0 {
+        return Err(Error::Usage("backward_per_block_chunked: chunk 0".into()));
+    }
+    let [batch, seq] = tokens.dims();
     let device = tokens.device();
     check_per_block(model, &device)?;
     let cpu = is_cpu_device(&device);
@@ -105,18 +138,31 @@ where
     }
     drop(detached);
 
-    // 2. The head.
+    // 2. The head, `chunk` positions at a time.
     let mut grads = GradientsParams::new();
-    let hidden = inputs
-        .pop()
-        .expect("the last block's output")
-        .require_grad();
-    let value = loss(model.finish(hidden.clone()));
-    let mut tape = value.backward();
-    let mut g = hidden
-        .grad_remove(&mut tape)
-        .expect("the loss depends on the hidden states");
-    add(&mut grads, &mut tape, model);
+    let hidden = inputs.pop().expect("the last block's output");
+    let mut value: Option<Tensor<1>> = None;
+    let mut parts = Vec::with_capacity(seq.div_ceil(chunk));
+    for start in (0..seq).step_by(chunk) {
+        let end = (start + chunk).min(seq);
+        let h = hidden.clone().slice([0..batch, start..end]).require_grad();
+        let part = loss(model.finish(h.clone()), start);
+        let mut tape = part.backward();
+        parts.push(
+            h.grad_remove(&mut tape)
+                .expect("the loss depends on the hidden states"),
+        );
+        add(&mut grads, &mut tape, model);
+        let part = part.detach();
+        value = Some(match value {
+            Some(sum) => sum + part,
+            None => part,
+        });
+    }
+    let mut g = match parts.len() {
+        1 => parts.pop().expect("one part"),
+        _ => Tensor::cat(parts, 1),
+    };
 
     // 3. Each block, from the last.
     for i in (0..blocks).rev() {
@@ -135,7 +181,7 @@ where
         let mut tape = (embedded * g).sum().backward();
         add(&mut grads, &mut tape, model);
     }
-    Ok((value.detach(), grads))
+    Ok((value.expect("at least one position"), grads))
 }
 
 /// Whether [`backward_per_block`] can train `model` on `device`: it can, except with
