@@ -95,6 +95,10 @@ struct Args {
     /// Run only this case and print it as JSON (used for the per-case processes).
     #[arg(long)]
     case: Option<String>,
+    /// With --llm: run only these cases (comma-separated names), as
+    /// `scripts/peft_llm_bench.py --only` does.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Also time `floor_qv`: only the query and value biases trainable, the least a q,v
     /// adapter's step can cost here (the backward pass reaches every block, no weight
     /// gradient, no branch). Printed after the table, and written to `--out` as the last
@@ -471,8 +475,17 @@ fn llm_parent(args: &Args) -> Result<(), String> {
         "{:<20} {:>10} {:>10} {:>10} {:>10} {:>11}",
         "case", "median s", "min s", "max s", "peak MB", "tokens/s"
     );
+    if let Some(unknown) = args.only.iter().find(|c| !llm::CASES.contains(&c.as_str())) {
+        return Err(format!(
+            "--only {unknown}: no such case; the cases are {}",
+            llm::CASES.join(", ")
+        ));
+    }
     let mut cases = Vec::new();
     for case in llm::CASES {
+        if !args.only.is_empty() && !args.only.iter().any(|c| c == case) {
+            continue;
+        }
         let json = llm_in_process(args, case);
         match json["skipped"].as_str() {
             Some(reason) => println!("{case:<20} skipped: {reason}"),
