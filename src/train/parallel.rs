@@ -15,6 +15,8 @@
 //! drawn on the calling thread (see [`with_dropout_seed`]), each part's loss is weighted by
 //! its share of the batch so the parts' losses sum to the batch mean, and gradients are
 //! summed in part order.
+//!
+//! Size: half of it is its tests (replicas against one thread, thread timing, devices).
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};

@@ -5,13 +5,14 @@
 //! Burn 0.22's own checkpointing (`Device::autodiff().gradient_checkpointing()`) works per
 //! operation: it recomputes memory-bound operations (element-wise, softmax, norms) and keeps
 //! every matmul's output, which in a decoder is most of what the backward pass holds (q, k,
-//! v, the MLP's gate and up, the logits). Burn has no per-block recomputation, so it is
-//! written here with no custom autodiff operation, as a chain of small backward passes:
+//! v, the MLP's gate and up, the logits). Burn has no per-block recomputation and no custom
+//! backward operation on its public tensor API, so this is a chain of small backward passes:
 //!
 //! 1. Forward through the embedding and every block with the parameters detached, so no
 //!    graph is recorded; keep each block's input `h[i]` (`[batch, seq, d]`, a few MB each).
 //! 2. The head: from a fresh leaf `h[L]`, the final norm, the logits and the loss, one
-//!    backward pass. It gives the head's gradients and `g = ∂loss/∂h[L]`.
+//!    backward pass (one per chunk of positions with [`backward_per_block_chunked`]). It
+//!    gives the head's gradients and `g = ∂loss/∂h[L]`.
 //! 3. For each block from the last: from a fresh leaf `h[i]`, the block again, with a
 //!    graph this time, and one backward pass of `Σ block(h[i]) · g`. It gives the block's
 //!    gradients and the new `g = ∂loss/∂h[i]`; the block's graph is freed before the next.
@@ -20,9 +21,11 @@
 //! At most one block's activations are alive at a time, beside the head's. The price is
 //! one more forward pass through the blocks. Dropout draws the same masks in both passes on
 //! a CPU device: the embedding and each block run under a seed of their own
-//! ([`with_dropout_seed`]); a GPU
-//! draws its masks on the device, so there a model with dropout is refused rather than
-//! given gradients of masks its forward pass never used.
+//! ([`with_dropout_seed`]). A GPU draws its masks on the device, so there a model with
+//! dropout is refused rather than given gradients of masks its forward pass never used.
+//!
+//! Size: one algorithm and the `BlockStack` trait it walks, with its three implementations
+//! (Llama, our GPT, and `Decoder` dispatching to them), which belong next to it.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;

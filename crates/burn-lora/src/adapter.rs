@@ -31,7 +31,7 @@
 //! agree field by field.
 
 use burn::module::{Devices, Module, ModuleMapper, ModuleVisitor, Param, Reparameterization};
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use crate::config::{LoraConfig, LoraInit};
 use crate::lora::Lora;
@@ -263,10 +263,7 @@ impl Reparameterization for Adapter {
         let d_out = first.factors.lora_b.lazy_shape().dims::<2>()[1];
         let dtype = first.factors.lora_a.val().dtype();
         // A quantized base is dequantized for this pass only: at rest it stays quantized.
-        let base = match base.dtype() {
-            DType::QFloat(_) => base.dequantize(),
-            _ => base,
-        };
+        let base = crate::dequant::float_weight(base);
         // The adapted weight is computed in the factors' dtype and handed on in the base's.
         let out_dtype = base.dtype();
         let weight = crate::lora::in_dtype(base, dtype).reshape([d_in, d_out]);

@@ -77,6 +77,7 @@ mod adapter;
 mod apply;
 mod combine;
 mod config;
+mod dequant;
 pub mod dropout;
 mod error;
 mod io;

@@ -23,6 +23,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, IndexingUpdateOp, Tensor};
 
 use crate::adapter::Adapter;
+use crate::dequant::float_weight;
 use crate::lora::Lora;
 use crate::sites;
 
@@ -79,17 +80,19 @@ impl Linear {
     /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let bias = self.bias.as_ref().map(Param::val);
+        // A quantized base (QLoRA) is dequantized for this pass only.
         let Some(adapter) = self.adapter() else {
-            return linear(x, self.weight.val(), bias);
+            return linear(x, float_weight(self.weight.val()), bias);
         };
         if let Some((names, per)) = sites::routed_names() {
-            return forward_mixed(x, self.weight.base(), bias, adapter, &names, per);
+            let weight = float_weight(self.weight.base());
+            return forward_mixed(x, weight, bias, adapter, &names, per);
         }
         sites::note_unrouted(self.weight.id);
         if !adapter.is_active() {
-            return linear(x, self.weight.val(), bias);
+            return linear(x, float_weight(self.weight.val()), bias);
         }
-        let weight = self.weight.base();
+        let weight = float_weight(self.weight.base());
         let result = linear(x.clone(), weight.clone(), bias.clone()); // [..., d_output]
         let base = without_bias(&result, bias, adapter.computing().any(Lora::use_dora));
         let delta = adapter.forward_delta(x, &base, &weight);
