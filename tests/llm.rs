@@ -350,33 +350,52 @@ fn our_causal_lm_adapter_loads_in_peft_with_the_same_outputs() {
     );
 }
 
+/// LoRA r 4 (alpha 8) on every linear, with factors set by formula: B is not zero, so A's
+/// gradient is not zero either.
+fn formula_lora<M: Module>(model: M) -> M {
+    let config = LoraConfig::new()
+        .with_rank(4)
+        .with_alpha(8.0)
+        .with_target_modules(vec![burn_lora::ALL_LINEAR.into()]);
+    apply_lora(model, &config)
+        .unwrap()
+        .map(&mut FormulaFactors {
+            names: Vec::new(),
+            count: 0,
+        })
+}
+
+/// The qwen2 golden prompts as one right-padded batch (padding id 0) and its padding mask.
+fn qwen2_prompt_batch(device: &Device) -> (Tensor<2, Int>, Tensor<2, burn::tensor::Bool>) {
+    let ids = &golden("qwen2").prompt_ids;
+    let width = ids.iter().map(Vec::len).max().unwrap();
+    let rows: Vec<i64> = ids
+        .iter()
+        .flat_map(|row| (0..width).map(|i| *row.get(i).unwrap_or(&0) as i64))
+        .collect();
+    let pads: Vec<bool> = ids
+        .iter()
+        .flat_map(|row| (0..width).map(move |i| i >= row.len()))
+        .collect();
+    assert!(pads.contains(&true), "a padded row");
+    let shape = [ids.len(), width];
+    (
+        Tensor::from_data(TensorData::new(rows, shape), device),
+        Tensor::from_data(TensorData::new(pads, shape), device),
+    )
+}
+
 /// Burn's autodiff gradient checkpointing (`Device::autodiff().gradient_checkpointing()`:
 /// the backward pass recomputes memory-bound activations instead of keeping them) gives the
-/// gradients the plain tape gives, on a LoRA-adapted Qwen2 built on that device.
+/// gradients the plain tape gives, on a LoRA-adapted Qwen2 built on that device, for a
+/// batch with a padded row.
 #[test]
 fn checkpointed_and_plain_gradients_agree() {
     let grads_on = |device: Device| -> Vec<(String, TensorData)> {
         let spec = format!("hf:{}", fixture("qwen2").display());
         let base = DecoderBase::load(&spec, &device).unwrap();
-        let config = LoraConfig::new()
-            .with_rank(4)
-            .with_alpha(8.0)
-            .with_target_modules(vec![burn_lora::ALL_LINEAR.into()]);
-        let model = apply_lora(base.model, &config).unwrap();
-        // Non-zero B, so that A's gradient is not zero.
-        let model = model.map(&mut FormulaFactors {
-            names: Vec::new(),
-            count: 0,
-        });
-        let ids = &golden("qwen2").prompt_ids;
-        let width = ids.iter().map(Vec::len).max().unwrap();
-        let rows: Vec<i64> = ids
-            .iter()
-            .flat_map(|row| (0..width).map(|i| *row.get(i).unwrap_or(&row[0]) as i64))
-            .collect();
-        let tokens =
-            Tensor::<2, Int>::from_data(TensorData::new(rows, [ids.len(), width]), &device);
-        let padding = tokens.clone().equal_elem(-1);
+        let model = formula_lora(base.model);
+        let (tokens, padding) = qwen2_prompt_batch(&device);
         let logits = model.logits(tokens, padding);
         let grads = (logits.clone() * logits).mean().backward();
         burn_lora::adapters(&model)
@@ -455,32 +474,8 @@ fn per_block_recomputation_gives_the_plain_gradients() {
     let Decoder::Llama(base) = DecoderBase::load(&spec, &device).unwrap().model else {
         panic!("qwen2 is a Llama-family model");
     };
-    let config = LoraConfig::new()
-        .with_rank(4)
-        .with_alpha(8.0)
-        .with_target_modules(vec![burn_lora::ALL_LINEAR.into()]);
-    let lora = apply_lora(base.clone(), &config)
-        .unwrap()
-        .map(&mut FormulaFactors {
-            names: Vec::new(),
-            count: 0,
-        });
-    let ids = &golden("qwen2").prompt_ids;
-    let width = ids.iter().map(Vec::len).max().unwrap();
-    let rows: Vec<i64> = ids
-        .iter()
-        .flat_map(|row| (0..width).map(|i| *row.get(i).unwrap_or(&0) as i64))
-        .collect();
-    let pads: Vec<bool> = ids
-        .iter()
-        .flat_map(|row| (0..width).map(move |i| i >= row.len()))
-        .collect();
-    assert!(pads.contains(&true), "a padded row");
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(rows, [ids.len(), width]), &device);
-    let padding = Tensor::<2, burn::tensor::Bool>::from_data(
-        TensorData::new(pads, [ids.len(), width]),
-        &device,
-    );
+    let lora = formula_lora(base.clone());
+    let (tokens, padding) = qwen2_prompt_batch(&device);
     let loss = |logits: Tensor<3>| (logits.clone() * logits).mean();
     // Full: per layer q, k, v (weight and bias), o, gate, up, down and two norms; then the
     // embedding and the final norm.
