@@ -52,13 +52,19 @@ pub trait CausalLm {
     /// - output: `[batch, seq, vocab_size]`
     fn logits(&self, tokens: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<3> {
         let [batch, seq] = tokens.dims();
-        let positions = Tensor::<1, Int>::arange(0..seq as i64, &tokens.device())
-            .reshape([1, seq])
-            .repeat_dim(0, batch); // [batch, seq]
+        let positions = positions(batch, seq, &tokens.device());
         let bias = decoder_bias(padding, seq);
         let mut cache = KvCache::disabled(self.num_layers());
         self.head(self.hidden_cached(tokens, positions, bias, &mut cache))
     }
+}
+
+/// Positions `0..seq` for each of `batch` rows, `[batch, seq]`: an unpadded (or
+/// right-padded) batch with nothing cached.
+pub fn positions(batch: usize, seq: usize, device: &Device) -> Tensor<2, Int> {
+    Tensor::<1, Int>::arange(0..seq as i64, device)
+        .reshape([1, seq])
+        .repeat_dim(0, batch)
 }
 
 /// The keys and values of the positions a decoder has seen, one entry per layer, each

@@ -15,7 +15,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 use crate::Error;
 use crate::io::{load_module, save_module};
 use crate::model::dropout;
-use crate::model::{Block, CausalLm, KvCache, decoder_bias};
+use crate::model::{Block, CausalLm, KvCache, decoder_bias, positions};
 
 /// The size of a [`Gpt`].
 #[derive(Config, Debug)]
@@ -145,9 +145,7 @@ impl Gpt {
     /// - output: `[batch, seq, d_model]`
     pub fn hidden(&self, tokens: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<3> {
         let [batch, seq] = tokens.dims();
-        let positions = Tensor::<1, Int>::arange(0..seq as i64, &tokens.device())
-            .reshape([1, seq])
-            .repeat_dim(0, batch); // [batch, seq]
+        let positions = positions(batch, seq, &tokens.device());
         let mut cache = KvCache::disabled(self.blocks.len());
         self.hidden_cached(tokens, positions, attention_bias(padding), &mut cache)
     }

@@ -35,7 +35,7 @@ use burn_lora::dropout::{is_cpu_device, next_seed, with_dropout_seed};
 
 use crate::Error;
 use crate::model::llama::{Llama, Rope};
-use crate::model::{CausalLm, Decoder, Gpt, KvCache, decoder_bias, dropout};
+use crate::model::{CausalLm, Decoder, Gpt, KvCache, decoder_bias, dropout, positions};
 
 /// A decoder seen as what per-block recomputation walks: an embedding, a stack of blocks,
 /// and a head (final norm and projection). Implemented by [`Llama`], [`Gpt`] and
@@ -211,11 +211,8 @@ impl BlockStack for Llama {
     fn context(&self, tokens: &Tensor<2, Int>, padding: Tensor<2, Bool>) -> Self::Context {
         let [batch, seq] = tokens.dims();
         let device = tokens.device();
-        let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
-            .reshape([1, seq])
-            .repeat_dim(0, batch);
         (
-            Rope::new(positions, &self.inv_freq, &device),
+            Rope::new(positions(batch, seq, &device), &self.inv_freq, &device),
             decoder_bias(padding, seq),
         )
     }
@@ -250,10 +247,10 @@ impl BlockStack for Gpt {
 
     fn context(&self, tokens: &Tensor<2, Int>, padding: Tensor<2, Bool>) -> Self::Context {
         let [batch, seq] = tokens.dims();
-        let positions = Tensor::<1, Int>::arange(0..seq as i64, &tokens.device())
-            .reshape([1, seq])
-            .repeat_dim(0, batch);
-        (positions, decoder_bias(padding, seq))
+        (
+            positions(batch, seq, &tokens.device()),
+            decoder_bias(padding, seq),
+        )
     }
 
     fn embed(&self, tokens: Tensor<2, Int>, (positions, _): &Self::Context) -> Tensor<3> {

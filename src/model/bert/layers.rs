@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, Embedding, LayerNorm};
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::model::{attend, dropout, gelu};
+use crate::model::{attend, dropout, gelu, positions};
 
 /// Word, position and token-type embeddings, summed, normalised, dropped out.
 #[derive(Module, Debug)]
@@ -141,9 +141,7 @@ impl Bert {
     pub fn forward(&self, tokens: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<3> {
         let [batch, seq] = tokens.dims();
         let device = tokens.device();
-        let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
-            .reshape([1, seq])
-            .repeat_dim(0, batch);
+        let positions = positions(batch, seq, &device);
         let types = Tensor::<2, Int>::zeros([batch, seq], &device);
         let e = &self.embeddings;
         let x = e.word_embeddings.forward(tokens)
