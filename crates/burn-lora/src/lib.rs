@@ -80,6 +80,7 @@ mod config;
 mod dequant;
 pub mod dropout;
 mod error;
+pub mod few_rows;
 mod io;
 mod lora;
 mod lora_linear;

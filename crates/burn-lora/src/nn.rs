@@ -19,11 +19,11 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LinearLayout};
-use burn::tensor::module::linear;
 use burn::tensor::{Device, IndexingUpdateOp, Tensor};
 
 use crate::adapter::Adapter;
 use crate::dequant::float_weight;
+use crate::few_rows::matmul_weight;
 use crate::lora::Lora;
 use crate::sites;
 
@@ -162,6 +162,25 @@ fn forward_mixed<const D: usize>(
         result = result.select_assign(0, rows, delta, IndexingUpdateOp::Add);
     }
     result
+}
+
+/// `x·W + b`: Burn's [`linear`](burn::tensor::module::linear), except that a product of a few
+/// rows (a decode step) runs on every core of a CPU backend (see [`matmul_weight`]).
+fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    let dims = x.dims();
+    let [d_in, d_out] = weight.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    if D < 2 || rows > 16 {
+        return burn::tensor::module::linear(x, weight, bias);
+    }
+    let y = matmul_weight(x.reshape([rows, d_in]), weight, false);
+    let y = match bias {
+        Some(bias) => y + bias.unsqueeze(),
+        None => y,
+    };
+    let mut out = dims;
+    out[D - 1] = d_out;
+    y.reshape(out)
 }
 
 impl From<burn::nn::Linear> for Linear {
