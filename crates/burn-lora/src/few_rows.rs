@@ -1,26 +1,32 @@
-//! `x·W` for a few rows of `x` on every core of Burn's `flex` CPU backend.
+//! `x·W` for a few rows of `x` on every core of Burn's `flex` CPU backend, where that pays.
 //!
 //! Decoding one token multiplies one row per sequence by every weight of the model. On
 //! `flex` such a product runs on one core: gemm 0.19 computes a one-row product by its
 //! `gemv` path, which has no parallel version, and flex asks gemm for threads only above
 //! 192³ multiply-adds, which a 0.5B model's attention projections do not reach. A decode is
-//! bound by reading the weights from memory, and one core reads them at about half the
-//! rate two do.
+//! bound by reading the weights from memory.
 //!
-//! Here such a product is split into column blocks, `W` `[d_in, d_out]` viewed (no copy) as
-//! `[parts, d_in, d_out / parts]`, and run as one batched product, which flex spreads over
-//! its rayon threads, a block at a time. Every output element is the same dot product over
-//! `d_in` as before. Products of up to 4 rows are split even where flex would thread them
-//! (gemm's threaded product of 4 rows was about 5 % slower than the blocks on the decode
-//! bench); smaller products, larger ones, other backends, and widths that do not split
-//! evenly take the plain product. A weight that is not contiguous in memory (a view Burn
-//! made, for example by slicing) is copied by flex's reshape first, so this is for the
-//! weights the layers own.
+//! Here such a product can be split into column blocks, `W` `[d_in, d_out]` viewed (no
+//! copy) as `[parts, d_in, d_out / parts]`, and run as one batched product, which flex
+//! spreads over its rayon threads, a block at a time. Every output element is the same dot
+//! product over `d_in` as before. Products of up to 4 rows are candidates even where flex
+//! would thread them (gemm's threaded product of 4 rows was about 5 % slower than the
+//! blocks on the decode bench); smaller products, larger ones, other backends, and widths
+//! that do not split evenly take the plain product. A weight that is not contiguous in
+//! memory (a view Burn made, for example by slicing) is copied by flex's reshape first, so
+//! this is for the weights the layers own.
 //!
-//! Measured on the Qwen2.5-0.5B-shaped decode of `bench --llm qwen2-0.5b` (2 cores): one
-//! row 5.3 → 6.8 tokens/s, four rows 11.1 → 13.8, against PyTorch's 9.1 and 19.1 in the
-//! same rounds (docs/BENCHMARKS.md). This belongs in flex (or gemm); it is here until it
-//! is there.
+//! Whether the blocks pay depends on the machine. On the Qwen2.5-0.5B-shaped decode of
+//! `bench --llm qwen2-0.5b` (2 cores, docs/BENCHMARKS.md) they took one row from 5.3 to
+//! 6.8 tokens/s on an Intel Xeon, but from 9.4 down to 6.9 on an AMD EPYC, whose one core's
+//! `gemv` already reads the weights faster than both of the Xeon's (four rows: 11.1 → 13.8
+//! on the Xeon, 21.6 → 19.5 on the EPYC). A timing at start-up (one row times a 128 MiB
+//! weight, whole and in blocks) chose the blocks on that EPYC too, so the choice is by
+//! vendor, as measured: the blocks on Intel CPUs, the whole product elsewhere (Burn's own
+//! behaviour), and `BURN_LORA_FEW_ROWS=split` or `=whole` to choose. This belongs in flex
+//! (or gemm); it is here until it is there.
+
+use std::sync::OnceLock;
 
 use burn::tensor::{Device, Tensor};
 
@@ -34,12 +40,15 @@ const FLEX_PARALLEL_FROM: usize = 192 * 192 * 192;
 
 /// `x·W` for `x` `[rows, d_in]` and `W` `[d_in, d_out]`, or `x·Wᵀ` for `W` stored
 /// `[d_out, d_in]` when `out_in` (PyTorch's layout, and an embedding's, as a tied output
-/// head reads it). The result is `[rows, d_out]`, the plain product's values.
+/// head reads it). The result is `[rows, d_out]`, the plain product's values. Split into
+/// column blocks on flex on Intel CPUs, or as `BURN_LORA_FEW_ROWS` says (see the module's
+/// doc); otherwise the plain product.
 pub fn matmul_weight(x: Tensor<2>, weight: Tensor<2>, out_in: bool) -> Tensor<2> {
     let [rows, d_in] = x.dims();
     let [a, b] = weight.dims();
     let d_out = if out_in { a } else { b };
-    match parts(rows, d_in, d_out, &x.device()) {
+    let device = x.device();
+    match parts(rows, d_in, d_out, &device).filter(|_| split_pays()) {
         Some(parts) => split_matmul(x, weight, out_in, parts),
         None if out_in => x.matmul(weight.transpose()),
         None => x.matmul(weight),
@@ -59,6 +68,52 @@ fn split_matmul(x: Tensor<2>, weight: Tensor<2>, out_in: bool, parts: usize) -> 
         .matmul(blocks) // [parts, rows, width]
         .swap_dims(0, 1)
         .reshape([rows, d_out])
+}
+
+/// Whether to split on this machine: `BURN_LORA_FEW_ROWS` (`split` or `whole`) when set,
+/// else on Intel x86 CPUs only, the one vendor where the blocks were measured faster (see
+/// the module's doc). Decided by the machine, not by a timing, so that a run's values do
+/// not depend on how busy the machine was.
+fn split_pays() -> bool {
+    static DECIDED: OnceLock<bool> = OnceLock::new();
+    *DECIDED.get_or_init(|| {
+        let setting = std::env::var("BURN_LORA_FEW_ROWS").ok();
+        if let Some(other) = setting
+            .as_deref()
+            .filter(|s| !matches!(*s, "split" | "whole"))
+        {
+            eprintln!(
+                "burn-lora: BURN_LORA_FEW_ROWS={other:?} is neither split nor whole; ignored"
+            );
+        }
+        decide(setting.as_deref(), cpu_vendor().as_deref())
+    })
+}
+
+/// [`split_pays`]'s rule, given the setting and the CPU vendor.
+fn decide(setting: Option<&str>, vendor: Option<&str>) -> bool {
+    match setting {
+        Some("split") => true,
+        Some("whole") => false,
+        _ => vendor == Some("GenuineIntel"),
+    }
+}
+
+/// The x86 CPU's vendor string (`GenuineIntel`, `AuthenticAMD`, ...), `None` elsewhere.
+fn cpu_vendor() -> Option<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0 is on every x86-64 CPU; its vendor string is EBX, EDX, ECX.
+        #[allow(unused_unsafe)]
+        let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
+        let bytes: Vec<u8> = [leaf.ebx, leaf.edx, leaf.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// Into how many column blocks to split `[rows, d_in]·[d_in, d_out]`, or `None` to run it
@@ -150,6 +205,28 @@ mod tests {
             got.into_data()
                 .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-5));
         }
+    }
+
+    #[test]
+    fn the_cpu_vendor_is_read_on_x86() {
+        let vendor = cpu_vendor();
+        if cfg!(target_arch = "x86_64") {
+            let vendor = vendor.expect("every x86-64 CPU answers CPUID leaf 0");
+            assert_eq!(vendor.len(), 12, "{vendor:?}");
+            assert!(vendor.is_ascii(), "{vendor:?}");
+        } else {
+            assert_eq!(vendor, None);
+        }
+    }
+
+    #[test]
+    fn blocks_on_intel_whole_elsewhere_unless_told() {
+        assert!(decide(None, Some("GenuineIntel")));
+        assert!(!decide(None, Some("AuthenticAMD")));
+        assert!(!decide(None, None)); // not x86: Burn's own product
+        assert!(decide(Some("split"), Some("AuthenticAMD")));
+        assert!(!decide(Some("whole"), Some("GenuineIntel")));
+        assert!(decide(Some("blocks"), Some("GenuineIntel"))); // not a setting: ignored
     }
 
     #[test]

@@ -165,7 +165,7 @@ fn forward_mixed<const D: usize>(
 }
 
 /// `x·W + b`: Burn's [`linear`](burn::tensor::module::linear), except that a product of a few
-/// rows (a decode step) runs on every core of a CPU backend (see [`matmul_weight`]).
+/// rows (a decode step) runs on every core of flex on Intel CPUs (see [`matmul_weight`]).
 fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
     let dims = x.dims();
     let [d_in, d_out] = weight.dims();

@@ -233,7 +233,7 @@ impl LmHead {
 pub fn project_out(hidden: Tensor<3>, weight: Tensor<2>) -> Tensor<3> {
     let [batch, seq, d] = hidden.dims();
     let vocab = weight.dims()[0];
-    // A decode step's few rows run on every core of a CPU backend (`matmul_weight`).
+    // A decode step's few rows run on every core of flex on Intel CPUs (`matmul_weight`).
     burn_lora::few_rows::matmul_weight(hidden.reshape([batch * seq, d]), weight, true)
         .reshape([batch, seq, vocab])
 }
