@@ -47,8 +47,9 @@ pub fn matmul_weight(x: Tensor<2>, weight: Tensor<2>, out_in: bool) -> Tensor<2>
     let [rows, d_in] = x.dims();
     let [a, b] = weight.dims();
     let d_out = if out_in { a } else { b };
-    let device = x.device();
-    match parts(rows, d_in, d_out, &device).filter(|_| split_pays()) {
+    // The machine's decision first: it is cached, while `parts` formats the device's name.
+    let split = split_pays().then(|| parts(rows, d_in, d_out, &x.device()));
+    match split.flatten() {
         Some(parts) => split_matmul(x, weight, out_in, parts),
         None if out_in => x.matmul(weight.transpose()),
         None => x.matmul(weight),
