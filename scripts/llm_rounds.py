@@ -7,7 +7,10 @@ the issue's targets. Writes every round's JSON and `summary.md` under --out. Not
     cargo build --release --example bench
     .venv/bin/python scripts/llm_rounds.py --rounds 2 --out runs/llm-rounds
 
-Extra arguments after `--` go to both sides (`--steps 2`, `--batch 2`, ...).
+Extra arguments after `--` go to both sides (`--steps 2`, `--batch 2`, ...). `--variant FLAG`
+(repeatable) also runs our bench with FLAG in each round, right after the plain run, and
+prints its cases as `name FLAG` with their ratios to PyTorch and to our plain run
+(`--variant=--plain-head-loss`).
 """
 
 import argparse
@@ -38,6 +41,8 @@ def main():
     parser.add_argument("--llm", default="qwen2-0.5b")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/llm-rounds")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="a flag of ours to run as well in each round")
     parser.add_argument("extra", nargs="*")
     args = parser.parse_args()
     out = Path(args.out)
@@ -51,13 +56,25 @@ def main():
             [str(ours_exe), "--llm", args.llm, "--out", str(ours_json), *args.extra],
             check=True,
         )
+        variants = {}
+        for flag in args.variant:
+            path = out / f"ours-{r}{flag}.json"
+            print(f"round {r + 1}/{args.rounds}: burn-lora {flag}", flush=True)
+            subprocess.run(
+                [str(ours_exe), "--llm", args.llm, "--out", str(path), flag, *args.extra],
+                check=True,
+            )
+            variants[flag] = json.loads(path.read_text())
         print(f"round {r + 1}/{args.rounds}: PyTorch + PEFT", flush=True)
         subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "peft_llm_bench.py"), "--llm", args.llm,
              "--threads", str(args.threads), "--out", str(theirs_json), *args.extra],
             check=True,
         )
-        rounds.append((json.loads(ours_json.read_text()), json.loads(theirs_json.read_text())))
+        ours = json.loads(ours_json.read_text())
+        for flag, report in variants.items():
+            ours["cases"] += [dict(c, name=f"{c['name']} {flag}") for c in report["cases"]]
+        rounds.append((ours, json.loads(theirs_json.read_text())))
 
     ours0, theirs0 = rounds[0]
     lines = [
@@ -74,7 +91,7 @@ def main():
     names = [c["name"] for c in ours0["cases"]]
     for name in names:
         o = [by_name(a).get(name) for a, _ in rounds]
-        t = [by_name(b).get(name) for _, b in rounds]
+        t = [by_name(b).get(name.split(" ")[0]) for _, b in rounds]
         ot = [c["median_seconds"] for c in o if c]
         tt = [c["median_seconds"] for c in t if c]
         orss = [c["peak_rss_bytes"] / 1e6 for c in o if c]
@@ -87,7 +104,7 @@ def main():
             f"{side}: {c['skipped']}"
             for side, report in (("ours", ours0), ("PyTorch", theirs0))
             for c in report["cases"]
-            if c["name"] == name and "skipped" in c
+            if c["name"] in (name, name.split(" ")[0]) and "skipped" in c
         ]
         lines.append(
             f"| {name} | {med(ot):.3f} ({spread(ot)}) | {med(tt):.3f} ({spread(tt)}) | "
@@ -132,6 +149,13 @@ def main():
             if "llm_lora_step" in by_name(b) and "llm_lora_ckpt_step" in by_name(b)
         ]),
     ]
+    for flag in args.variant:
+        for name in names:
+            if " " not in name and f"{name} {flag}" in names:
+                targets.append((f"{name}: ours / ours {flag}, time",
+                                ratio(name, "median_seconds", f"{name} {flag}")))
+                targets.append((f"{name}: ours / ours {flag}, peak RSS",
+                                ratio(name, "peak_rss_bytes", f"{name} {flag}")))
     lines += ["", "| target | median of rounds | spread |", "|---|---|---|"]
     for label, values in targets:
         lines.append(f"| {label} | {med(values):.2f} | {spread(values)} |")

@@ -442,11 +442,15 @@ fn checkpointed_and_plain_gradients_agree() {
 /// Per-block recomputation (`train::recompute::backward_per_block`, transformers' kind of
 /// gradient checkpointing) gives the plain tape's loss and gradients: for LoRA on every
 /// linear, and for full fine-tuning, where the tied embedding gets gradients from both the
-/// head and the input. One row is padded, so the padding mask takes part.
+/// head and the input. One row is padded, so the padding mask takes part. The same for
+/// next-token cross-entropy through `backward_per_block_cross_entropy`.
 #[test]
 fn per_block_recomputation_gives_the_plain_gradients() {
+    use burn::nn::loss::CrossEntropyLoss;
     use burn::optim::GradientsParams;
-    use burn_lora_demo::train::recompute::{backward_per_block, backward_per_block_chunked};
+    use burn_lora_demo::train::recompute::{
+        backward_per_block, backward_per_block_chunked, backward_per_block_cross_entropy,
+    };
 
     /// Every trainable parameter's gradient, by path.
     fn by_path<M: Module>(model: &M, grads: &GradientsParams) -> Vec<(String, Vec<f32>)> {
@@ -528,6 +532,53 @@ fn per_block_recomputation_gives_the_plain_gradients() {
             );
             assert!(worst <= 1e-5, "{what}, {how}: {worst}");
         }
+
+        // Next-token cross-entropy with the gradient from `linear_cross_entropy`, 3
+        // positions a chunk, weighted by 0.5: Burn's `CrossEntropyLoss` on the plain tape.
+        let [rows, seq] = tokens.dims();
+        let targets = tokens.clone().add_scalar(1); // in the vocabulary: ids < vocab - 1
+        let logits = model.logits(tokens.clone(), padding.clone());
+        let vocab = logits.dims()[2];
+        let plain_loss = CrossEntropyLoss::new(None, &device)
+            .forward(
+                logits.reshape([rows * seq, vocab]),
+                targets.clone().reshape([rows * seq]),
+            )
+            .mul_scalar(0.5);
+        let want = by_path(
+            &model,
+            &GradientsParams::from_grads(plain_loss.backward(), &model),
+        );
+        let plain_loss = plain_loss.into_scalar::<f32>();
+        let (got_loss, grads) = backward_per_block_cross_entropy(
+            &model,
+            tokens.clone(),
+            padding.clone(),
+            targets,
+            0.5,
+            3,
+        )
+        .unwrap();
+        let got = by_path(&model, &grads);
+        assert_eq!(
+            want.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            got.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            "{what}, cross-entropy: the same parameters get gradients"
+        );
+        let got_loss = got_loss.into_scalar::<f32>();
+        assert!(
+            (plain_loss - got_loss).abs() <= 1e-5 * plain_loss.abs(),
+            "{what}, cross-entropy: loss {plain_loss} vs {got_loss}"
+        );
+        let mut worst = 0.0f32;
+        for ((path, w), (_, g)) in want.iter().zip(&got) {
+            assert!(w.iter().any(|v| *v != 0.0), "{what} {path}: zero gradient");
+            for (w, g) in w.iter().zip(g) {
+                worst = worst.max((w - g).abs() / w.abs().max(1.0));
+            }
+        }
+        println!("{what}, cross-entropy: fused vs plain gradients, max difference {worst:e}");
+        assert!(worst <= 1e-5, "{what}, cross-entropy: {worst}");
     }
 }
 

@@ -273,7 +273,7 @@ pub fn run_case(
     };
     Ok(CaseResult {
         case: case.name(),
-        median_s: times[times.len() / 2],
+        median_s: crate::median(&times),
         min_s: times[0],
         max_s: times[times.len() - 1],
         trainable,

@@ -5,12 +5,16 @@
 //!
 //! Cases, each in a process of its own (its peak RSS is its own):
 //! - `llm_lora_step`: one AdamW step of LoRA r 16 (alpha 32) on every linear, next-token
-//!   cross-entropy on a `batch × seq` batch of random tokens;
+//!   cross-entropy on a `batch × seq` batch of random tokens, the head and the loss 128
+//!   positions at a time with their gradient in the forward pass
+//!   ([`linear_cross_entropy`]; `--plain-head-loss` for Burn's `CrossEntropyLoss` on the
+//!   whole logits, as transformers computes it);
 //! - `llm_lora_q8_step`: the same on a base whose linears are Q8 (per block of 32);
 //! - `llm_lora_ckpt_step`: the same with gradient checkpointing per decoder block, as
-//!   transformers' `gradient_checkpointing_enable` does it, and the head and loss run 64
-//!   positions at a time (`train::recompute::backward_per_block_chunked`; Burn's own
-//!   checkpointing, per operation, saved 6 %);
+//!   transformers' `gradient_checkpointing_enable` does it, the head and loss as above
+//!   (`train::recompute::backward_per_block_cross_entropy`; with `--plain-head-loss`,
+//!   Burn's `CrossEntropyLoss` 64 positions at a time through
+//!   `backward_per_block_chunked`; Burn's own checkpointing, per operation, saved 6 %);
 //! - `llm_lora_q8_ckpt_step`: the Q8 base with the same checkpointing;
 //! - `llm_full_step`: a full fine-tuning step;
 //! - `llm_prefill`: one forward pass over the batch, no gradients;
@@ -25,11 +29,15 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_lora::{ALL_LINEAR, LoraConfig, apply_lora, param_report};
 use burn_lora_demo::memory::release_free_memory;
+use burn_lora_demo::model::CausalLm;
 use burn_lora_demo::model::llama::{Llama, LlamaConfig};
 use burn_lora_demo::model::{GenerateOptions, Sampling, generate_batch};
+use burn_lora_demo::train::head_loss::linear_cross_entropy;
 use burn_lora_demo::train::parallel::{PartGrads, on_threads, parallel_part_grads};
 use burn_lora_demo::train::quantize::BaseQuant;
-use burn_lora_demo::train::recompute::backward_per_block_chunked;
+use burn_lora_demo::train::recompute::{
+    backward_per_block_chunked, backward_per_block_cross_entropy,
+};
 use serde_json::{Value, json};
 
 /// The cases, in the order they run and are written.
@@ -44,9 +52,18 @@ pub const CASES: [&str; 8] = [
     "llm_decode_b4",
 ];
 
-/// Positions per chunk of the head and loss in the checkpointed cases: the logits of 64
+/// Positions per chunk of the head and loss in the checkpointed cases with
+/// `--plain-head-loss`: the logits of 64
 /// positions of 2 rows are 78 MB, of all 255 positions 310 MB.
 const HEAD_CHUNK: usize = 64;
+
+/// Positions per chunk of [`linear_cross_entropy`] in the training cases: the logits
+/// of 128 positions are 78 MB, of a replica's 510 positions 310 MB. On the AMD EPYC of
+/// 2026-12-04 (`llm_lora_step`, one 2-step run each, the slower step): chunks of 48, 128
+/// and 510 positions took 16.4, 15.7 and 16.2 s and peaked at 6.46, 6.54 and 7.00 GB;
+/// smaller chunks re-read the head's 544 MB weight more often, larger ones map more fresh
+/// memory.
+const LOSS_CHUNK: usize = 128;
 
 /// Batch shape and decoding lengths of the LLM cases.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -63,6 +80,10 @@ pub struct LlmSizes {
     pub prompt: usize,
     /// Tokens generated per row when decoding.
     pub new_tokens: usize,
+    /// The training cases take the loss through Burn's `CrossEntropyLoss` on the logits
+    /// (whole, or 64 positions a chunk with checkpointing) instead of
+    /// [`linear_cross_entropy`].
+    pub plain_head_loss: bool,
 }
 
 /// The geometry `name` names: `qwen2-0.5b`, or `tiny` (the same shape of model, small
@@ -190,7 +211,7 @@ pub fn run(
         }
         other => return Err(format!("unknown case {other}")),
     };
-    let median = times[times.len() / 2];
+    let median = crate::median(&times);
     let mut out = json!({
         "name": name,
         "median_seconds": median,
@@ -236,6 +257,7 @@ fn random_tokens(rows: usize, seq: usize, vocab: usize, device: &Device) -> Tens
 /// `1..seq` of its rows from `0..seq-1`, as transformers' `labels=input_ids` does. With
 /// `per_block`, each replica's backward pass recomputes one decoder block at a time.
 fn train_step(model: Llama, sizes: &LlmSizes, per_block: bool, device: &Device) -> impl FnMut() {
+    let fused = !sizes.plain_head_loss;
     let vocab = model.model.embed_tokens.weight.dims()[0];
     let parts: Vec<_> = row_parts(sizes.batch, sizes.replicas)
         .into_iter()
@@ -265,10 +287,40 @@ fn train_step(model: Llama, sizes: &LlmSizes, per_block: bool, device: &Device) 
                     .mul_scalar((rows * len) as f64 / (batch * (seq - 1)) as f64)
             };
             let (loss, grads) = match per_block {
+                true if fused => {
+                    let padding = inputs.clone().equal_elem(-1);
+                    let share = rows as f64 / batch as f64; // of the batch's tokens
+                    backward_per_block_cross_entropy(
+                        replica,
+                        inputs,
+                        padding,
+                        targets.clone(),
+                        share,
+                        LOSS_CHUNK,
+                    )
+                    .expect("no dropout in the bench model")
+                }
                 true => {
                     let padding = inputs.clone().equal_elem(-1);
                     backward_per_block_chunked(replica, inputs, padding, HEAD_CHUNK, loss)
                         .expect("no dropout in the bench model")
+                }
+                false if fused => {
+                    let padding = inputs.clone().equal_elem(-1);
+                    let hidden = replica.hidden(inputs, padding); // [rows, seq - 1, d]
+                    let [_, len, d] = hidden.dims();
+                    let loss = linear_cross_entropy(
+                        hidden.reshape([rows * len, d]),
+                        &replica.linear_head(),
+                        targets.clone().reshape([rows * len]),
+                        LOSS_CHUNK,
+                    )
+                    .expect("the shapes agree")
+                    .mul_scalar((rows * len) as f64 / (batch * (seq - 1)) as f64);
+                    (
+                        loss.clone(),
+                        GradientsParams::from_grads(loss.backward(), replica),
+                    )
                 }
                 false => {
                     let loss = loss(replica.forward(inputs), 0);

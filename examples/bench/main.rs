@@ -105,6 +105,11 @@ struct Args {
     /// case.
     #[arg(long)]
     floor: bool,
+    /// With --llm: the training cases take the loss through Burn's `CrossEntropyLoss` on
+    /// the logits (whole, or 64 positions a chunk with checkpointing), not
+    /// `linear_cross_entropy` (to measure what that is worth).
+    #[arg(long)]
+    plain_head_loss: bool,
     /// Keep the C allocator's defaults instead of `allocator::retain_freed_memory` (to
     /// measure what that setting is worth).
     #[arg(long)]
@@ -154,6 +159,7 @@ impl Args {
             replicas: sizes.replicas,
             prompt: self.prompt_tokens,
             new_tokens: self.new_tokens,
+            plain_head_loss: self.plain_head_loss,
         }
     }
 
@@ -179,6 +185,9 @@ impl Args {
             .collect();
         if self.malloc_defaults {
             flags.push("--malloc-defaults".into());
+        }
+        if self.plain_head_loss {
+            flags.push("--plain-head-loss".into());
         }
         flags.extend(["--device".to_string(), self.device.clone()]);
         if let Some(llm) = &self.llm {
@@ -393,6 +402,7 @@ fn main() -> ExitCode {
         allocator::retain_freed_memory();
     }
     let result = match &args.case {
+        _ if args.steps() == 0 => Err("--steps must be at least 1".into()),
         Some(name) => child(&args, name),
         None if args.llm.is_some() => llm_parent(&args),
         None if args.scaling => scaling(&args),
@@ -404,6 +414,17 @@ fn main() -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The median of sorted `times`: the middle one, or the mean of the middle two, as
+/// Python's `statistics.median` takes it in the peer scripts (before 2026-12-04 this took
+/// the upper of the two, so a 2-step case reported its slower step against PyTorch's mean).
+fn median(times: &[f64]) -> f64 {
+    let n = times.len();
+    match n % 2 {
+        1 => times[n / 2],
+        _ => (times[n / 2 - 1] + times[n / 2]) / 2.0,
     }
 }
 

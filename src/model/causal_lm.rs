@@ -51,11 +51,52 @@ pub trait CausalLm {
     /// - tokens, padding: `[batch, seq]`, padding true at padding tokens
     /// - output: `[batch, seq, vocab_size]`
     fn logits(&self, tokens: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<3> {
+        self.head(self.hidden(tokens, padding))
+    }
+
+    /// Hidden states after the final norm for a right-padded batch, with no cache: what
+    /// [`logits`](CausalLm::logits) gives the head.
+    ///
+    /// # Shapes
+    ///
+    /// - tokens, padding: `[batch, seq]`, padding true at padding tokens
+    /// - output: `[batch, seq, d_model]`
+    fn hidden(&self, tokens: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<3> {
         let [batch, seq] = tokens.dims();
         let positions = positions(batch, seq, &tokens.device());
         let bias = decoder_bias(padding, seq);
         let mut cache = KvCache::disabled(self.num_layers());
-        self.head(self.hidden_cached(tokens, positions, bias, &mut cache))
+        self.hidden_cached(tokens, positions, bias, &mut cache)
+    }
+
+    /// The head as the linear layer it is, for a loss that computes the logits a chunk at
+    /// a time ([`linear_cross_entropy`](crate::train::head_loss::linear_cross_entropy)).
+    fn linear_head(&self) -> LinearHead;
+}
+
+/// A linear output head: `logits = hidden · Wᵀ + b` for a weight stored `[vocab, d]`
+/// (PyTorch's layout, and a tied embedding's), or `hidden · W + b` for one stored
+/// `[d, vocab]` (Burn's `Linear`). The tensors are the parameters' values, adapters
+/// included, tracked where the parameters train.
+#[derive(Debug, Clone)]
+pub struct LinearHead {
+    /// The weight, `[vocab, d]` when `out_in`, else `[d, vocab]`.
+    pub weight: Tensor<2>,
+    /// Whether the weight is stored `[vocab, d]`.
+    pub out_in: bool,
+    /// The bias, `[vocab]`, if any.
+    pub bias: Option<Tensor<1>>,
+}
+
+impl LinearHead {
+    /// The number of logits per position.
+    pub fn vocab(&self) -> usize {
+        self.weight.dims()[if self.out_in { 0 } else { 1 }]
+    }
+
+    /// The width of the hidden states it reads.
+    pub fn d_model(&self) -> usize {
+        self.weight.dims()[if self.out_in { 1 } else { 0 }]
     }
 }
 

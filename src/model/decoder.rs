@@ -10,7 +10,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::Error;
 use crate::model::llama::{Llama, LlamaConfig};
-use crate::model::{CausalLm, Gpt, KvCache};
+use crate::model::{CausalLm, Gpt, KvCache, LinearHead};
 use crate::tokenizer::{BpeTokenizer, ChatTemplate, HfTokenizer};
 
 /// Either decoder family. Burn's traversal skips the variant, so module paths (and the
@@ -42,6 +42,13 @@ impl CausalLm for Decoder {
         match self {
             Decoder::Gpt(m) => m.head(hidden),
             Decoder::Llama(m) => m.head(hidden),
+        }
+    }
+
+    fn linear_head(&self) -> LinearHead {
+        match self {
+            Decoder::Gpt(m) => m.linear_head(),
+            Decoder::Llama(m) => m.linear_head(),
         }
     }
 

@@ -15,7 +15,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 use crate::Error;
 use crate::io::{load_module, save_module};
 use crate::model::dropout;
-use crate::model::{Block, CausalLm, KvCache, decoder_bias, positions};
+use crate::model::{Block, CausalLm, KvCache, LinearHead, decoder_bias, positions};
 
 /// The size of a [`Gpt`].
 #[derive(Config, Debug)]
@@ -255,6 +255,14 @@ impl CausalLm for Gpt {
 
     fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
         self.lm_head.forward(hidden)
+    }
+
+    fn linear_head(&self) -> LinearHead {
+        LinearHead {
+            weight: self.lm_head.weight.val(), // [d_model, vocab_size]
+            out_in: false,
+            bias: self.lm_head.bias.as_ref().map(|b| b.val()),
+        }
     }
 
     fn context_len(&self) -> Option<usize> {

@@ -28,7 +28,7 @@ pub use attention::{CausalSelfAttention, attend};
 pub use batch_generate::{Finish, GenerateOptions, Generation, generate_batch};
 pub use block::Block;
 pub use burn_lora::dropout::{dropout, with_dropout_seed};
-pub use causal_lm::{CausalLm, KvCache, decoder_bias, positions};
+pub use causal_lm::{CausalLm, KvCache, LinearHead, decoder_bias, positions};
 pub use decoder::{Decoder, DecoderBase, LmTokenizer};
 pub use gelu::{gelu, normal_cdf_pdf};
 pub use generate::{Sampling, continuation_nll, generate, top_next};

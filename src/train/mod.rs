@@ -6,6 +6,7 @@ mod batches;
 pub mod checkpoint;
 mod classifier;
 mod finetune;
+pub mod head_loss;
 pub mod metrics;
 pub mod multi;
 pub mod parallel;

@@ -11,8 +11,9 @@
 //! 1. Forward through the embedding and every block with the parameters detached, so no
 //!    graph is recorded; keep each block's input `h[i]` (`[batch, seq, d]`, a few MB each).
 //! 2. The head: from a fresh leaf `h[L]`, the final norm, the logits and the loss, one
-//!    backward pass (one per chunk of positions with [`backward_per_block_chunked`]). It
-//!    gives the head's gradients and `g = ∂loss/∂h[L]`.
+//!    backward pass (one per chunk of positions with [`backward_per_block_chunked`]; with
+//!    [`backward_per_block_cross_entropy`], the loss's gradient computed in its forward pass
+//!    by [`linear_cross_entropy`]). It gives the head's gradients and `g = ∂loss/∂h[L]`.
 //! 3. For each block from the last: from a fresh leaf `h[i]`, the block again, with a
 //!    graph this time, and one backward pass of `Σ block(h[i]) · g`. It gives the block's
 //!    gradients and the new `g = ∂loss/∂h[i]`; the block's graph is freed before the next.
@@ -36,6 +37,7 @@ use burn_lora::dropout::{is_cpu_device, next_seed, with_dropout_seed};
 use crate::Error;
 use crate::model::llama::{Llama, Rope};
 use crate::model::{CausalLm, Decoder, Gpt, KvCache, decoder_bias, dropout, positions};
+use crate::train::head_loss::linear_cross_entropy;
 
 /// A decoder seen as what per-block recomputation walks: an embedding, a stack of blocks,
 /// and a head (final norm and projection). Implemented by [`Llama`], [`Gpt`] and
@@ -58,6 +60,9 @@ pub trait BlockStack: Module + Clone {
 
     /// The logits from the last block's output: final norm and head.
     fn finish(&self, hidden: Tensor<3>) -> Tensor<3>;
+
+    /// The final norm alone, what the head reads: `finish` is the head of this.
+    fn final_norm(&self, hidden: Tensor<3>) -> Tensor<3>;
 
     /// Whether a dropout of the model itself (not of an adapter) is active in training.
     fn has_dropout(&self) -> bool;
@@ -118,6 +123,100 @@ where
         return Err(Error::Usage("backward_per_block_chunked: chunk 0".into()));
     }
     let [batch, seq] = tokens.dims();
+    per_block(model, tokens, padding, |hidden, grads| {
+        let mut value: Option<Tensor<1>> = None;
+        let mut parts = Vec::with_capacity(seq.div_ceil(chunk));
+        for start in (0..seq).step_by(chunk) {
+            let end = (start + chunk).min(seq);
+            let h = hidden.clone().slice([0..batch, start..end]).require_grad();
+            let part = loss(model.finish(h.clone()), start);
+            let mut tape = part.backward();
+            parts.push(
+                h.grad_remove(&mut tape)
+                    .expect("the loss depends on the hidden states"),
+            );
+            add(grads, &mut tape, model);
+            let part = part.detach();
+            value = Some(match value {
+                Some(sum) => sum + part,
+                None => part,
+            });
+        }
+        let g = match parts.len() {
+            1 => parts.pop().expect("one part"),
+            _ => Tensor::cat(parts, 1),
+        };
+        Ok((value.expect("at least one position"), g))
+    })
+}
+
+/// [`backward_per_block`] for the mean next-token cross-entropy of `targets`, times
+/// `weight` (1 for the mean; a replica's share of a batch), with the head and the loss run
+/// by [`linear_cross_entropy`] `chunk` positions at a time: the loss's gradient comes out
+/// of the forward pass, and only one chunk's logits are alive at a time. What
+/// [`backward_per_block_chunked`] does with Burn's `CrossEntropyLoss`, without the
+/// backward pass through the logits.
+///
+/// # Shapes
+///
+/// - tokens, padding, targets: `[batch, seq]` (every position counts; select positions
+///   before, or use [`backward_per_block_chunked`] with a loss of your own)
+///
+/// # Errors
+///
+/// As [`backward_per_block`]; [`Error::Usage`] for a `chunk` of 0, a target outside the
+/// vocabulary or shapes that disagree.
+pub fn backward_per_block_cross_entropy<M>(
+    model: &M,
+    tokens: Tensor<2, Int>,
+    padding: Tensor<2, Bool>,
+    targets: Tensor<2, Int>,
+    weight: f64,
+    chunk: usize,
+) -> Result<(Tensor<1>, GradientsParams), Error>
+where
+    M: BlockStack + CausalLm,
+{
+    let [batch, seq] = tokens.dims();
+    if targets.dims() != [batch, seq] {
+        return Err(Error::Usage(format!(
+            "backward_per_block_cross_entropy: tokens are [{batch}, {seq}], targets {:?}",
+            targets.dims()
+        )));
+    }
+    per_block(model, tokens, padding, |hidden, grads| {
+        let h = hidden.require_grad();
+        let normed = model.final_norm(h.clone());
+        let d = normed.dims()[2];
+        let loss = linear_cross_entropy(
+            normed.reshape([batch * seq, d]),
+            &model.linear_head(),
+            targets.reshape([batch * seq]),
+            chunk,
+        )?
+        .mul_scalar(weight);
+        let mut tape = loss.backward();
+        let g = h
+            .grad_remove(&mut tape)
+            .expect("the loss depends on the hidden states");
+        add(grads, &mut tape, model);
+        Ok((loss.detach(), g))
+    })
+}
+
+/// Steps 1, 3 and 4 of the module's doc around `head`, step 2: `head(h[L], grads)` gets the
+/// last block's output (untracked), adds the head's gradients to `grads`, and returns the
+/// loss and `∂loss/∂h[L]`.
+fn per_block<M, H>(
+    model: &M,
+    tokens: Tensor<2, Int>,
+    padding: Tensor<2, Bool>,
+    head: H,
+) -> Result<(Tensor<1>, GradientsParams), Error>
+where
+    M: BlockStack,
+    H: FnOnce(Tensor<3>, &mut GradientsParams) -> Result<(Tensor<1>, Tensor<3>), Error>,
+{
     let device = tokens.device();
     check_per_block(model, &device)?;
     let cpu = is_cpu_device(&device);
@@ -141,31 +240,10 @@ where
     }
     drop(detached);
 
-    // 2. The head, `chunk` positions at a time.
+    // 2. The head.
     let mut grads = GradientsParams::new();
     let hidden = inputs.pop().expect("the last block's output");
-    let mut value: Option<Tensor<1>> = None;
-    let mut parts = Vec::with_capacity(seq.div_ceil(chunk));
-    for start in (0..seq).step_by(chunk) {
-        let end = (start + chunk).min(seq);
-        let h = hidden.clone().slice([0..batch, start..end]).require_grad();
-        let part = loss(model.finish(h.clone()), start);
-        let mut tape = part.backward();
-        parts.push(
-            h.grad_remove(&mut tape)
-                .expect("the loss depends on the hidden states"),
-        );
-        add(&mut grads, &mut tape, model);
-        let part = part.detach();
-        value = Some(match value {
-            Some(sum) => sum + part,
-            None => part,
-        });
-    }
-    let mut g = match parts.len() {
-        1 => parts.pop().expect("one part"),
-        _ => Tensor::cat(parts, 1),
-    };
+    let (value, mut g) = head(hidden, &mut grads)?;
 
     // 3. Each block, from the last.
     for i in (0..blocks).rev() {
@@ -184,7 +262,7 @@ where
         let mut tape = (embedded * g).sum().backward();
         add(&mut grads, &mut tape, model);
     }
-    Ok((value.expect("at least one position"), grads))
+    Ok((value, grads))
 }
 
 /// Whether [`backward_per_block`] can train `model` on `device`: it can, except with
@@ -234,6 +312,10 @@ impl BlockStack for Llama {
         self.head(self.model.norm.forward(hidden))
     }
 
+    fn final_norm(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.model.norm.forward(hidden)
+    }
+
     fn has_dropout(&self) -> bool {
         self.model
             .layers
@@ -269,6 +351,10 @@ impl BlockStack for Gpt {
 
     fn finish(&self, hidden: Tensor<3>) -> Tensor<3> {
         self.head(self.norm.forward(hidden))
+    }
+
+    fn final_norm(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.norm.forward(hidden)
     }
 
     fn has_dropout(&self) -> bool {
@@ -321,6 +407,13 @@ impl BlockStack for Decoder {
         match self {
             Decoder::Gpt(m) => m.finish(hidden),
             Decoder::Llama(m) => m.finish(hidden),
+        }
+    }
+
+    fn final_norm(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match self {
+            Decoder::Gpt(m) => m.final_norm(hidden),
+            Decoder::Llama(m) => m.final_norm(hidden),
         }
     }
 

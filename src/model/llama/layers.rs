@@ -3,7 +3,7 @@
 //! keys need no renaming.
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Dropout, DropoutConfig, Initializer, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Distribution, Tensor};
 
@@ -43,7 +43,12 @@ impl Attention {
     /// A new layer with random projections.
     pub fn new(c: &LlamaConfig, device: &Device) -> Self {
         let (d, hd) = (c.hidden_size, c.head_dim);
-        let linear = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let linear = |i, o, bias| {
+            LinearConfig::new(i, o)
+                .with_bias(bias)
+                .with_initializer(init())
+                .init(device)
+        };
         let norm = || {
             RmsNormConfig::new(hd)
                 .with_epsilon(c.rms_norm_eps)
@@ -127,7 +132,12 @@ impl Mlp {
     /// A new MLP with random weights.
     pub fn new(c: &LlamaConfig, device: &Device) -> Self {
         let (d, f, bias) = (c.hidden_size, c.intermediate_size, c.mlp_bias);
-        let linear = |i, o| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let linear = |i, o| {
+            LinearConfig::new(i, o)
+                .with_bias(bias)
+                .with_initializer(init())
+                .init(device)
+        };
         Self {
             gate_proj: linear(d, f),
             up_proj: linear(d, f),
@@ -213,12 +223,27 @@ impl LmHead {
     pub fn new(c: &LlamaConfig, device: &Device) -> Self {
         let weight = Tensor::random(
             [c.vocab_size, c.hidden_size],
-            Distribution::Normal(0.0, 0.02),
+            Distribution::Normal(0.0, INITIALIZER_RANGE),
             device,
         );
         Self {
             weight: Param::from_tensor(weight),
         }
+    }
+}
+
+/// The standard deviation of a new model's random weights: transformers' default
+/// `initializer_range` for Llama and Qwen2, whose `_init_weights` draws every linear and
+/// embedding weight from `N(0, 0.02)`. (Burn's defaults differ: Kaiming-uniform linears,
+/// `N(0, 1)` embeddings, whose logits through a tied head are then 50 times larger.)
+pub const INITIALIZER_RANGE: f64 = 0.02;
+
+/// Random weights as transformers draws them, [`INITIALIZER_RANGE`]; biases too (where
+/// transformers zeroes them).
+pub(crate) fn init() -> Initializer {
+    Initializer::Normal {
+        mean: 0.0,
+        std: INITIALIZER_RANGE,
     }
 }
 

@@ -28,7 +28,7 @@ mod model;
 mod rope;
 
 pub use config::{Family, Llama3Scaling, LlamaConfig};
-pub use layers::{Attention, DecoderLayer, LmHead, Mlp, project_out};
+pub use layers::{Attention, DecoderLayer, INITIALIZER_RANGE, LmHead, Mlp, project_out};
 pub use load::{INDEX_FILE, WEIGHTS_FILE};
 pub use model::{Llama, LlamaModel};
 pub use rope::{Rope, inv_freq};

@@ -6,9 +6,9 @@ use burn::nn::{Embedding, EmbeddingConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Int, Tensor};
 
 use super::config::LlamaConfig;
-use super::layers::{DecoderLayer, LmHead, project_out};
+use super::layers::{DecoderLayer, LmHead, init, project_out};
 use super::rope::{Rope, inv_freq};
-use crate::model::{CausalLm, KvCache};
+use crate::model::{CausalLm, KvCache, LinearHead};
 
 /// The decoder without its head (transformers' `model.` prefix).
 #[derive(Module, Debug)]
@@ -39,11 +39,14 @@ pub struct Llama {
 }
 
 impl LlamaConfig {
-    /// A model with random weights.
+    /// A model with random weights, drawn as transformers draws them
+    /// ([`INITIALIZER_RANGE`](super::INITIALIZER_RANGE)).
     pub fn init(&self, device: &Device) -> Llama {
         Llama {
             model: LlamaModel {
-                embed_tokens: EmbeddingConfig::new(self.vocab_size, self.hidden_size).init(device),
+                embed_tokens: EmbeddingConfig::new(self.vocab_size, self.hidden_size)
+                    .with_initializer(init())
+                    .init(device),
                 layers: (0..self.num_hidden_layers)
                     .map(|_| DecoderLayer::new(self, device))
                     .collect(),
@@ -99,6 +102,18 @@ impl CausalLm for Llama {
             None => self.model.embed_tokens.weight.val(),
         };
         project_out(hidden, weight)
+    }
+
+    fn linear_head(&self) -> LinearHead {
+        let weight = match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.model.embed_tokens.weight.val(),
+        };
+        LinearHead {
+            weight,
+            out_in: true,
+            bias: None,
+        }
     }
 
     fn context_len(&self) -> Option<usize> {
