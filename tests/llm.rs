@@ -453,7 +453,7 @@ fn per_block_recomputation_gives_the_plain_gradients() {
     };
 
     /// Every trainable parameter's gradient, by path.
-    fn by_path<M: Module>(model: &M, grads: &GradientsParams) -> Vec<(String, Vec<f32>)> {
+    fn by_path<M: Module>(model: &M, grads: &GradientsParams) -> Grads {
         struct Collect<'a>(&'a GradientsParams, Vec<String>, Vec<(String, Vec<f32>)>);
         impl burn::module::ModuleVisitor for Collect<'_> {
             fn enter_module(&mut self, name: &str, _: &str) {
@@ -506,31 +506,8 @@ fn per_block_recomputation_gives_the_plain_gradients() {
             })
             .unwrap();
         for (how, (got_loss, grads)) in [("whole", whole), ("2 positions a chunk", chunked)] {
-            let got = by_path(&model, &grads);
-            assert_eq!(
-                want.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-                got.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-                "{what}, {how}: the same parameters get gradients"
-            );
-            let got_loss = got_loss.into_scalar::<f32>();
-            assert!(
-                (plain_loss - got_loss).abs() <= 1e-5 * plain_loss.abs(),
-                "{what}, {how}: loss {plain_loss} vs {got_loss}"
-            );
-            let mut worst = 0.0f32;
-            for ((path, w), (_, g)) in want.iter().zip(&got) {
-                assert!(
-                    w.iter().any(|v| *v != 0.0),
-                    "{what} {path}: a zero gradient proves nothing"
-                );
-                for (w, g) in w.iter().zip(g) {
-                    worst = worst.max((w - g).abs() / w.abs().max(1.0));
-                }
-            }
-            println!(
-                "{what}, {how}: per-block recomputed vs plain gradients, max difference {worst:e}"
-            );
-            assert!(worst <= 1e-5, "{what}, {how}: {worst}");
+            let got = (got_loss.into_scalar::<f32>(), by_path(&model, &grads));
+            agree(&format!("{what}, {how}"), (plain_loss, &want), got);
         }
 
         // Next-token cross-entropy with the gradient from `linear_cross_entropy`, 3
@@ -559,28 +536,39 @@ fn per_block_recomputation_gives_the_plain_gradients() {
             3,
         )
         .unwrap();
-        let got = by_path(&model, &grads);
-        assert_eq!(
-            want.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-            got.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-            "{what}, cross-entropy: the same parameters get gradients"
-        );
-        let got_loss = got_loss.into_scalar::<f32>();
-        assert!(
-            (plain_loss - got_loss).abs() <= 1e-5 * plain_loss.abs(),
-            "{what}, cross-entropy: loss {plain_loss} vs {got_loss}"
-        );
-        let mut worst = 0.0f32;
-        for ((path, w), (_, g)) in want.iter().zip(&got) {
-            assert!(w.iter().any(|v| *v != 0.0), "{what} {path}: zero gradient");
-            for (w, g) in w.iter().zip(g) {
-                worst = worst.max((w - g).abs() / w.abs().max(1.0));
-            }
-        }
-        println!("{what}, cross-entropy: fused vs plain gradients, max difference {worst:e}");
-        assert!(worst <= 1e-5, "{what}, cross-entropy: {worst}");
+        let got = (got_loss.into_scalar::<f32>(), by_path(&model, &grads));
+        agree(&format!("{what}, cross-entropy"), (plain_loss, &want), got);
     }
 }
+
+/// The same parameters get gradients, the losses agree, and every gradient is within 1e-5
+/// (relative above 1) of the plain tape's, none of those all zero.
+fn agree(label: &str, (plain_loss, want): (f32, &Grads), (got_loss, got): (f32, Grads)) {
+    assert_eq!(
+        want.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+        got.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+        "{label}: the same parameters get gradients"
+    );
+    assert!(
+        (plain_loss - got_loss).abs() <= 1e-5 * plain_loss.abs(),
+        "{label}: loss {plain_loss} vs {got_loss}"
+    );
+    let mut worst = 0.0f32;
+    for ((path, w), (_, g)) in want.iter().zip(&got) {
+        assert!(
+            w.iter().any(|v| *v != 0.0),
+            "{label} {path}: a zero gradient proves nothing"
+        );
+        for (w, g) in w.iter().zip(g) {
+            worst = worst.max((w - g).abs() / w.abs().max(1.0));
+        }
+    }
+    println!("{label}: recomputed vs plain gradients, max difference {worst:e}");
+    assert!(worst <= 1e-5, "{label}: {worst}");
+}
+
+/// Gradients by parameter path.
+type Grads = Vec<(String, Vec<f32>)>;
 
 /// Per-block recomputation on our GPT with dropout everywhere (embedding, attention,
 /// residual, MLP, LoRA's input): on a CPU each block's recomputed pass draws the masks its
