@@ -15,7 +15,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 use crate::Error;
 use crate::io::{load_module, save_module};
 use crate::model::dropout;
-use crate::model::{Block, CausalLm, KvCache, LinearHead, decoder_bias, positions};
+use crate::model::{Block, CausalLm, KvCache, LinearHead, decoder_bias};
 
 /// The size of a [`Gpt`].
 #[derive(Config, Debug)]
@@ -144,10 +144,7 @@ impl Gpt {
     /// - padding: `[batch, seq]`, true at padding tokens, which no position attends to
     /// - output: `[batch, seq, d_model]`
     pub fn hidden(&self, tokens: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<3> {
-        let [batch, seq] = tokens.dims();
-        let positions = positions(batch, seq, &tokens.device());
-        let mut cache = KvCache::disabled(self.blocks.len());
-        self.hidden_cached(tokens, positions, attention_bias(padding), &mut cache)
+        CausalLm::hidden(self, tokens, padding)
     }
 
     /// Next-token logits at every position.
