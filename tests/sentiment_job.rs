@@ -401,10 +401,11 @@ fn two_devices_train_through_burn_train_multi_device() {
     // 44 training examples (4 held out for validation): 22 per device, 4 per device per
     // step (a batch of 8 shared by 2), so 6 steps an epoch, each one loss.
     assert_eq!(losses.len(), 3 * 6, "{losses:?}");
-    assert!(
-        losses[losses.len() - 2..].iter().sum::<f64>() < losses[..2].iter().sum::<f64>(),
-        "{losses:?}"
-    );
+    // Each loss is one batch of 4 per device: the first and last two alone are noise (a
+    // full-suite run once gave 0.52 + 1.03 against 0.79 + 0.94, epochs' means 1.00, 0.83,
+    // 0.79). The last epoch's mean is below the first's.
+    let mean = |epoch: &[f64]| epoch.iter().sum::<f64>() / epoch.len() as f64;
+    assert!(mean(&losses[12..]) < mean(&losses[..6]), "{losses:?}");
     let checkpoints = dir.join("out/checkpoints/lora/burn-train/checkpoint");
     assert!(checkpoints.join("model-3.bpk").is_file(), "the last epoch");
     assert!(
