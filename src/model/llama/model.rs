@@ -97,11 +97,7 @@ impl CausalLm for Llama {
     }
 
     fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let weight = match &self.lm_head {
-            Some(head) => head.weight.val(),
-            None => self.model.embed_tokens.weight.val(),
-        };
-        project_out(hidden, weight)
+        project_out(hidden, self.linear_head().weight)
     }
 
     fn linear_head(&self) -> LinearHead {
