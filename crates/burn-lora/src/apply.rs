@@ -211,7 +211,7 @@ pub(crate) fn add_adapter_renamed<M: Module>(
     let model = replace_adapters(model, |site, weight, adapter| {
         match targets.remove(&site.weight_id) {
             Some((kind, config)) => {
-                let lora = Lora::new(name, weight, &config, kind).with_trainable(trainable);
+                let lora = Lora::new(name, &weight(), &config, kind).with_trainable(trainable);
                 (adapter.push(lora), None)
             }
             None => (adapter, None),

@@ -238,6 +238,7 @@ pub fn merge_adapters<M: Module>(model: M) -> Result<M, Error> {
         if names.is_empty() {
             return (adapter, None);
         }
+        let weight = &weight();
         let mut merged = weight.clone();
         let mut done = adapter.merged_names().to_vec();
         for lora in adapter.loras_mut() {
@@ -261,7 +262,7 @@ pub fn unmerge_adapters<M: Module>(model: M) -> M {
         if merged.is_empty() {
             return (adapter, None);
         }
-        let mut weight = weight.clone();
+        let mut weight = weight();
         for name in merged.iter().rev() {
             if let Some(lora) = adapter.loras_mut().iter_mut().find(|l| l.name() == name) {
                 weight = lora.unmerged_weight(weight);

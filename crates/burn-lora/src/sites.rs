@@ -387,9 +387,11 @@ pub fn adapters<M: Module>(model: &M) -> Vec<(AdapterSite, Adapter)> {
         .collect()
 }
 
-/// Every adapter holder in `model`, empty ones too, with its site and the adapted
-/// weight's base value as `[d_in, d_out]`, in traversal order.
-pub(crate) fn all_adapters<M: Module>(model: &M) -> Vec<(AdapterSite, Adapter, Tensor<2>)> {
+/// Every adapter holder in `model`, empty ones too, with its site and a reader of the
+/// adapted weight's base value as `[d_in, d_out]`, in traversal order. The reader
+/// dequantizes a quantized base each time it is called, so that a caller reading the
+/// weights one site at a time holds one in float at a time, not a whole QLoRA model's.
+pub(crate) fn all_adapters<M: Module>(model: &M) -> Vec<(AdapterSite, Adapter, BaseWeight)> {
     let mut tracker = SiteTracker::default();
     let scope = Scoped::set(&COLLECTED, HashMap::new());
     model.visit(&mut tracker);
@@ -400,7 +402,7 @@ pub(crate) fn all_adapters<M: Module>(model: &M) -> Vec<(AdapterSite, Adapter, T
         .into_iter()
         .filter_map(|(site, weight)| {
             let adapter = collected.get(&site.weight_id)?.clone();
-            Some((site, adapter, weight()))
+            Some((site, adapter, weight))
         })
         .collect()
 }
@@ -411,7 +413,7 @@ pub(crate) fn all_adapters<M: Module>(model: &M) -> Vec<(AdapterSite, Adapter, T
 /// before.
 pub(crate) fn replace_adapters<M: Module>(
     model: M,
-    mut f: impl FnMut(&AdapterSite, &Tensor<2>, Adapter) -> (Adapter, Option<Tensor<2>>),
+    mut f: impl FnMut(&AdapterSite, &dyn Fn() -> Tensor<2>, Adapter) -> (Adapter, Option<Tensor<2>>),
 ) -> M {
     let mut tracker = SiteTracker::default();
     let mut replacements = HashMap::new();
