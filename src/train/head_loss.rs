@@ -14,8 +14,10 @@
 //! pass would do, in the same number of matrix products; only one chunk's logits live at a
 //! time, and the element-wise work runs in place.
 //!
-//! Burn 0.22 has no custom backward operation on its public tensor API, so the gradients
-//! reach autodiff through a term whose value is zero and whose derivative is the gradient:
+//! Burn 0.22's tensor API has no custom backward operation (an operation with a
+//! handwritten backward pass needs a backend extension, implemented per backend, as
+//! `burn_lora`'s `frozen.rs` is for flex), so the gradients reach autodiff on any backend
+//! through a term whose value is zero and whose derivative is the gradient:
 //! `loss + Σ (hidden − detach(hidden)) · G` (and the same for the head's weight and bias).
 //! The returned loss therefore has the plain loss's value and, for every use of it that
 //! autodiff differentiates (`backward`, a scale, a sum with other losses), its gradients.

@@ -56,7 +56,7 @@ pub(crate) fn float_weight<const D: usize>(weight: Tensor<D>) -> Tensor<D> {
 
 /// Dequantizes row-major `values` of shape `dims`, whose blocks span `extent` elements per
 /// dimension (`blocks` of them per dimension, row-major, one scale each).
-fn by_blocks(
+pub(crate) fn by_blocks(
     values: &[i8],
     dims: &[usize],
     extent: &[u8],

@@ -67,7 +67,11 @@
 //!
 //! A base quantized with Burn's `Quantizer` ([`quantize_linears`] quantizes its linears and
 //! leaves the rest float) takes adapters like a float one: f32 factors, the base quantized
-//! at rest.
+//! at rest. On Burn's `flex` backend, turn on this crate's `flex` feature: the factored
+//! [`nn::Linear`] then takes `x·W` for a quantized `W` as one operation whose backward pass
+//! keeps `W` quantized (a Burn backend extension). Without it, Burn's autodiff keeps each
+//! layer's dequantized f32 copy until the backward pass, and a quantized base trains in
+//! more memory than a float one.
 //!
 //! The library selects no backend and never calls `Device::default()`: it computes on
 //! whatever device the model's tensors live on, in their dtype.
@@ -81,6 +85,7 @@ mod dequant;
 pub mod dropout;
 mod error;
 pub mod few_rows;
+mod frozen;
 mod io;
 mod lora;
 mod lora_linear;

@@ -82,7 +82,7 @@ impl Linear {
         let bias = self.bias.as_ref().map(Param::val);
         // A quantized base (QLoRA) is dequantized for this pass only.
         let Some(adapter) = self.adapter() else {
-            return linear(x, float_weight(self.weight.val()), bias);
+            return frozen_linear(x, self.weight.val(), bias);
         };
         if let Some((names, per)) = sites::routed_names() {
             let weight = float_weight(self.weight.base());
@@ -90,11 +90,17 @@ impl Linear {
         }
         sites::note_unrouted(self.weight.id);
         if !adapter.is_active() {
-            return linear(x, float_weight(self.weight.val()), bias);
+            return frozen_linear(x, self.weight.val(), bias);
         }
-        let weight = float_weight(self.weight.base());
-        let result = linear(x.clone(), weight.clone(), bias.clone()); // [..., d_output]
-        let base = without_bias(&result, bias, adapter.computing().any(Lora::use_dora));
+        let weight = self.weight.base();
+        let result = frozen_linear(x.clone(), weight.clone(), bias.clone()); // [..., d_output]
+        let dora = adapter.computing().any(Lora::use_dora);
+        let base = without_bias(&result, bias, dora);
+        // LoRA alone reads neither `base` nor the weight; DoRA's norm reads it in float.
+        let weight = match dora {
+            true => float_weight(weight),
+            false => weight,
+        };
         let delta = adapter.forward_delta(x, &base, &weight);
         result + delta.expect("an active adapter computes")
     }
@@ -162,6 +168,32 @@ fn forward_mixed<const D: usize>(
         result = result.select_assign(0, rows, delta, IndexingUpdateOp::Add);
     }
     result
+}
+
+/// `x·W + b` for a weight that may be quantized (a frozen QLoRA base): through
+/// [`frozen::matmul`](crate::frozen::matmul) where it serves (its backward pass keeps the
+/// weight quantized), else [`linear`] on the weight dequantized for this pass only.
+fn frozen_linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let dims = x.dims();
+    let [d_in, d_out] = weight.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    // A few rows (a decode step) keep `linear`'s threaded product.
+    if D >= 2 && rows > 16 {
+        if let Some(y) = crate::frozen::matmul(x.clone().reshape([rows, d_in]), &weight) {
+            let y = match bias {
+                Some(bias) => y + bias.unsqueeze(),
+                None => y,
+            };
+            let mut out = dims;
+            out[D - 1] = d_out;
+            return y.reshape(out);
+        }
+    }
+    linear(x, float_weight(weight), bias)
 }
 
 /// `x·W + b`: Burn's [`linear`](burn::tensor::module::linear), except that a product of a few

@@ -216,3 +216,66 @@ fn delta_weight_is_scaled_a_times_b() {
     let want = burn::tensor::TensorData::from([[9.0f32, 12.0], [18.0, 24.0]]);
     assert_close("delta", layer.delta_weight().into_data(), want);
 }
+
+/// One factored layer, as a model `apply_lora` and `quantize_linears` can take.
+#[derive(Module, Debug)]
+struct OneLayer {
+    proj: burn_lora::nn::Linear,
+}
+
+/// On a Q8 base, the factored `Linear` computes what it computes on the same weights
+/// dequantized, and the input and the adapter's factors get the same gradients. On flex
+/// (the crate's `flex` feature) the base product then runs through `frozen`'s own backward
+/// pass, which keeps the weight quantized; the input's gradient is the one it computes.
+#[test]
+fn a_q8_base_gives_the_dequantized_bases_values_and_gradients() {
+    use burn::module::Quantizer;
+    use burn::tensor::quantization::{Calibration, QuantScheme, QuantValue, ScaleDtype};
+
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    let float = OneLayer {
+        proj: burn_lora::nn::LinearConfig::new(64, 96).init(&device),
+    };
+    let scheme = QuantScheme::default()
+        .with_value(QuantValue::Q8S)
+        .per_block(&[32u8][..], ScaleDtype::F32);
+    let mut quantizer = Quantizer::new(Calibration::MinMax, scheme);
+    let quantized = burn_lora::quantize_linears(float, &mut quantizer, &[]).unwrap();
+    let weight = quantized.proj.weight.val();
+    assert!(matches!(weight.dtype(), burn::tensor::DType::QFloat(_)));
+    // The float twin holds the dequantized values, the same bias.
+    let twin = OneLayer {
+        proj: burn_lora::nn::Linear {
+            weight: Param::from_tensor(weight.dequantize()),
+            bias: quantized.proj.bias.clone(),
+        },
+    };
+    let config = LoraConfig::new()
+        .with_rank(4)
+        .with_target_modules(vec!["proj".into()]);
+    device.seed(11);
+    let quantized = burn_lora::apply_lora(quantized, &config).unwrap();
+    device.seed(11);
+    let twin = burn_lora::apply_lora(twin, &config).unwrap();
+
+    // 2 · 12 rows: above the few-row (decode) path.
+    let x0 = Tensor::<3>::random([2, 12, 64], Distribution::Normal(0.0, 1.0), &device);
+    let upstream = Tensor::<3>::random([2, 12, 96], Distribution::Normal(0.0, 1.0), &device);
+    let run = |model: &OneLayer| {
+        let x = x0.clone().require_grad();
+        let y = model.proj.forward(x.clone());
+        let grads = (y.clone() * upstream.clone()).sum().backward();
+        let lora = &model.proj.adapter().unwrap().loras()[0];
+        (
+            y,
+            x.grad(&grads).unwrap(),
+            lora.lora_b().grad(&grads).unwrap(),
+        )
+    };
+    let (y_q, dx_q, db_q) = run(&quantized);
+    let (y_f, dx_f, db_f) = run(&twin);
+    assert_close("output", y_q.into_data(), y_f.into_data());
+    assert_close("input's gradient", dx_q.into_data(), dx_f.into_data());
+    assert_close("B's gradient", db_q.into_data(), db_f.into_data());
+}
