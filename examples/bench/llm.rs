@@ -9,7 +9,8 @@
 //!   positions at a time with their gradient in the forward pass
 //!   ([`linear_cross_entropy`]; `--plain-head-loss` for Burn's `CrossEntropyLoss` on the
 //!   whole logits, as transformers computes it);
-//! - `llm_lora_q8_step`: the same on a base whose linears are Q8 (per block of 32);
+//! - `llm_lora_q8_step`: the same on a base whose linears are Q8 (per block of 32), each
+//!   decoder layer quantized as soon as it is drawn;
 //! - `llm_lora_ckpt_step`: the same with gradient checkpointing per decoder block, as
 //!   transformers' `gradient_checkpointing_enable` does it, the head and loss as above
 //!   (`train::recompute::backward_per_block_cross_entropy`; with `--plain-head-loss`,
@@ -30,7 +31,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_lora::{ALL_LINEAR, LoraConfig, apply_lora, param_report};
 use burn_lora_demo::memory::release_free_memory;
 use burn_lora_demo::model::CausalLm;
-use burn_lora_demo::model::llama::{Llama, LlamaConfig};
+use burn_lora_demo::model::llama::{DecoderLayer, Llama, LlamaConfig};
 use burn_lora_demo::model::{GenerateOptions, Sampling, generate_batch};
 use burn_lora_demo::train::head_loss::linear_cross_entropy;
 use burn_lora_demo::train::parallel::{PartGrads, on_threads, parallel_part_grads};
@@ -147,16 +148,12 @@ pub fn run(
         | "llm_full_step" => {
             let device = device.clone().autodiff();
             device.seed(0);
-            let model = config.init(&device);
             let model = match name {
-                "llm_full_step" => model,
-                "llm_lora_q8_step" | "llm_lora_q8_ckpt_step" => lora(
-                    BaseQuant::Q8
-                        .quantize(model, &[])
-                        .map_err(|e| e.to_string())?,
-                    sizes,
-                )?,
-                _ => lora(model, sizes)?,
+                "llm_full_step" => config.init(&device),
+                "llm_lora_q8_step" | "llm_lora_q8_ckpt_step" => {
+                    lora(init_q8(config, &device)?, sizes)?
+                }
+                _ => lora(config.init(&device), sizes)?,
             };
             // The float weights a quantized base replaced sit in the allocator's heap
             // (the examples keep freed memory for reuse: `common/allocator.rs`); hand them
@@ -224,6 +221,31 @@ pub fn run(
         out["tokens_per_second"] = json!(tokens as f64 / median);
     }
     Ok(out)
+}
+
+/// A model whose decoder layers' linears are Q8 (per block of 32), each layer quantized as
+/// soon as it is made, as a loader quantizing a checkpoint layer by layer would: the f32
+/// model is never whole, so the process's peak is the step's, not the f32 model's.
+fn init_q8(config: &LlamaConfig, device: &Device) -> Result<Llama, String> {
+    let mut model = LlamaConfig {
+        num_hidden_layers: 0,
+        ..config.clone()
+    }
+    .init(device);
+    // Parameters are drawn when first read: the embedding first, then each layer, as a
+    // loader reads a checkpoint.
+    let _ = model.model.embed_tokens.weight.val();
+    for _ in 0..config.num_hidden_layers {
+        let layer = DecoderLayer::new(config, device);
+        let layer = BaseQuant::Q8
+            .quantize(layer, &[])
+            .map_err(|e| e.to_string())?;
+        model.model.layers.push(layer);
+        // The layer's f32 weights, freed, sit in the allocator's heap (the examples keep
+        // freed memory for reuse); hand them back before the next layer is drawn.
+        release_free_memory();
+    }
+    Ok(model)
 }
 
 /// LoRA r `sizes.rank`, alpha 2r, on every linear (q, k, v, o, gate, up, down), as PEFT's

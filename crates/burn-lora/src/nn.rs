@@ -182,16 +182,17 @@ fn frozen_linear<const D: usize>(
     let [d_in, d_out] = weight.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
     // A few rows (a decode step) keep `linear`'s threaded product.
-    if D >= 2 && rows > 16 {
-        if let Some(y) = crate::frozen::matmul(x.clone().reshape([rows, d_in]), &weight) {
-            let y = match bias {
-                Some(bias) => y + bias.unsqueeze(),
-                None => y,
-            };
-            let mut out = dims;
-            out[D - 1] = d_out;
-            return y.reshape(out);
-        }
+    if D >= 2
+        && rows > 16
+        && let Some(y) = crate::frozen::matmul(x.clone().reshape([rows, d_in]), &weight)
+    {
+        let y = match bias {
+            Some(bias) => y + bias.unsqueeze(),
+            None => y,
+        };
+        let mut out = dims;
+        out[D - 1] = d_out;
+        return y.reshape(out);
     }
     linear(x, float_weight(weight), bias)
 }
