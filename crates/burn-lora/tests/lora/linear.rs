@@ -242,22 +242,28 @@ fn a_q8_base_gives_the_dequantized_bases_values_and_gradients() {
         .per_block(&[32u8][..], ScaleDtype::F32);
     let mut quantizer = Quantizer::new(Calibration::MinMax, scheme);
     let quantized = burn_lora::quantize_linears(float, &mut quantizer, &[]).unwrap();
-    let weight = quantized.proj.weight.val();
-    assert!(matches!(weight.dtype(), burn::tensor::DType::QFloat(_)));
-    // The float twin holds the dequantized values, the same bias.
-    let twin = OneLayer {
-        proj: burn_lora::nn::Linear {
-            weight: Param::from_tensor(weight.dequantize()),
-            bias: quantized.proj.bias.clone(),
-        },
-    };
+    assert!(matches!(
+        quantized.proj.weight.val().dtype(),
+        burn::tensor::DType::QFloat(_)
+    ));
     let config = LoraConfig::new()
         .with_rank(4)
         .with_target_modules(vec!["proj".into()]);
-    device.seed(11);
     let quantized = burn_lora::apply_lora(quantized, &config).unwrap();
-    device.seed(11);
-    let twin = burn_lora::apply_lora(twin, &config).unwrap();
+    // The float twin: the same model, its base weight dequantized; the adapter (the same
+    // factors) stays attached, as Burn maps a reparameterized parameter's base alone.
+    struct Dequantize;
+    impl burn::module::ModuleMapper for Dequantize {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| match t.dtype() {
+                burn::tensor::DType::QFloat(_) => t.dequantize(),
+                _ => t,
+            })
+        }
+    }
+    let twin = quantized.clone().map(&mut Dequantize);
+    assert_eq!(twin.proj.weight.val().dtype(), burn::tensor::DType::F32);
+    assert!(twin.proj.adapter().is_some());
 
     // 2 · 12 rows: above the few-row (decode) path.
     let x0 = Tensor::<3>::random([2, 12, 64], Distribution::Normal(0.0, 1.0), &device);
