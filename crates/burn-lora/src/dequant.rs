@@ -8,7 +8,7 @@
 //! products (`(global · scale) · q`), so the same values bit for bit, at memory speed. Any
 //! other device, or a layout this does not know (packed sub-byte values), takes Burn's own.
 
-use burn::tensor::quantization::{QuantMode, QuantStore, QuantValue, QuantizedBytes};
+use burn::tensor::quantization::{QuantMode, QuantScheme, QuantStore, QuantValue, QuantizedBytes};
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::dropout::is_cpu_device;
@@ -19,15 +19,7 @@ pub(crate) fn float_weight<const D: usize>(weight: Tensor<D>) -> Tensor<D> {
         return weight;
     };
     let device = weight.device();
-    let integers = matches!(
-        scheme.value,
-        QuantValue::Q8S | QuantValue::Q8F | QuantValue::Q4S | QuantValue::Q4F
-    );
-    if !is_cpu_device(&device)
-        || scheme.store != QuantStore::Native
-        || scheme.mode != QuantMode::Symmetric
-        || !integers
-    {
+    if !is_cpu_device(&device) || !reads(&scheme) {
         return weight.dequantize();
     }
     let shape = weight.shape();
@@ -39,24 +31,43 @@ pub(crate) fn float_weight<const D: usize>(weight: Tensor<D>) -> Tensor<D> {
     };
     let (values, scales) = bytes.into_vec_i8();
     let global = scales.global.unwrap_or(1.0);
-    let dims = shape.as_slice();
-    let values = match scheme.block_size() {
-        None => {
-            let scale = scales.block[0];
-            values.iter().map(|&q| scale * q as f32).collect()
-        }
+    let values = dequantize_values(&values, shape.as_slice(), &scheme, &scales.block, global);
+    Tensor::from_data(TensorData::new(values, shape), &device)
+}
+
+/// Whether [`dequantize_values`] reads `scheme`: symmetric integers stored natively, one
+/// per i8 on Burn's CPU backends.
+pub(crate) fn reads(scheme: &QuantScheme) -> bool {
+    scheme.store == QuantStore::Native
+        && scheme.mode == QuantMode::Symmetric
+        && matches!(
+            scheme.value,
+            QuantValue::Q8S | QuantValue::Q8F | QuantValue::Q4S | QuantValue::Q4F
+        )
+}
+
+/// Row-major `values` of shape `dims` dequantized with `scheme`'s `scales` (one for the
+/// tensor, or one per block) and the second-level `global` scale (1 without one).
+pub(crate) fn dequantize_values(
+    values: &[i8],
+    dims: &[usize],
+    scheme: &QuantScheme,
+    scales: &[f32],
+    global: f32,
+) -> Vec<f32> {
+    match scheme.block_size() {
+        None => values.iter().map(|&q| scales[0] * q as f32).collect(),
         Some(block) => {
             let extent = block.to_dim_vec(dims.len());
             let blocks = block.num_blocks(dims);
-            by_blocks(&values, dims, &extent, &blocks, &scales.block, global)
+            by_blocks(values, dims, &extent, &blocks, scales, global)
         }
-    };
-    Tensor::from_data(TensorData::new(values, shape), &device)
+    }
 }
 
 /// Dequantizes row-major `values` of shape `dims`, whose blocks span `extent` elements per
 /// dimension (`blocks` of them per dimension, row-major, one scale each).
-pub(crate) fn by_blocks(
+fn by_blocks(
     values: &[i8],
     dims: &[usize],
     extent: &[u8],

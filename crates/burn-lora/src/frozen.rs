@@ -11,7 +11,7 @@
 //! extension): it saves the quantized weight (a shared reference to the one at rest, no
 //! copy) and dequantizes it again in the backward pass, for `grad·deq(W)ᵀ`. A weight is then
 //! alive in f32 only while its own product runs. The values are those of
-//! `x.matmul(float_weight(W))`: the same dequantization ([`by_blocks`]) and the same
+//! `x.matmul(float_weight(W))`: the same dequantization and the same
 //! products. It runs on Burn's `flex` backend with the crate's `flex` feature, autodiff or
 //! not; any other backend or build takes Burn's ops, as before.
 
@@ -41,10 +41,9 @@ mod flex {
     use burn::backend::flex::{FlexQTensor, FlexTensor};
     use burn::backend::ops::FloatTensorOps;
     use burn::backend::ops::QTensorOps;
-    use burn::backend::quantization::QuantScheme;
     use burn::backend::tensor::{FloatTensor, QuantizedTensor};
     use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension};
-    use burn::tensor::quantization::{QuantMode, QuantStore, QuantValue};
+    use burn::tensor::quantization::global_scale_dtype;
     use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 
     /// The extension: `x·deq(w)`, `x` `[n, d_in]`, `w` `[d_in, d_out]`.
@@ -118,41 +117,26 @@ mod flex {
         ))
     }
 
-    /// `w` in f32: [`by_blocks`](crate::dequant::by_blocks) for the layouts it knows
-    /// (symmetric integers stored one per i8, with no second-level scale), Burn's own
-    /// dequantization for the rest. The same values either way.
+    /// `w` in f32: [`dequantize_values`](crate::dequant::dequantize_values) for the
+    /// layouts it reads with no second-level scale (flex keeps that one private), Burn's
+    /// own dequantization for the rest. The same values either way.
     fn dequantize(w: &FlexQTensor) -> FloatTensor<Flex> {
         let DType::QFloat(scheme) = w.dtype() else {
             unreachable!("a quantized tensor has a quantized dtype");
         };
-        if !fast(&scheme) {
+        if !crate::dequant::reads(&scheme) || global_scale_dtype(&scheme).is_some() {
             return Flex::dequantize(w.clone(), FloatDType::F32);
         }
         let shape = w.shape();
         let values = w.tensor().to_contiguous();
-        let values: &[i8] = values.storage();
-        let scales = w.scales();
-        let out = match scheme.block_size() {
-            None => values.iter().map(|&q| scales[0] * q as f32).collect(),
-            Some(block) => {
-                let dims = shape.as_slice();
-                let extent = block.to_dim_vec(dims.len());
-                let blocks = block.num_blocks(dims);
-                crate::dequant::by_blocks(values, dims, &extent, &blocks, scales, 1.0)
-            }
-        };
+        let out = crate::dequant::dequantize_values(
+            values.storage(),
+            shape.as_slice(),
+            &scheme,
+            w.scales(),
+            1.0,
+        );
         FlexTensor::from_data(TensorData::new(out, shape))
-    }
-
-    /// Whether [`dequantize`] reads `scheme`'s values and scales itself.
-    fn fast(scheme: &QuantScheme) -> bool {
-        scheme.store == QuantStore::Native
-            && scheme.mode == QuantMode::Symmetric
-            && matches!(
-                scheme.value,
-                QuantValue::Q8S | QuantValue::Q8F | QuantValue::Q4S | QuantValue::Q4F
-            )
-            && burn::tensor::quantization::global_scale_dtype(scheme).is_none()
     }
 }
 
