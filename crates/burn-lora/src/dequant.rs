@@ -75,20 +75,69 @@ fn by_blocks(
     scales: &[f32],
     global: f32,
 ) -> Vec<f32> {
-    let rank = dims.len();
-    let (width, run) = (dims[rank - 1], extent[rank - 1] as usize);
+    let width = dims[dims.len() - 1];
     let mut out = Vec::with_capacity(values.len());
     for (row, values) in values.chunks(width).enumerate() {
-        // The row's first block, as `BlockLayout::block_of` numbers blocks.
-        let (mut rest, mut first, mut stride) = (row, 0, blocks[rank - 1]);
-        for dim in (0..rank - 1).rev() {
-            first += rest % dims[dim] / extent[dim] as usize * stride;
-            rest /= dims[dim];
-            stride *= blocks[dim];
+        row_by_blocks(&mut out, values, row, dims, extent, blocks, scales, global);
+    }
+    out
+}
+
+/// Appends row `row` (its `values`, the last dimension's extent of them) dequantized.
+#[allow(clippy::too_many_arguments)]
+fn row_by_blocks(
+    out: &mut Vec<f32>,
+    values: &[i8],
+    row: usize,
+    dims: &[usize],
+    extent: &[u8],
+    blocks: &[usize],
+    scales: &[f32],
+    global: f32,
+) {
+    let rank = dims.len();
+    // The row's first block, as `BlockLayout::block_of` numbers blocks.
+    let (mut rest, mut first, mut stride) = (row, 0, blocks[rank - 1]);
+    for dim in (0..rank - 1).rev() {
+        first += rest % dims[dim] / extent[dim] as usize * stride;
+        rest /= dims[dim];
+        stride *= blocks[dim];
+    }
+    for (j, run) in values.chunks(extent[rank - 1] as usize).enumerate() {
+        let scale = global * scales[first + j];
+        out.extend(run.iter().map(|&q| scale * q as f32));
+    }
+}
+
+/// Rows `rows` (indices along the first dimension) of the 2-D row-major `values` of shape
+/// `dims`, dequantized as [`dequantize_values`] would, one after the other: `[rows.len(),
+/// dims[1]]`. Only those rows are read. Every index must be below `dims[0]`.
+pub(crate) fn dequantize_rows(
+    values: &[i8],
+    dims: [usize; 2],
+    scheme: &QuantScheme,
+    scales: &[f32],
+    global: f32,
+    rows: impl ExactSizeIterator<Item = usize>,
+) -> Vec<f32> {
+    let width = dims[1];
+    let mut out = Vec::with_capacity(rows.len() * width);
+    let row_values = |row: usize| &values[row * width..(row + 1) * width];
+    match scheme.block_size() {
+        None => {
+            for row in rows {
+                out.extend(row_values(row).iter().map(|&q| scales[0] * q as f32));
+            }
         }
-        for (j, run) in values.chunks(run).enumerate() {
-            let scale = global * scales[first + j];
-            out.extend(run.iter().map(|&q| scale * q as f32));
+        Some(block) => {
+            let extent = block.to_dim_vec(2);
+            let blocks = block.num_blocks(&dims);
+            for row in rows {
+                let values = row_values(row);
+                row_by_blocks(
+                    &mut out, values, row, &dims, &extent, &blocks, scales, global,
+                );
+            }
         }
     }
     out

@@ -73,6 +73,12 @@
 //! layer's dequantized f32 copy until the backward pass, and a quantized base trains in
 //! more memory than a float one.
 //!
+//! A frozen embedding can be quantized too (`Embedding::quantize_weights`; at Qwen2's
+//! vocabulary it is a quarter of a 0.5B model). Burn's own lookup does not take a
+//! quantized table: look it up with [`embedding`], which dequantizes only the rows it
+//! reads, and run an output head tied to it with [`quantized_matmul`], which dequantizes
+//! a large weight a block of rows at a time, never whole, in both passes.
+//!
 //! The library selects no backend and never calls `Device::default()`: it computes on
 //! whatever device the model's tensors live on, in their dtype.
 #![warn(missing_docs)]
@@ -119,6 +125,6 @@ pub use peft::{
     load_adapter_weights_with, load_adapter_with, parse_adapter_config, read_adapter_config,
     save_adapter, save_adapter_with,
 };
-pub use qlora::quantize_linears;
+pub use qlora::{embedding, quantize_linears, quantized_matmul};
 pub use report::{ADAM_BYTES_PER_PARAM, ParamReport, ParamRow, param_report};
 pub use sites::{AdapterSite, adapters};

@@ -1,10 +1,12 @@
 //! QLoRA's first step: quantizing a base's linear weights before adapters go on.
 
 use burn::module::{Module, ParamGroup, Quantizer};
+use burn::tensor::{DType, Int, Tensor};
 
 use crate::Error;
 use crate::apply::linears;
 use crate::config::within_any;
+use crate::dequant::float_weight;
 
 /// `model` with the weight of every linear layer (`burn::nn::Linear` or
 /// [`burn_lora::nn::Linear`](crate::nn::Linear)) quantized by `quantizer`, except the
@@ -65,4 +67,196 @@ pub fn quantize_linears<M: Module>(
     let ids = sites.into_iter().map(|site| site.weight_id).collect();
     quantizer.set_param_group(ParamGroup::from_ids(ids));
     Ok(model.quantize_weights(quantizer))
+}
+
+/// The rows of `weight` whose indices `tokens` holds, `[batch, seq, d]`: what
+/// [`burn::tensor::module::embedding`] computes, but `weight` may be quantized. A quantized
+/// table (a frozen embedding quantized with `Embedding::quantize_weights`) has only the rows
+/// looked up dequantized, never the whole table, and gets no gradient (Burn's own lookup
+/// does not take a quantized table). A float `weight` goes to
+/// Burn's lookup, and trains if it is tracked.
+///
+/// On Burn's `flex` backend with the crate's `flex` feature each looked-up row is read from
+/// the quantized values (one Burn backend extension); elsewhere the whole table is
+/// dequantized for the lookup and dropped after it.
+///
+/// # Shapes
+///
+/// - weight: `[vocab, d]`
+/// - tokens: `[batch, seq]`, each in `0..vocab`
+/// - output: `[batch, seq, d]`
+///
+/// # Panics
+///
+/// On a token outside `0..vocab`, as Burn's lookup does (on flex, naming it).
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Int, Tensor};
+/// use burn::tensor::quantization::{QuantScheme, QuantValue};
+///
+/// let device = Device::default();
+/// let table = Tensor::<2>::random([10, 4], Distribution::Normal(0.0, 1.0), &device);
+/// let q8 = table.quantize_dynamic(&QuantScheme::default().with_value(QuantValue::Q8S));
+/// let tokens = Tensor::<2, Int>::from_data([[3, 7]], &device);
+/// let rows = burn_lora::embedding(q8.clone(), tokens);
+/// assert_eq!(rows.dims(), [1, 2, 4]);
+/// let want = q8.dequantize().slice(3..4); // row 3, dequantized
+/// rows.slice([0..1, 0..1]).reshape([1, 4]).into_data().assert_eq(&want.into_data(), true);
+/// ```
+pub fn embedding(weight: Tensor<2>, tokens: Tensor<2, Int>) -> Tensor<3> {
+    if !matches!(weight.dtype(), DType::QFloat(_)) {
+        return burn::tensor::module::embedding(weight, tokens);
+    }
+    let [batch, seq] = tokens.dims();
+    let d = weight.dims()[1];
+    let rows = dequantized_rows(&weight, tokens.reshape([batch * seq]));
+    rows.reshape([batch, seq, d])
+}
+
+/// Rows `indices` of the quantized `weight`, in f32.
+fn dequantized_rows(weight: &Tensor<2>, indices: Tensor<1, Int>) -> Tensor<2> {
+    match crate::frozen::rows(weight, &indices) {
+        Some(rows) => rows,
+        // Burn's quantized `select` quantizes the selection again, with its own scale
+        // (per tensor, the rows' largest value): different values. Dequantize, then select.
+        None => weight.clone().dequantize().select(0, indices),
+    }
+}
+
+/// `x·W`, or `x·Wᵀ` when `out_in` (`W` stored `[d_out, d_in]`, as PyTorch's linears and a
+/// tied output head are), for a weight that may be quantized: `[n, d_in]` → `[n, d_out]`.
+///
+/// A float `W` is [`few_rows::matmul_weight`](crate::few_rows::matmul_weight)'s product, and
+/// trains if it is tracked. A quantized `W` is frozen (no gradient; `x` still gets its
+/// own) and has the values of the product with `W` dequantized. On Burn's `flex` backend
+/// with the crate's `flex` feature it stays quantized through the backward pass, and a
+/// weight over 64 MiB in f32 is never dequantized whole: 4 MiB of its rows at a time, in
+/// the forward and the backward pass (a tied head over Qwen2's 151,936-token vocabulary
+/// is 0.55 GB in f32 at d 896). Elsewhere Burn's ops take it whole, dequantized.
+///
+/// # Shapes
+///
+/// - x: `[n, d_in]`
+/// - weight: `[d_in, d_out]`, or `[d_out, d_in]` when `out_in`
+/// - output: `[n, d_out]`
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use burn::tensor::quantization::{QuantScheme, QuantValue};
+///
+/// let device = Device::default();
+/// let table = Tensor::<2>::random([10, 4], Distribution::Normal(0.0, 1.0), &device);
+/// let q8 = table.quantize_dynamic(&QuantScheme::default().with_value(QuantValue::Q8S));
+/// let x = Tensor::<2>::random([3, 4], Distribution::Normal(0.0, 1.0), &device);
+/// let logits = burn_lora::quantized_matmul(x.clone(), &q8, true); // a tied head
+/// let want = x.matmul(q8.dequantize().transpose());
+/// logits.into_data().assert_approx_eq::<f32>(&want.into_data(), Default::default());
+/// ```
+pub fn quantized_matmul(x: Tensor<2>, weight: &Tensor<2>, out_in: bool) -> Tensor<2> {
+    if !matches!(weight.dtype(), DType::QFloat(_)) {
+        return crate::few_rows::matmul_weight(x, weight.clone(), out_in);
+    }
+    let ours = match out_in {
+        true => crate::frozen::matmul_t(x.clone(), weight),
+        false => crate::frozen::matmul(x.clone(), weight),
+    };
+    ours.unwrap_or_else(|| {
+        let w = float_weight(weight.clone());
+        match out_in {
+            true => x.matmul(w.transpose()),
+            false => x.matmul(w),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::quantization::{QuantScheme, QuantValue, ScaleDtype};
+    use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+
+    use super::{embedding, quantized_matmul};
+    use crate::dequant::float_weight;
+
+    fn bits<const D: usize>(t: Tensor<D>) -> Vec<u32> {
+        let values = t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    fn schemes() -> Vec<QuantScheme> {
+        let mut out = Vec::new();
+        for value in [QuantValue::Q8S, QuantValue::Q4S] {
+            let plain = QuantScheme::default().with_value(value);
+            out.extend([plain, plain.per_block(&[32u8][..], ScaleDtype::F32)]);
+            out.push(plain.per_block(&[2u8, 16][..], ScaleDtype::F32));
+        }
+        out
+    }
+
+    /// The lookup and row blocks of a quantized table are its dequantized table's, bit for
+    /// bit, for Q8 and Q4, per tensor, per block of a row, and 2-D blocks (whose rows share
+    /// scales with their neighbours), on every device the tests build; the result is
+    /// untracked. A float table goes to Burn's lookup and slice, and keeps its graph.
+    #[test]
+    fn a_quantized_tables_rows_are_its_dequantized_tables() {
+        let mut devices = vec![Device::default(), Device::default().autodiff()];
+        #[cfg(feature = "flex")]
+        devices.extend([Device::flex(), Device::flex().autodiff()]);
+        for device in devices {
+            let table = Tensor::<2>::random([10, 64], Distribution::Normal(0.0, 1.0), &device);
+            let tokens = Tensor::<2, Int>::from_data(
+                TensorData::new(vec![3i64, 9, 0, 3, 7, 8], [2, 3]),
+                &device,
+            );
+            for scheme in schemes() {
+                let q = table.clone().quantize_dynamic(&scheme);
+                let dense = float_weight(q.clone());
+                let ours = embedding(q.clone(), tokens.clone());
+                assert!(!ours.is_tracked());
+                let want = burn::tensor::module::embedding(dense.clone(), tokens.clone());
+                assert_eq!(bits(ours), bits(want), "{scheme:?} on {device:?}");
+            }
+            let want = burn::tensor::module::embedding(table.clone(), tokens.clone());
+            if device.is_autodiff() {
+                let rows = embedding(table.clone().require_grad(), tokens.clone());
+                assert!(rows.is_tracked());
+                assert_eq!(bits(rows), bits(want));
+            } else {
+                assert_eq!(bits(embedding(table.clone(), tokens.clone())), bits(want));
+            }
+        }
+    }
+
+    /// `x·W` and `x·Wᵀ` of a quantized weight are those of its dequantized weight, on
+    /// every device the tests build (flex's blocks are `frozen.rs`'s tests); a float
+    /// weight's are the plain product's, bit for bit.
+    #[test]
+    fn a_quantized_weights_products_are_its_dequantized_weights() {
+        let mut devices = vec![Device::default(), Device::default().autodiff()];
+        #[cfg(feature = "flex")]
+        devices.extend([Device::flex(), Device::flex().autodiff()]);
+        for device in devices {
+            let table = Tensor::<2>::random([40, 32], Distribution::Normal(0.0, 1.0), &device);
+            for scheme in schemes() {
+                let q = table.clone().quantize_dynamic(&scheme);
+                let dense = float_weight(q.clone());
+                for (out_in, d_in) in [(true, 32), (false, 40)] {
+                    let x = Tensor::<2>::random([3, d_in], Distribution::Normal(0.0, 1.0), &device);
+                    let ours = quantized_matmul(x.clone(), &q, out_in);
+                    let want = match out_in {
+                        true => x.clone().matmul(dense.clone().transpose()),
+                        false => x.clone().matmul(dense.clone()),
+                    };
+                    let err = (ours - want.clone()).abs().max().into_scalar::<f32>();
+                    let scale = want.abs().max().into_scalar::<f32>();
+                    assert!(
+                        err <= 1e-6 * scale,
+                        "{scheme:?} out_in {out_in} on {device:?}"
+                    );
+                }
+            }
+            let x = Tensor::<2>::random([3, 32], Distribution::Normal(0.0, 1.0), &device);
+            let float = quantized_matmul(x.clone(), &table, true);
+            assert_eq!(bits(float), bits(x.matmul(table.clone().transpose())));
+        }
+    }
 }
