@@ -575,6 +575,94 @@ fn agree(label: &str, (plain_loss, want): (f32, &Grads), (got_loss, got): (f32, 
 /// Gradients by parameter path.
 type Grads = Vec<(String, Vec<f32>)>;
 
+/// QLoRA with the tied embedding quantized as well (Q8 per block of 32, as `bench --llm`'s
+/// `llm_lora_q8_embed_*` cases): the lookup and the tied head read the quantized table and
+/// give the logits, the loss and LoRA's gradients (per-block recomputation with the fused
+/// cross-entropy) of a twin whose table is the dequantized one, in float. Greedy decoding
+/// through the cache gives the twin's tokens.
+#[test]
+fn a_q8_tied_embedding_gives_its_dequantized_twins_logits_and_gradients() {
+    use burn::module::Quantizer;
+    use burn::optim::GradientsParams;
+    use burn::tensor::quantization::Calibration;
+    use burn_lora_demo::model::llama::Llama;
+    use burn_lora_demo::train::quantize::BaseQuant;
+    use burn_lora_demo::train::recompute::backward_per_block_cross_entropy;
+
+    /// Every gradient `grads` holds for `model`'s parameters, in traversal order.
+    fn grads_of(model: &Llama, grads: &GradientsParams) -> Vec<Vec<f32>> {
+        struct Collect<'a>(&'a GradientsParams, Vec<Vec<f32>>);
+        impl burn::module::ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(g) = self.0.get::<D>(param.id) {
+                    self.1.push(g.into_data().iter::<f32>().collect());
+                }
+            }
+        }
+        let mut visitor = Collect(grads, Vec::new());
+        model.visit(&mut visitor);
+        visitor.1
+    }
+    let device = Device::default().autodiff();
+    let spec = format!("hf:{}", fixture("qwen2").display());
+    let Decoder::Llama(base) = DecoderBase::load(&spec, &device).unwrap().model else {
+        panic!("qwen2 is a Llama-family model");
+    };
+    assert!(base.lm_head.is_none(), "the fixture ties its head");
+    let mut q8 = formula_lora(base);
+    let mut quantizer = Quantizer::new(Calibration::MinMax, BaseQuant::Q8.scheme());
+    q8.model.embed_tokens = q8.model.embed_tokens.quantize_weights(&mut quantizer);
+    assert!(matches!(
+        q8.model.embed_tokens.weight.val().dtype(),
+        burn::tensor::DType::QFloat(_)
+    ));
+    let mut twin = q8.clone();
+    twin.model.embed_tokens.weight = twin.model.embed_tokens.weight.map(|w| w.dequantize());
+
+    let (tokens, padding) = qwen2_prompt_batch(&device);
+    let close = |a: Tensor<3>, b: Tensor<3>| {
+        let scale = b.clone().abs().max().into_scalar::<f32>();
+        (a - b).abs().max().into_scalar::<f32>() / scale
+    };
+    let diff = close(
+        q8.logits(tokens.clone(), padding.clone()),
+        twin.logits(tokens.clone(), padding.clone()),
+    );
+    assert!(diff <= 1e-5, "logits differ by {diff} of their largest");
+
+    let targets = tokens.clone().add_scalar(1);
+    let run = |model: &Llama| {
+        let (loss, grads) = backward_per_block_cross_entropy(
+            model,
+            tokens.clone(),
+            padding.clone(),
+            targets.clone(),
+            1.0,
+            3,
+        )
+        .unwrap();
+        (loss.into_scalar::<f32>(), grads_of(model, &grads))
+    };
+    let ((got_loss, got), (want_loss, want)) = (run(&q8), run(&twin));
+    assert!(
+        (got_loss - want_loss).abs() <= 1e-5 * want_loss,
+        "{got_loss} vs {want_loss}"
+    );
+    assert_eq!(got.len(), 2 * 7 * 2, "A and B of 7 linears in 2 layers");
+    for (g, w) in got.iter().zip(&want) {
+        assert!(w.iter().any(|v| *v != 0.0));
+        for (g, w) in g.iter().zip(w) {
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{g} vs {w}");
+        }
+    }
+
+    let prompts = &golden("qwen2").prompt_ids;
+    assert_eq!(
+        generate(&q8.valid(), prompts, &[], 0, true),
+        generate(&twin.valid(), prompts, &[], 0, true)
+    );
+}
+
 /// Per-block recomputation on our GPT with dropout everywhere (embedding, attention,
 /// residual, MLP, LoRA's input): on a CPU each block's recomputed pass draws the masks its
 /// first pass drew. The reference is a plain tape whose embedding and blocks run under the

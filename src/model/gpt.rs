@@ -15,7 +15,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 use crate::Error;
 use crate::io::{load_module, save_module};
 use crate::model::dropout;
-use crate::model::{Block, CausalLm, KvCache, LinearHead, decoder_bias};
+use crate::model::{Block, CausalLm, KvCache, LinearHead, decoder_bias, embed};
 
 /// The size of a [`Gpt`].
 #[derive(Config, Debug)]
@@ -239,7 +239,7 @@ impl CausalLm for Gpt {
         bias: Tensor<4>,
         cache: &mut KvCache,
     ) -> Tensor<3> {
-        let x = self.token_embedding.forward(tokens) + self.position_embedding.forward(positions);
+        let x = embed(&self.token_embedding, tokens) + embed(&self.position_embedding, positions);
         let x = self
             .blocks
             .iter()

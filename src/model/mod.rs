@@ -37,3 +37,13 @@ pub use gpt_classifier::GptClassifier;
 pub use mlp::Mlp;
 pub use pooling::{Pooling, pool_weights, weighted_pool};
 pub use to_f32::ToF32;
+
+/// `embedding`'s rows for `tokens`, `[batch, seq, d]`: [`burn::nn::Embedding::forward`],
+/// except that a quantized table (a QLoRA base quantized with its embeddings) has only the
+/// rows looked up dequantized ([`burn_lora::embedding`]).
+pub fn embed(
+    embedding: &burn::nn::Embedding,
+    tokens: burn::tensor::Tensor<2, burn::tensor::Int>,
+) -> burn::tensor::Tensor<3> {
+    burn_lora::embedding(embedding.weight.val(), tokens)
+}

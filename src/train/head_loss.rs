@@ -59,12 +59,7 @@ pub fn linear_cross_entropy(
     let device = hidden.device();
     let scale = 1.0 / n as f64;
     let h = untracked(hidden.clone());
-    // A quantized head (a Q8 base's) is dequantized once, not once per chunk and product.
-    let w = untracked(head.weight.clone());
-    let w = match w.dtype() {
-        DType::QFloat(_) => w.dequantize(),
-        _ => w,
-    };
+    let w = HeadWeight::new(untracked(head.weight.clone()), head.out_in);
     let mut loss = Tensor::<1>::zeros([1], &device);
     let mut grad_hidden = Vec::with_capacity(n.div_ceil(chunk));
     let mut grad_weight: Option<Tensor<2>> = None;
@@ -78,10 +73,7 @@ pub fn linear_cross_entropy(
             .unsqueeze_dim::<2>(1); // [c, 1]
         let (part, g) = chunk_loss(x.clone(), &w, head, t);
         loss = loss + part;
-        grad_hidden.push(match head.out_in {
-            true => g.clone().matmul(w.clone()), // [c, d]
-            false => g.clone().matmul(w.clone().transpose()),
-        });
+        grad_hidden.push(w.grad_input(g.clone())); // [c, d]
         if head.weight.is_tracked() {
             let gw = match head.out_in {
                 true => g.clone().transpose().matmul(x),  // [vocab, d]
@@ -113,11 +105,11 @@ pub fn linear_cross_entropy(
 /// every tensor it changes has no other owner by then.
 fn chunk_loss(
     x: Tensor<2>,
-    w: &Tensor<2>,
+    w: &HeadWeight,
     head: &LinearHead,
     t: Tensor<2, Int>,
 ) -> (Tensor<1>, Tensor<2>) {
-    let logits = burn_lora::few_rows::matmul_weight(x, w.clone(), head.out_in); // [c, vocab]
+    let logits = w.logits(x); // [c, vocab]
     let logits = match &head.bias {
         Some(b) => logits + untracked(b.clone()).unsqueeze::<2>(),
         None => logits,
@@ -133,6 +125,32 @@ fn chunk_loss(
     (loss, grad)
 }
 
+/// The head's weight as the loss reads it, untracked, `[vocab, d]` when `out_in`, else
+/// `[d, vocab]`. A quantized one (a Q8 base's tied embedding) stays quantized:
+/// [`burn_lora::quantized_matmul`] dequantizes it a block of rows at a time for each
+/// product, so the table is never float whole (0.55 GB for Qwen2's vocabulary at d 896,
+/// per replica).
+struct HeadWeight {
+    w: Tensor<2>,
+    out_in: bool,
+}
+
+impl HeadWeight {
+    fn new(w: Tensor<2>, out_in: bool) -> Self {
+        Self { w, out_in }
+    }
+
+    /// `x·Wᵀ` (out_in) or `x·W`: `[c, d]` → `[c, vocab]`.
+    fn logits(&self, x: Tensor<2>) -> Tensor<2> {
+        burn_lora::quantized_matmul(x, &self.w, self.out_in)
+    }
+
+    /// `g·W` (out_in) or `g·Wᵀ`: `[c, vocab]` → `[c, d]`.
+    fn grad_input(&self, g: Tensor<2>) -> Tensor<2> {
+        burn_lora::quantized_matmul(g, &self.w, !self.out_in)
+    }
+}
+
 /// A term whose value is 0 and whose gradient for `x` is `g`: `Σ (x − detach(x)) · g`.
 fn gradient_term<const D: usize>(x: Tensor<D>, g: Tensor<D>) -> Tensor<1> {
     ((x.clone() - untracked(x)) * g).sum()
@@ -141,7 +159,12 @@ fn gradient_term<const D: usize>(x: Tensor<D>, g: Tensor<D>) -> Tensor<1> {
 /// `x`'s values with no graph: Burn's `detach` keeps a leaf's `require_grad`, and a tensor
 /// that requires grad is tracked.
 fn untracked<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    x.detach().set_require_grad(false)
+    match x.dtype() {
+        // A quantized tensor is never tracked, and Burn's `detach` would return it
+        // dequantized: a Q8 tied head would be f32 whole again (0.55 GB at Qwen2's size).
+        DType::QFloat(_) => x,
+        _ => x.detach().set_require_grad(false),
+    }
 }
 
 /// [`Error::Usage`] when a target is outside `0..vocab` (gather would panic on it).
@@ -304,6 +327,37 @@ mod tests {
         let grads = loss.mul_scalar(0.5).backward();
         assert!(c.head.weight.grad(&grads).is_none());
         assert_close(&values(c.proj.grad(&grads).unwrap()), &want[1], "proj");
+    }
+
+    /// A frozen tied head quantized Q8 (per block of 32) gives the loss and the hidden
+    /// states' gradient of its dequantized float twin under Burn's cross-entropy. (Its
+    /// reading in blocks of rows, for a head over 64 MiB, is burn-lora's `frozen.rs` test.)
+    #[test]
+    fn a_quantized_head_gives_its_dequantized_twins_loss_and_gradients() {
+        use burn::tensor::quantization::{QuantScheme, QuantValue, ScaleDtype};
+        Device::default().autodiff().seed(14);
+        let vocab = 50;
+        let mut c = case(6, 32, vocab, true, false);
+        let scheme = QuantScheme::default()
+            .with_value(QuantValue::Q8S)
+            .per_block(&[32u8][..], ScaleDtype::F32);
+        let q = untracked(c.head.weight.clone()).quantize_dynamic(&scheme);
+        // The loss reads it quantized: it is not made float whole on the way in.
+        assert_eq!(untracked(q.clone()).dtype(), q.dtype());
+        let dense = q.clone().dequantize();
+        let hidden = c.x.clone().matmul(c.proj.clone());
+        let logits = hidden.matmul(dense.transpose());
+        let loss = CrossEntropyLoss::new(None, &logits.device()).forward(logits, c.targets.clone());
+        let grads = loss.clone().backward();
+        let want = [values(loss), values(c.proj.grad(&grads).unwrap())];
+        c.head.weight = q;
+        for chunk in [6, 4] {
+            let hidden = c.x.clone().matmul(c.proj.clone());
+            let loss = linear_cross_entropy(hidden, &c.head, c.targets.clone(), chunk).unwrap();
+            let grads = loss.clone().backward();
+            assert_close(&values(loss), &want[0], "loss");
+            assert_close(&values(c.proj.grad(&grads).unwrap()), &want[1], "proj");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ use burn_lora::dropout::{is_cpu_device, next_seed, with_dropout_seed};
 
 use crate::Error;
 use crate::model::llama::{Llama, Rope};
-use crate::model::{CausalLm, Decoder, Gpt, KvCache, decoder_bias, dropout, positions};
+use crate::model::{CausalLm, Decoder, Gpt, KvCache, decoder_bias, dropout, embed, positions};
 use crate::train::head_loss::linear_cross_entropy;
 
 /// A decoder seen as what per-block recomputation walks: an embedding, a stack of blocks,
@@ -296,7 +296,7 @@ impl BlockStack for Llama {
     }
 
     fn embed(&self, tokens: Tensor<2, Int>, _: &Self::Context) -> Tensor<3> {
-        self.model.embed_tokens.forward(tokens)
+        embed(&self.model.embed_tokens, tokens)
     }
 
     fn num_blocks(&self) -> usize {
@@ -336,8 +336,8 @@ impl BlockStack for Gpt {
     }
 
     fn embed(&self, tokens: Tensor<2, Int>, (positions, _): &Self::Context) -> Tensor<3> {
-        let x = self.token_embedding.forward(tokens)
-            + self.position_embedding.forward(positions.clone());
+        let x = embed(&self.token_embedding, tokens)
+            + embed(&self.position_embedding, positions.clone());
         dropout(&self.dropout, x)
     }
 

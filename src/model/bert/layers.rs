@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, Embedding, LayerNorm};
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::model::{attend, dropout, gelu, positions};
+use crate::model::{attend, dropout, embed, gelu, positions};
 
 /// Word, position and token-type embeddings, summed, normalised, dropped out.
 #[derive(Module, Debug)]
@@ -144,9 +144,9 @@ impl Bert {
         let positions = positions(batch, seq, &device);
         let types = Tensor::<2, Int>::zeros([batch, seq], &device);
         let e = &self.embeddings;
-        let x = e.word_embeddings.forward(tokens)
-            + e.position_embeddings.forward(positions)
-            + e.token_type_embeddings.forward(types);
+        let x = embed(&e.word_embeddings, tokens)
+            + embed(&e.position_embeddings, positions)
+            + embed(&e.token_type_embeddings, types);
         let mut x = dropout(&e.dropout, e.layer_norm.forward(x));
         // -inf at padding keys (see `model::attention_bias` for why not -1e9). Every text
         // has a first token ([CLS]), so no row is all -inf.

@@ -259,6 +259,7 @@ pub fn project_out(hidden: Tensor<3>, weight: Tensor<2>) -> Tensor<3> {
     let [batch, seq, d] = hidden.dims();
     let vocab = weight.dims()[0];
     // A decode step's few rows run on every core of flex on Intel CPUs (`matmul_weight`).
-    burn_lora::few_rows::matmul_weight(hidden.reshape([batch * seq, d]), weight, true)
+    // A quantized (tied) head is dequantized a block of its rows at a time.
+    burn_lora::quantized_matmul(hidden.reshape([batch * seq, d]), &weight, true)
         .reshape([batch, seq, vocab])
 }

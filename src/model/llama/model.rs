@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor};
 use super::config::LlamaConfig;
 use super::layers::{DecoderLayer, LmHead, init, project_out};
 use super::rope::{Rope, inv_freq};
-use crate::model::{CausalLm, KvCache, LinearHead};
+use crate::model::{CausalLm, KvCache, LinearHead, embed};
 
 /// The decoder without its head (transformers' `model.` prefix).
 #[derive(Module, Debug)]
@@ -84,7 +84,7 @@ impl CausalLm for Llama {
     ) -> Tensor<3> {
         let device = tokens.device();
         let rope = Rope::new(positions, &self.inv_freq, &device);
-        let x = self.model.embed_tokens.forward(tokens); // [batch, seq, hidden_size]
+        let x = embed(&self.model.embed_tokens, tokens); // [batch, seq, hidden_size]
         let x = self
             .model
             .layers
