@@ -17,6 +17,11 @@
 //!   Burn's `CrossEntropyLoss` 64 positions at a time through
 //!   `backward_per_block_chunked`; Burn's own checkpointing, per operation, saved 6 %);
 //! - `llm_lora_q8_ckpt_step`: the Q8 base with the same checkpointing;
+//! - `llm_lora_q8_embed_step`, `llm_lora_q8_embed_ckpt_step`: the same two with the tied
+//!   embedding Q8 as well (per block of 32), the whole base quantized as GGUF's Q8_0 files
+//!   have it; the lookup dequantizes the rows it reads ([`burn_lora::embedding`]) and the
+//!   tied head 4 MiB of rows at a time ([`burn_lora::quantized_matmul`]). bitsandbytes keeps
+//!   embeddings float, so PyTorch has no such case;
 //! - `llm_full_step`: a full fine-tuning step;
 //! - `llm_prefill`: one forward pass over the batch, no gradients;
 //! - `llm_decode_b1`, `llm_decode_b4`: greedy decoding through the KV cache of 1 and 4
@@ -24,9 +29,11 @@
 
 use std::time::Instant;
 
+use burn::module::{Module, Quantizer};
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::AdamWConfig;
 use burn::optim::GradientsParams;
+use burn::tensor::quantization::Calibration;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_lora::{ALL_LINEAR, LoraConfig, apply_lora, param_report};
 use burn_lora_demo::memory::release_free_memory;
@@ -42,11 +49,13 @@ use burn_lora_demo::train::recompute::{
 use serde_json::{Value, json};
 
 /// The cases, in the order they run and are written.
-pub const CASES: [&str; 8] = [
+pub const CASES: [&str; 10] = [
     "llm_lora_step",
     "llm_lora_q8_step",
     "llm_lora_ckpt_step",
     "llm_lora_q8_ckpt_step",
+    "llm_lora_q8_embed_step",
+    "llm_lora_q8_embed_ckpt_step",
     "llm_full_step",
     "llm_prefill",
     "llm_decode_b1",
@@ -145,13 +154,18 @@ pub fn run(
         | "llm_lora_q8_step"
         | "llm_lora_ckpt_step"
         | "llm_lora_q8_ckpt_step"
+        | "llm_lora_q8_embed_step"
+        | "llm_lora_q8_embed_ckpt_step"
         | "llm_full_step" => {
             let device = device.clone().autodiff();
             device.seed(0);
             let model = match name {
                 "llm_full_step" => config.init(&device),
                 "llm_lora_q8_step" | "llm_lora_q8_ckpt_step" => {
-                    lora(init_q8(config, &device)?, sizes)?
+                    lora(init_q8(config, false, &device)?, sizes)?
+                }
+                "llm_lora_q8_embed_step" | "llm_lora_q8_embed_ckpt_step" => {
+                    lora(init_q8(config, true, &device)?, sizes)?
                 }
                 _ => lora(config.init(&device), sizes)?,
             };
@@ -225,8 +239,10 @@ pub fn run(
 
 /// A model whose decoder layers' linears are Q8 (per block of 32), each layer quantized as
 /// soon as it is made, as a loader quantizing a checkpoint layer by layer would: the f32
-/// model is never whole, so the process's peak is the step's, not the f32 model's.
-fn init_q8(config: &LlamaConfig, device: &Device) -> Result<Llama, String> {
+/// model is never whole, so the process's peak is the step's, not the f32 model's. With
+/// `embedding`, the (tied) token embedding is Q8 too, quantized before the first layer is
+/// drawn.
+fn init_q8(config: &LlamaConfig, embedding: bool, device: &Device) -> Result<Llama, String> {
     let mut model = LlamaConfig {
         num_hidden_layers: 0,
         ..config.clone()
@@ -235,6 +251,11 @@ fn init_q8(config: &LlamaConfig, device: &Device) -> Result<Llama, String> {
     // Parameters are drawn when first read: the embedding first, then each layer, as a
     // loader reads a checkpoint.
     let _ = model.model.embed_tokens.weight.val();
+    if embedding {
+        let mut quantizer = Quantizer::new(Calibration::MinMax, BaseQuant::Q8.scheme());
+        model.model.embed_tokens = model.model.embed_tokens.quantize_weights(&mut quantizer);
+        release_free_memory();
+    }
     for _ in 0..config.num_hidden_layers {
         let layer = DecoderLayer::new(config, device);
         let layer = BaseQuant::Q8
