@@ -16,9 +16,9 @@
 //! Burn's `flex` backend with the crate's `flex` feature, autodiff or not; any other
 //! backend or build takes Burn's ops, as before.
 //!
-//! [`matmul_t`] is the same for `x·deq(W)ᵀ`, a weight stored `[d_out, d_in]`: an output
-//! head tied to a quantized embedding. A weight larger than [`WHOLE_BYTES`] in f32 (that
-//! embedding: 0.55 GB for Qwen2's vocabulary at d 896) is never dequantized whole: both
+//! [`matmul`] does the same for `x·deq(W)ᵀ`, a weight stored `[d_out, d_in]`: an output
+//! head tied to a quantized embedding. A tall weight larger than [`WHOLE_BYTES`] in f32
+//! (that embedding: 0.55 GB for Qwen2's vocabulary at d 896) is never dequantized whole: both
 //! products, forward and backward, dequantize [`BLOCK_BYTES`] of its rows at a time, each
 //! block's product written into the result as it comes. A smaller weight (every linear of
 //! a 0.5B model) is dequantized whole, one product, as above. [`rows`] reads only the rows
@@ -38,32 +38,19 @@ pub(crate) const WHOLE_BYTES: usize = if cfg!(test) { 64 << 10 } else { 64 << 20
 /// tests).
 pub(crate) const BLOCK_BYTES: usize = if cfg!(test) { 4 << 10 } else { 4 << 20 };
 
-/// `x·deq(weight)` when `weight` is quantized and `x` lives on a backend this module
-/// serves (`flex`, with the crate's `flex` feature); `None` otherwise, for the caller to
-/// take Burn's ops. `x`: `[n, d_in]`; `weight`: `[d_in, d_out]`.
-pub(crate) fn matmul(x: Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>> {
+/// `x·deq(weight)`, or `x·deq(weight)ᵀ` when `transposed` (`weight` stored `[d_out,
+/// d_in]`), when `weight` is quantized and `x` lives on a backend this module serves
+/// (`flex`, with the crate's `flex` feature); `None` otherwise, for the caller to take
+/// Burn's ops. `x`: `[n, d_in]`; `weight`: `[d_in, d_out]` (or transposed).
+pub(crate) fn matmul(x: Tensor<2>, weight: &Tensor<2>, transposed: bool) -> Option<Tensor<2>> {
     if !matches!(weight.dtype(), DType::QFloat(_)) {
         return None;
     }
     #[cfg(feature = "flex")]
     if flex::serves(&x, weight) {
-        return Some(flex::matmul(x, weight.clone(), false));
+        return Some(flex::matmul(x, weight.clone(), transposed));
     }
-    let _ = x;
-    None
-}
-
-/// `x·deq(weight)ᵀ` as [`matmul`], for `weight` stored `[d_out, d_in]`; `None` where
-/// [`matmul`] gives `None`.
-pub(crate) fn matmul_t(x: Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>> {
-    if !matches!(weight.dtype(), DType::QFloat(_)) {
-        return None;
-    }
-    #[cfg(feature = "flex")]
-    if flex::serves(&x, weight) {
-        return Some(flex::matmul(x, weight.clone(), true));
-    }
-    let _ = x;
+    let _ = (x, transposed);
     None
 }
 
@@ -304,15 +291,18 @@ mod flex {
         FlexTensor::from_data(TensorData::new(out, [n, rows]))
     }
 
-    /// How many of `w`'s rows a product dequantizes at a time: all of them up to
-    /// [`WHOLE_BYTES`] of f32, and for a layout [`dequantize_values`] does not read (whose
-    /// rows cannot be read alone here); else [`BLOCK_BYTES`]' worth.
+    /// How many of `w`'s rows a product dequantizes at a time: [`BLOCK_BYTES`]' worth for
+    /// a tall weight (more rows than columns, as an embedding's `[vocab, d]`) over
+    /// [`WHOLE_BYTES`] of f32 whose layout [`dequantize_values`] reads; all of them
+    /// otherwise. A wide weight (an untied head in Burn's `[d, vocab]`) is dequantized
+    /// whole: a block of its rows would give `x·deq(W)` a product of the result's whole
+    /// width per block, to be summed.
     ///
     /// [`dequantize_values`]: crate::dequant::dequantize_values
     fn block_rows(w: &FlexQTensor) -> usize {
         let [rows, cols] = w.shape().dims();
         let bytes = rows * cols * size_of::<f32>();
-        match bytes <= WHOLE_BYTES || !reads_rows(w) {
+        match bytes <= WHOLE_BYTES || rows < cols || !reads_rows(w) {
             true => rows,
             false => (BLOCK_BYTES / (cols * size_of::<f32>()).max(1)).max(1),
         }
@@ -431,7 +421,7 @@ mod tests {
             for scheme in [plain, plain.per_block(&[32u8][..], ScaleDtype::F32)] {
                 let q = weight.clone().quantize_dynamic(&scheme);
                 let x = x0.clone().require_grad();
-                let ours = matmul(x.clone(), &q).expect("flex serves a quantized weight");
+                let ours = matmul(x.clone(), &q, false).expect("flex serves a quantized weight");
                 let want_x = x0.clone().require_grad();
                 let want = want_x.clone().matmul(float_weight(q.clone()));
                 assert!(close(ours.clone(), want.clone()) == 0.0, "{scheme:?}");
@@ -443,7 +433,7 @@ mod tests {
             }
         }
         // A float weight is not ours to take.
-        assert!(matmul(x0.clone(), &weight).is_none());
+        assert!(matmul(x0.clone(), &weight, false).is_none());
     }
 
     /// A weight over `WHOLE_BYTES` in f32 is read `BLOCK_BYTES` of rows at a time (here 16
@@ -453,7 +443,7 @@ mod tests {
     /// Q8 and Q4, per tensor, per block of a row, and 2-D blocks spanning two rows.
     #[test]
     fn a_large_weight_is_read_in_blocks_with_the_whole_products_values() {
-        use super::{BLOCK_BYTES, WHOLE_BYTES, matmul_t};
+        use super::{BLOCK_BYTES, WHOLE_BYTES};
         const { assert!(300 * 64 * 4 > WHOLE_BYTES && 300 % (BLOCK_BYTES / (64 * 4)) != 0) };
         let device = Device::flex().autodiff();
         let weight = Tensor::<2>::random([300, 64], Distribution::Normal(0.0, 1.0), &device);
@@ -473,10 +463,7 @@ mod tests {
                     let up =
                         Tensor::<2>::random([5, d_out], Distribution::Normal(0.0, 1.0), &device);
                     let x = x0.clone().require_grad();
-                    let ours = match transposed {
-                        true => matmul_t(x.clone(), &q),
-                        false => matmul(x.clone(), &q),
-                    };
+                    let ours = matmul(x.clone(), &q, transposed);
                     let ours = ours.expect("flex serves a quantized weight");
                     let want_x = x0.require_grad();
                     let dense = float_weight(q.clone());
@@ -507,7 +494,7 @@ mod tests {
             let weight = Tensor::<2>::random([64, 64], Distribution::Normal(0.0, 1.0), &device);
             let x = Tensor::<2>::random([3, 64], Distribution::Normal(0.0, 1.0), &device);
             let q = weight.quantize_dynamic(&scheme);
-            let ours = matmul(x.clone(), &q).unwrap();
+            let ours = matmul(x.clone(), &q, false).unwrap();
             assert_eq!(close(ours, x.matmul(float_weight(q))), 0.0);
         }
     }

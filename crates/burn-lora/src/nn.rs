@@ -184,7 +184,7 @@ fn frozen_linear<const D: usize>(
     // A few rows (a decode step) keep `linear`'s threaded product.
     if D >= 2
         && rows > 16
-        && let Some(y) = crate::frozen::matmul(x.clone().reshape([rows, d_in]), &weight)
+        && let Some(y) = crate::frozen::matmul(x.clone().reshape([rows, d_in]), &weight, false)
     {
         let y = match bias {
             Some(bias) => y + bias.unsqueeze(),

@@ -130,9 +130,10 @@ fn dequantized_rows(weight: &Tensor<2>, indices: Tensor<1, Int>) -> Tensor<2> {
 /// trains if it is tracked. A quantized `W` is frozen (no gradient; `x` still gets its
 /// own) and has the values of the product with `W` dequantized. On Burn's `flex` backend
 /// with the crate's `flex` feature it stays quantized through the backward pass, and a
-/// weight over 64 MiB in f32 is never dequantized whole: 4 MiB of its rows at a time, in
-/// the forward and the backward pass (a tied head over Qwen2's 151,936-token vocabulary
-/// is 0.55 GB in f32 at d 896). Elsewhere Burn's ops take it whole, dequantized.
+/// weight over 64 MiB in f32 with more rows than columns is never dequantized whole: 4 MiB
+/// of its rows at a time, in the forward and the backward pass (a tied head over Qwen2's
+/// 151,936-token vocabulary, `[vocab, d]`, is 0.55 GB in f32 at d 896). Other weights are
+/// dequantized whole for each product; elsewhere Burn's ops take them whole, dequantized.
 ///
 /// # Shapes
 ///
@@ -156,11 +157,7 @@ pub fn quantized_matmul(x: Tensor<2>, weight: &Tensor<2>, out_in: bool) -> Tenso
     if !matches!(weight.dtype(), DType::QFloat(_)) {
         return crate::few_rows::matmul_weight(x, weight.clone(), out_in);
     }
-    let ours = match out_in {
-        true => crate::frozen::matmul_t(x.clone(), weight),
-        false => crate::frozen::matmul(x.clone(), weight),
-    };
-    ours.unwrap_or_else(|| {
+    crate::frozen::matmul(x.clone(), weight, out_in).unwrap_or_else(|| {
         let w = float_weight(weight.clone());
         match out_in {
             true => x.matmul(w.transpose()),
@@ -192,16 +189,22 @@ mod tests {
         out
     }
 
-    /// The lookup and row blocks of a quantized table are its dequantized table's, bit for
-    /// bit, for Q8 and Q4, per tensor, per block of a row, and 2-D blocks (whose rows share
-    /// scales with their neighbours), on every device the tests build; the result is
-    /// untracked. A float table goes to Burn's lookup and slice, and keeps its graph.
-    #[test]
-    fn a_quantized_tables_rows_are_its_dequantized_tables() {
+    /// The default device and flex's (with the crate's `flex` feature), each with autodiff
+    /// and without.
+    fn devices() -> Vec<Device> {
         let mut devices = vec![Device::default(), Device::default().autodiff()];
         #[cfg(feature = "flex")]
         devices.extend([Device::flex(), Device::flex().autodiff()]);
-        for device in devices {
+        devices
+    }
+
+    /// The lookup of a quantized table is its dequantized table's, bit for bit, for Q8 and
+    /// Q4, per tensor, per block of a row, and 2-D blocks (whose rows share scales with
+    /// their neighbours), on every device the tests build; the result is untracked. A
+    /// float table goes to Burn's lookup, and keeps its graph.
+    #[test]
+    fn a_quantized_tables_rows_are_its_dequantized_tables() {
+        for device in devices() {
             let table = Tensor::<2>::random([10, 64], Distribution::Normal(0.0, 1.0), &device);
             let tokens = Tensor::<2, Int>::from_data(
                 TensorData::new(vec![3i64, 9, 0, 3, 7, 8], [2, 3]),
@@ -231,10 +234,7 @@ mod tests {
     /// weight's are the plain product's, bit for bit.
     #[test]
     fn a_quantized_weights_products_are_its_dequantized_weights() {
-        let mut devices = vec![Device::default(), Device::default().autodiff()];
-        #[cfg(feature = "flex")]
-        devices.extend([Device::flex(), Device::flex().autodiff()]);
-        for device in devices {
+        for device in devices() {
             let table = Tensor::<2>::random([40, 32], Distribution::Normal(0.0, 1.0), &device);
             for scheme in schemes() {
                 let q = table.clone().quantize_dynamic(&scheme);
