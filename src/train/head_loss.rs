@@ -59,7 +59,14 @@ pub fn linear_cross_entropy(
     let device = hidden.device();
     let scale = 1.0 / n as f64;
     let h = untracked(hidden.clone());
-    let w = HeadWeight::new(untracked(head.weight.clone()), head.out_in);
+    // A quantized tied head (`[vocab, d]`, a Q8 base's embedding) stays quantized:
+    // `quantized_matmul` reads a large one a block of rows at a time, never float whole. A
+    // quantized `[d, vocab]` one (an untied head) is dequantized once, not per product.
+    let w = untracked(head.weight.clone());
+    let w = match (w.dtype(), head.out_in) {
+        (DType::QFloat(_), false) => w.dequantize(),
+        _ => w,
+    };
     let mut loss = Tensor::<1>::zeros([1], &device);
     let mut grad_hidden = Vec::with_capacity(n.div_ceil(chunk));
     let mut grad_weight: Option<Tensor<2>> = None;
@@ -73,7 +80,8 @@ pub fn linear_cross_entropy(
             .unsqueeze_dim::<2>(1); // [c, 1]
         let (part, g) = chunk_loss(x.clone(), &w, head, t);
         loss = loss + part;
-        grad_hidden.push(w.grad_input(g.clone())); // [c, d]
+        // `g·W` (out_in) or `g·Wᵀ`
+        grad_hidden.push(burn_lora::quantized_matmul(g.clone(), &w, !head.out_in)); // [c, d]
         if head.weight.is_tracked() {
             let gw = match head.out_in {
                 true => g.clone().transpose().matmul(x),  // [vocab, d]
@@ -105,11 +113,11 @@ pub fn linear_cross_entropy(
 /// every tensor it changes has no other owner by then.
 fn chunk_loss(
     x: Tensor<2>,
-    w: &HeadWeight,
+    w: &Tensor<2>,
     head: &LinearHead,
     t: Tensor<2, Int>,
 ) -> (Tensor<1>, Tensor<2>) {
-    let logits = w.logits(x); // [c, vocab]
+    let logits = burn_lora::quantized_matmul(x, w, head.out_in); // [c, vocab]
     let logits = match &head.bias {
         Some(b) => logits + untracked(b.clone()).unsqueeze::<2>(),
         None => logits,
@@ -123,32 +131,6 @@ fn chunk_loss(
     let ones = Tensor::<2>::ones(t.dims(), &t.device());
     let grad = (exp / sum).scatter(1, t, ones.neg(), burn::tensor::IndexingUpdateOp::Add);
     (loss, grad)
-}
-
-/// The head's weight as the loss reads it, untracked, `[vocab, d]` when `out_in`, else
-/// `[d, vocab]`. A quantized one (a Q8 base's tied embedding) stays quantized:
-/// [`burn_lora::quantized_matmul`] dequantizes it a block of rows at a time for each
-/// product, so the table is never float whole (0.55 GB for Qwen2's vocabulary at d 896,
-/// per replica).
-struct HeadWeight {
-    w: Tensor<2>,
-    out_in: bool,
-}
-
-impl HeadWeight {
-    fn new(w: Tensor<2>, out_in: bool) -> Self {
-        Self { w, out_in }
-    }
-
-    /// `x·Wᵀ` (out_in) or `x·W`: `[c, d]` → `[c, vocab]`.
-    fn logits(&self, x: Tensor<2>) -> Tensor<2> {
-        burn_lora::quantized_matmul(x, &self.w, self.out_in)
-    }
-
-    /// `g·W` (out_in) or `g·Wᵀ`: `[c, vocab]` → `[c, d]`.
-    fn grad_input(&self, g: Tensor<2>) -> Tensor<2> {
-        burn_lora::quantized_matmul(g, &self.w, !self.out_in)
-    }
 }
 
 /// A term whose value is 0 and whose gradient for `x` is `g`: `Σ (x − detach(x)) · g`.
