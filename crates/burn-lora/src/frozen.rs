@@ -320,15 +320,19 @@ mod flex {
 
     /// Rows `rows` of `w` in f32, `[rows.len(), d]` (`w` one [`reads_rows`] takes).
     fn dequantize_range(w: &FlexQTensor, rows: Range<usize>) -> FlexTensor {
+        let shape = [rows.len(), w.shape().dims::<2>()[1]];
+        FlexTensor::from_data(TensorData::new(read_rows(w, rows), shape))
+    }
+
+    /// Rows `rows` of `w` dequantized one after the other, read from its quantized values
+    /// alone (`w` one [`reads_rows`] takes).
+    fn read_rows(w: &FlexQTensor, rows: impl ExactSizeIterator<Item = usize>) -> Vec<f32> {
         let DType::QFloat(scheme) = w.dtype() else {
             unreachable!("a quantized tensor has a quantized dtype");
         };
-        let dims: [usize; 2] = w.shape().dims();
-        let len = rows.len();
         let values = w.tensor().to_contiguous();
-        let out =
-            crate::dequant::dequantize_rows(values.storage(), dims, &scheme, w.scales(), 1.0, rows);
-        FlexTensor::from_data(TensorData::new(out, [len, dims[1]]))
+        let dims = w.shape().dims();
+        crate::dequant::dequantize_rows(values.storage(), dims, &scheme, w.scales(), 1.0, rows)
     }
 
     /// Rows `indices` of `w` in f32: only those rows read, with the values [`dequantize`]
@@ -339,9 +343,6 @@ mod flex {
             .iter::<i64>()
             .map(|i| i as usize)
             .collect();
-        let DType::QFloat(scheme) = w.dtype() else {
-            unreachable!("a quantized tensor has a quantized dtype");
-        };
         let dims: [usize; 2] = w.shape().dims();
         // Burn's own lookup panics on an index outside the table too; this one names it.
         if let Some(row) = rows.iter().find(|&&row| row >= dims[0]) {
@@ -351,17 +352,7 @@ mod flex {
             );
         }
         let out = match reads_rows(w) {
-            true => {
-                let values = w.tensor().to_contiguous();
-                crate::dequant::dequantize_rows(
-                    values.storage(),
-                    dims,
-                    &scheme,
-                    w.scales(),
-                    1.0,
-                    rows.iter().copied(),
-                )
-            }
+            true => read_rows(w, rows.iter().copied()),
             false => {
                 let all = dequantize(w).to_contiguous();
                 let all: &[f32] = all.storage();
