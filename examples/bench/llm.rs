@@ -253,7 +253,10 @@ fn init_q8(config: &LlamaConfig, embedding: bool, device: &Device) -> Result<Lla
     let _ = model.model.embed_tokens.weight.val();
     if embedding {
         let mut quantizer = Quantizer::new(Calibration::MinMax, BaseQuant::Q8.scheme());
-        model.model.embed_tokens = model.model.embed_tokens.quantize_weights(&mut quantizer);
+        // Untracked first, as `quantize_linears` does: Burn's quantizer keeps a tracked
+        // weight's range computation in the autodiff graph for good (73 MiB here).
+        let table = model.model.embed_tokens.no_grad();
+        model.model.embed_tokens = table.quantize_weights(&mut quantizer);
         release_free_memory();
     }
     for _ in 0..config.num_hidden_layers {

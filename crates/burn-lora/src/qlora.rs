@@ -1,6 +1,11 @@
 //! QLoRA's first step: quantizing a base's linear weights before adapters go on.
+//!
+//! Size: over half of it is tests, which check each function against dequantizing by hand
+//! and measure the memory that quantizing a tracked weight once left behind.
 
-use burn::module::{Module, ParamGroup, Quantizer};
+use std::collections::HashSet;
+
+use burn::module::{Module, ModuleMapper, Param, ParamGroup, ParamId, Quantizer};
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::Error;
@@ -64,9 +69,27 @@ pub fn quantize_linears<M: Module>(
             }
         }
     }
-    let ids = sites.into_iter().map(|site| site.weight_id).collect();
+    let ids: Vec<ParamId> = sites.into_iter().map(|site| site.weight_id).collect();
+    // Untracked first: on an autodiff device, Burn's quantizer computes a tracked weight's
+    // range with tracked ops, whose autodiff state (each block's argmin and argmax, about half
+    // a byte a weight at blocks of 32) no backward pass ever frees: 262 MiB on top of the
+    // 530 MiB of a Q8 Qwen2.5-0.5B.
+    let model = model.map(&mut Untrack(ids.iter().copied().collect()));
     quantizer.set_param_group(ParamGroup::from_ids(ids));
     Ok(model.quantize_weights(quantizer))
+}
+
+/// Detaches the parameters it names and makes them untracked (they are about to be
+/// quantized, and a quantized weight is frozen).
+struct Untrack(HashSet<ParamId>);
+
+impl ModuleMapper for Untrack {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        match self.0.contains(&param.id) {
+            true => param.map(|t| t.detach().set_require_grad(false)),
+            false => param,
+        }
+    }
 }
 
 /// The rows of `weight` whose indices `tokens` holds, `[batch, seq, d]`: what
@@ -187,6 +210,81 @@ mod tests {
             out.push(plain.per_block(&[2u8, 16][..], ScaleDtype::F32));
         }
         out
+    }
+
+    /// A weight that requires a gradient is quantized untracked (on an autodiff device,
+    /// Burn's quantizer would keep its range computation's autodiff state for good), to
+    /// the values of its untracked twin; the bias it leaves float keeps training.
+    #[test]
+    fn a_tracked_weight_is_quantized_untracked_to_the_same_values() {
+        use burn::module::{Module, Quantizer};
+        use burn::nn::LinearConfig;
+        use burn::tensor::quantization::Calibration;
+
+        for device in devices().into_iter().filter(|d| d.is_autodiff()) {
+            let linear = LinearConfig::new(64, 32).init(&device);
+            assert!(linear.weight.val().is_require_grad());
+            let scheme = QuantScheme::default()
+                .with_value(QuantValue::Q8S)
+                .per_block(&[32u8][..], ScaleDtype::F32);
+            let quantizer = || Quantizer::new(Calibration::MinMax, scheme);
+            let q = super::quantize_linears(linear.clone(), &mut quantizer(), &[]).unwrap();
+            assert!(!q.weight.val().is_require_grad(), "{device:?}");
+            assert!(
+                q.bias.as_ref().unwrap().val().is_require_grad(),
+                "{device:?}"
+            );
+            let twin = linear.no_grad().quantize_weights(&mut quantizer());
+            let values = |w: Tensor<2>| bits(float_weight(w.inner()));
+            assert_eq!(
+                values(q.weight.val()),
+                values(twin.weight.val()),
+                "{device:?}"
+            );
+        }
+    }
+
+    /// What the untracking is for: quantizing a tracked weight again and again, each result
+    /// dropped, holds no memory. Before it, each Q8 quantization per block of 32 of this
+    /// 1024 × 1024 weight kept about 0.75 MiB of autodiff state for good, 38 MiB a batch of
+    /// 50. The resident set is read from `/proc` (Linux; elsewhere the test checks nothing).
+    /// Tests run side by side in one process, so another test's allocations can raise it
+    /// during a batch: of three batches, the one that grew least must have grown under
+    /// 15 MiB, which a leak fails in every batch.
+    #[test]
+    fn quantizing_a_tracked_weight_keeps_nothing_behind() {
+        use burn::module::Quantizer;
+        use burn::nn::LinearConfig;
+        use burn::tensor::quantization::Calibration;
+
+        fn rss_mib() -> Option<u64> {
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)
+        }
+        let device = Device::default().autodiff();
+        let scheme = QuantScheme::default()
+            .with_value(QuantValue::Q8S)
+            .per_block(&[32u8][..], ScaleDtype::F32);
+        let linear = LinearConfig::new(1024, 1024).with_bias(false).init(&device);
+        let once = |linear| {
+            let mut quantizer = Quantizer::new(Calibration::MinMax, scheme);
+            drop(super::quantize_linears(linear, &mut quantizer, &[]).unwrap());
+        };
+        once(linear.clone()); // the allocator's first buffers
+        let mut growths = Vec::new();
+        for _ in 0..3 {
+            let Some(before) = rss_mib() else { return };
+            for _ in 0..50 {
+                once(linear.clone());
+            }
+            growths.push(rss_mib().unwrap().saturating_sub(before));
+        }
+        let least = *growths.iter().min().unwrap();
+        assert!(
+            least < 15,
+            "batches of 50 quantizations left {growths:?} MiB behind"
+        );
     }
 
     /// The default device and flex's (with the crate's `flex` feature), each with autodiff
