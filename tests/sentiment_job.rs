@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{param_values, scratch, tiny_job, tiny_lora};
+use common::{param_values, scratch, serial, tiny_job, tiny_lora};
 use std::fs;
 
 use burn::module::Module;
@@ -18,6 +18,7 @@ use burn_lora_demo::train::{FinetuneMode, FinetuneOptions, encode_dataset, finet
 
 #[test]
 fn every_mode_runs_and_metrics_json_has_the_schema() {
+    let _rng = serial();
     let dir = scratch("sentiment_job", "all_modes");
     let modes = vec![
         FinetuneMode::Full,
@@ -94,6 +95,7 @@ fn every_mode_runs_and_metrics_json_has_the_schema() {
 
 #[test]
 fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
+    let _rng = serial();
     let dir = scratch("sentiment_job", "lora_base");
     let options = tiny_job(&dir, vec![]);
     let device = Device::default().autodiff();
@@ -143,6 +145,7 @@ fn lora_training_leaves_base_weights_bit_identical_and_counts_match() {
 
 #[test]
 fn bad_data_files_are_errors_naming_the_line() {
+    let _rng = serial();
     let dir = scratch("sentiment_job", "bad_data");
     let mut options = tiny_job(&dir, vec![FinetuneMode::HeadOnly]);
     // A third label in training is a third class; in the test file it is an error.
@@ -171,6 +174,7 @@ fn bad_data_files_are_errors_naming_the_line() {
 
 #[test]
 fn a_diverging_run_stops_and_names_the_step() {
+    let _rng = serial();
     let dir = scratch("sentiment_job", "diverge");
     let mut options = tiny_job(&dir, vec![FinetuneMode::Full]);
     options.lr = Some(1e30);
@@ -184,6 +188,7 @@ fn a_diverging_run_stops_and_names_the_step() {
 
 #[test]
 fn a_hugging_face_bert_base_trains_in_every_mode() {
+    let _rng = serial();
     let dir = scratch("sentiment_job", "bert");
     let mut options = tiny_job(&dir, vec![]);
     let bert = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny");
@@ -221,6 +226,7 @@ fn a_hugging_face_bert_base_trains_in_every_mode() {
 
 #[test]
 fn a_base_directory_is_recognised_by_its_files() {
+    let _rng = serial();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let (minilm, gpt) = (root.join("fixtures/minilm"), root.join("fixtures/base"));
     let parse = |v: &std::path::Path| BaseModel::parse(v.to_str().unwrap(), BertHead::Mean);
@@ -251,6 +257,7 @@ fn a_base_directory_is_recognised_by_its_files() {
 
 #[test]
 fn a_random_bert_has_the_architecture_of_its_base_and_not_its_weights() {
+    let _rng = serial();
     let bert = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny");
     let run = |random: bool| {
         let dir = scratch(
@@ -284,6 +291,7 @@ fn a_random_bert_has_the_architecture_of_its_base_and_not_its_weights() {
 
 #[test]
 fn keep_best_returns_the_weights_of_the_best_validation_epoch() {
+    let _rng = serial();
     use burn_lora_demo::train::checkpoint::Keep;
     use burn_lora_demo::train::{accuracy, predict};
     const EPOCHS: usize = 4;
@@ -369,6 +377,7 @@ fn keep_best_returns_the_weights_of_the_best_validation_epoch() {
 /// on disk, the adapter is saved and the loss falls. `--resume` is the one-device loop's.
 #[test]
 fn two_devices_train_through_burn_train_multi_device() {
+    let _rng = serial();
     let dir = scratch("sentiment_job", "two_devices");
     let mut options = tiny_job(&dir, vec![FinetuneMode::Lora(tiny_lora())]);
     options.epochs = 3;
@@ -426,6 +435,7 @@ fn two_devices_train_through_burn_train_multi_device() {
 /// metrics.json says how the base was quantized; full fine-tuning with it is refused.
 #[test]
 fn a_quantized_base_trains_lora_and_refuses_full_fine_tuning() {
+    let _rng = serial();
     use burn_lora_demo::train::quantize::BaseQuant;
     let dir = scratch("sentiment_job", "quantized");
     let mut options = tiny_job(
