@@ -2,14 +2,13 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use burn_lora::nn::{Linear, LinearConfig};
 
-use crate::model::{KvCache, dropout};
+use crate::model::{KvCache, dropout, softmax_last};
 
 /// Self-attention in which each position attends only to itself, earlier positions, and
 /// non-padding tokens; `query`, `key`, `value` and `out` are separate projections, as in
@@ -120,6 +119,6 @@ pub fn attend(
         return attention(q, k, v, Some(mask), None, AttentionModuleOptions::default());
     }
     let scores = q.matmul(k.transpose()).div_scalar((head_dim as f64).sqrt()); // [batch, heads, seq, seq]
-    let weights = dropout(drop, softmax(scores + bias, 3));
+    let weights = dropout(drop, softmax_last(scores + bias));
     weights.matmul(v)
 }

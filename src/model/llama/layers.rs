@@ -4,14 +4,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Distribution, Tensor};
 
 use burn_lora::nn::{Linear, LinearConfig};
 
 use super::config::LlamaConfig;
 use super::rope::Rope;
-use crate::model::{KvCache, attend};
+use crate::model::{KvCache, attend, swiglu};
 
 /// Grouped-query self-attention with rotary positions (transformers' `LlamaAttention`,
 /// `Qwen2Attention`, `Qwen3Attention`).
@@ -150,7 +149,7 @@ impl Mlp {
     /// - x: `[batch, seq, hidden_size]`
     /// - output: `[batch, seq, hidden_size]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x); // [batch, seq, intermediate_size]
+        let h = swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)); // [batch, seq, intermediate_size]
         self.down_proj.forward(h)
     }
 }
