@@ -149,7 +149,7 @@ fn rayon_threads() -> usize {
 }
 
 /// Whether `device` is Burn's `flex` CPU backend (plain or under autodiff).
-fn is_flex(device: &Device) -> bool {
+pub(crate) fn is_flex(device: &Device) -> bool {
     format!("{device:?}").contains("Flex")
 }
 

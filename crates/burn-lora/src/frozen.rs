@@ -62,7 +62,7 @@ pub(crate) fn rows(weight: &Tensor<2>, indices: &Tensor<1, Int>) -> Option<Tenso
         return None;
     }
     #[cfg(feature = "flex")]
-    if flex::on_flex(&weight.device()) {
+    if crate::few_rows::is_flex(&weight.device()) {
         return Some(flex::rows(weight.clone(), indices.clone()));
     }
     let _ = indices;
@@ -85,9 +85,10 @@ mod flex {
         Autodiff, AutodiffBackend, Dispatch, Flex, TensorMetadata, backend_extension,
     };
     use burn::tensor::quantization::global_scale_dtype;
-    use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
+    use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
 
     use super::{BLOCK_BYTES, WHOLE_BYTES};
+    use crate::few_rows::is_flex;
 
     /// The extension: `x·deq(w)`, `x` `[n, d_in]`, `w` `[d_in, d_out]`.
     #[backend_extension(Flex, Autodiff)]
@@ -215,12 +216,7 @@ mod flex {
     /// Whether [`matmul`] takes `x` and `weight`: both on flex, in f32.
     pub(super) fn serves(x: &Tensor<2>, weight: &Tensor<2>) -> bool {
         let device = x.device();
-        x.dtype() == DType::F32 && on_flex(&device) && weight.device() == device
-    }
-
-    /// Whether `device` is flex's (with autodiff or without).
-    pub(super) fn on_flex(device: &Device) -> bool {
-        format!("{device:?}").contains("Flex")
+        x.dtype() == DType::F32 && is_flex(&device) && weight.device() == device
     }
 
     /// `x·deq(weight)`, or `x·deq(weight)ᵀ` when `transposed`, through the extension.
