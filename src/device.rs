@@ -187,10 +187,10 @@ pub fn describe(device: &Device) -> String {
         .to_string()
 }
 
-/// The backend's name: `Flex`, `NdArray`, `Cube` (wgpu, Vulkan, CUDA, ...).
+/// The backend's name: `Flex`, `NdArray`, `Cube` (wgpu, Vulkan, CUDA, ...), with autodiff
+/// or without.
 pub fn backend(device: &Device) -> String {
-    let name = describe(device);
-    let name = name.strip_prefix("Autodiff(").unwrap_or(&name);
+    let name = describe(&device.clone().without_autodiff());
     name.split(['(', ' ', '{']).next().unwrap_or("").to_string()
 }
 
@@ -205,6 +205,8 @@ mod tests {
         assert_eq!(two.len(), 2);
         assert!(is_cpu(&two[0]));
         assert!(describe(&two[0]).contains("Flex"), "{}", describe(&two[0]));
+        assert_eq!(backend(&two[0]), "Flex");
+        assert_eq!(backend(&two[0].clone().autodiff()), "Flex");
     }
 
     #[test]

@@ -58,7 +58,7 @@ mod flex {
 
     /// Whether these ops take `x`: f32, on flex.
     pub(super) fn serves<const D: usize>(x: &Tensor<D>) -> bool {
-        x.dtype() == DType::F32 && format!("{:?}", x.device()).contains("Flex")
+        x.dtype() == DType::F32 && crate::device::backend(&x.device()) == "Flex"
     }
 
     /// The extension: `silu(gate)·up`.
@@ -255,6 +255,18 @@ mod tests {
         let (a, b) = (z.grad(&ours).unwrap(), z.grad(&burns).unwrap());
         assert!(b.clone().abs().max().into_scalar::<f32>() > 0.1);
         assert!(max_diff(a, b) <= 1e-6);
+    }
+
+    /// The extensions serve flex's f32 tensors, with autodiff and without (the values alone
+    /// would not tell: Burn's ops give the same).
+    #[cfg(feature = "flex")]
+    #[test]
+    fn flex_f32_tensors_take_the_extensions() {
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let x = Tensor::<2>::zeros([2, 3], &device);
+            assert!(super::flex::serves(&x), "{device:?}");
+            assert!(!super::flex::serves(&x.cast(burn::tensor::DType::F16)));
+        }
     }
 
     #[test]
